@@ -1,0 +1,106 @@
+"""Pure-PyTorch definitions of every op: the oracle for all tests and the `torch` backend.
+
+Every function here is written for clarity, not speed. Backends must match these to within
+floating-point tolerance (and exactly where the mask zeroes something: a masked-out gradient
+entry is 0.0, not a small number).
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .masks import unpack_mask
+
+
+def apply_mask(weight: torch.Tensor, packed: torch.Tensor) -> torch.Tensor:
+    """W ⊙ M in the dtype of W."""
+    m = unpack_mask(packed, weight.shape[1])
+    return torch.where(m, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
+
+
+def masked_linear_forward(x, weight, packed, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y = x (W ⊙ M)^T + b;  x [B, K], weight [N, K], packed [N, ceil(K/32)]."""
+    return F.linear(x, apply_mask(weight, packed), bias)
+
+
+def masked_linear_backward(
+    dy, x, weight, packed, need_x: bool = True, need_w: bool = True, need_b: bool = True
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """dx = dy (W ⊙ M);  dW = (dy^T x) ⊙ M (exactly 0 where the bit is 0);  db = sum_b dy."""
+    dx = dy @ apply_mask(weight, packed) if need_x else None
+    dw = apply_mask(dy.t() @ x, packed) if need_w else None
+    db = dy.sum(0) if need_b else None
+    return dx, dw, db
+
+
+def feature_cross(emb: torch.Tensor) -> torch.Tensor:
+    """emb [B, F, d] -> [B, F*F + F*d]: the full F x F Gram matrix (row-major) then flat emb."""
+    b, f, d = emb.shape
+    gram = torch.bmm(emb, emb.transpose(1, 2)).reshape(b, f * f)
+    return torch.cat([gram, emb.reshape(b, f * d)], dim=1)
+
+
+def feature_cross_backward(dz: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    """d(emb) from d(feature_cross(emb)): (dG + dG^T) emb + dE."""
+    b, f, d = emb.shape
+    dg = dz[:, : f * f].reshape(b, f, f)
+    de = dz[:, f * f:].reshape(b, f, d)
+    return torch.bmm(dg + dg.transpose(1, 2), emb) + de
+
+
+def cross_masked_linear_forward(emb, weight, packed, bias=None) -> torch.Tensor:
+    return masked_linear_forward(feature_cross(emb), weight, packed, bias)
+
+
+def cross_masked_linear_backward(
+    dy, emb, weight, packed, need_emb: bool = True, need_w: bool = True, need_b: bool = True
+):
+    x = feature_cross(emb)
+    dx, dw, db = masked_linear_backward(dy, x, weight, packed, need_emb, need_w, need_b)
+    demb = feature_cross_backward(dx, emb) if need_emb else None
+    return demb, dw, db
+
+
+@torch.no_grad()
+def masked_adam_step_(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    packed: Optional[torch.Tensor],
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+) -> None:
+    """One Adam (decoupled=False, L2 weight decay) or AdamW (decoupled=True) step, in place.
+
+    Strict masking: where the task's bit is 0 the weight and both moments are left exactly as
+    they were. packed=None updates everything (a plain step). `step` is the 1-based step count
+    used for bias correction. State is kept in fp32 or the param's dtype, whatever was passed.
+    """
+    g = grad.to(exp_avg.dtype)
+    p = param.to(exp_avg.dtype)
+    if weight_decay and not decoupled:
+        g = g + weight_decay * p
+    m_new = beta1 * exp_avg + (1 - beta1) * g
+    v_new = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    bc1 = 1 - beta1 ** step
+    bc2 = 1 - beta2 ** step
+    denom = (v_new / bc2).sqrt() + eps
+    p_new = p
+    if weight_decay and decoupled:
+        p_new = p_new * (1 - lr * weight_decay)
+    p_new = p_new - lr * (m_new / bc1) / denom
+    if packed is None:
+        keep = torch.ones_like(p, dtype=torch.bool)
+    else:
+        keep = unpack_mask(packed, param.shape[1])
+    exp_avg.copy_(torch.where(keep, m_new, exp_avg))
+    exp_avg_sq.copy_(torch.where(keep, v_new, exp_avg_sq))
+    param.copy_(torch.where(keep, p_new.to(param.dtype), param))
