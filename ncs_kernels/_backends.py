@@ -155,19 +155,23 @@ def resolve(backend: str, tensor: torch.Tensor) -> str:
     """The concrete backend name that runs a call whose main input is `tensor`."""
     if not isinstance(backend, str):
         raise TypeError(f"backend: expected a string, got {type(backend).__name__}")
-    device_type = tensor.device.type
+    return _resolve(backend, tensor.device.type, tensor.dtype)
+
+
+@torch._dynamo.assume_constant_result  # decided once at trace time; torch.compile sees a constant
+def _resolve(backend: str, device_type: str, dtype: torch.dtype) -> str:
     if device_type == "meta":
         return "torch" if backend == "auto" else backend
     if backend == "auto":
         backend = getattr(_state, "override", None) or os.environ.get("NCS_BACKEND", "auto") or "auto"
     if backend == "auto":
         for cand in AUTO_ORDER.get(device_type, ("torch",)):
-            if why_unavailable(cand, device_type) is None and _dtype_ok(cand, device_type, tensor.dtype) is None:
+            if why_unavailable(cand, device_type) is None and _dtype_ok(cand, device_type, dtype) is None:
                 return cand
         return "torch"
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {('auto',) + BACKENDS}, got {backend!r}")
-    why = why_unavailable(backend, device_type) or _dtype_ok(backend, device_type, tensor.dtype)
+    why = why_unavailable(backend, device_type) or _dtype_ok(backend, device_type, dtype)
     if why:
         raise RuntimeError(f"backend {backend!r} cannot run this call: {why}")
     return backend

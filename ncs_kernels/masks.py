@@ -64,7 +64,7 @@ def unpack_mask(packed: torch.Tensor, k: int) -> torch.Tensor:
     n = packed.shape[0]
     # (word >> s) & 1 is right for arithmetic and logical shifts alike
     bits = (packed.unsqueeze(-1) >> _shifts(packed.device)) & 1
-    return bits.reshape(n, -1)[:, :k].bool()
+    return bits.reshape(n, packed.shape[1] * 32)[:, :k].bool()
 
 
 def ones_mask(n: int, k: int, device=None) -> torch.Tensor:
