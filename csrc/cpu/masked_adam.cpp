@@ -1,0 +1,103 @@
+// Strict masked Adam / AdamW step on the CPU: one fused pass over param, grad, exp_avg and
+// exp_avg_sq, reading the mask bits word by word. Where the bit is 0 the old values are
+// written back unchanged (a select, not arithmetic), so p, m and v stay bit-identical there.
+// The arithmetic follows ncs_kernels.reference.masked_adam_step_ operation by operation.
+#include "ncs_native.h"
+#include "cpu/cpu_common.h"
+
+#include <cmath>
+#include <utility>
+
+namespace ncs {
+
+namespace {
+
+template <typename scalar_t>
+struct AdamConsts {
+  scalar_t lr, beta1, beta2, omb1, omb2, bc1, bc2, eps, wd, decay;  // decay = 1 - lr*wd
+  bool l2, decoupled;
+};
+
+// Update `count` (<= 32) consecutive elements under `word` (all ones for a plain step).
+template <typename scalar_t>
+inline void adam_span(scalar_t* p, const scalar_t* g, scalar_t* m, scalar_t* v, uint32_t word, int count,
+                      const AdamConsts<scalar_t>& k) {
+  for (int j = 0; j < count; ++j) {
+    const bool keep = (word >> j) & 1u;
+    const scalar_t pj = p[j], mj = m[j], vj = v[j];
+    scalar_t gj = g[j];
+    if (k.l2) gj = gj + k.wd * pj;
+    const scalar_t m_new = k.beta1 * mj + k.omb1 * gj;
+    const scalar_t v_new = k.beta2 * vj + k.omb2 * gj * gj;
+    const scalar_t denom = std::sqrt(v_new / k.bc2) + k.eps;
+    scalar_t p_new = pj;
+    if (k.decoupled) p_new = p_new * k.decay;
+    p_new = p_new - k.lr * (m_new / k.bc1) / denom;
+    m[j] = keep ? m_new : mj;
+    v[j] = keep ? v_new : vj;
+    p[j] = keep ? p_new : pj;
+  }
+}
+
+template <typename scalar_t>
+void adam_kernel(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
+                 const at::Tensor* packed, const AdamConsts<scalar_t>& k) {
+  const int64_t N = param.size(0), K = param.size(1), nw = cpu::words_for(K);
+  scalar_t* p = param.data_ptr<scalar_t>();
+  const scalar_t* g = grad.data_ptr<scalar_t>();
+  scalar_t* m = exp_avg.data_ptr<scalar_t>();
+  scalar_t* v = exp_avg_sq.data_ptr<scalar_t>();
+  const int32_t* pk = packed ? packed->data_ptr<int32_t>() : nullptr;
+  at::parallel_for(0, N, cpu::row_grain(K), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t base = r * K;
+      for (int64_t w = 0; w < nw; ++w) {
+        const int64_t off = base + w * 32;
+        const int count = static_cast<int>(std::min<int64_t>(32, K - w * 32));
+        const uint32_t word = pk ? static_cast<uint32_t>(pk[r * nw + w]) : 0xFFFFFFFFu;
+        if (count == 32)
+          adam_span<scalar_t>(p + off, g + off, m + off, v + off, word, 32, k);
+        else
+          adam_span<scalar_t>(p + off, g + off, m + off, v + off, word, count, k);
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void masked_adam_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
+                          const c10::optional<at::Tensor>& packed, int64_t step, double lr, double beta1,
+                          double beta2, double eps, double weight_decay, bool decoupled) {
+  cpu::check_cpu_float("param", param, 2);
+  const std::pair<const char*, const at::Tensor*> others[] = {
+      {"grad", &grad}, {"exp_avg", &exp_avg}, {"exp_avg_sq", &exp_avg_sq}};
+  for (const auto& nt : others) {
+    cpu::check_cpu_float(nt.first, *nt.second, 2);
+    cpu::check_same_dtype(nt.first, *nt.second, param, "param");
+    TORCH_CHECK(nt.second->sizes() == param.sizes(), nt.first, ": expected shape ", param.sizes(),
+                " (the shape of param), got ", nt.second->sizes());
+  }
+  TORCH_CHECK(step >= 1, "step: expected a 1-based step count >= 1, got ", step);
+  const bool masked = packed.has_value() && packed->defined();
+  if (masked) cpu::check_packed(*packed, param.size(0), param.size(1));
+  AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "masked_adam_step_cpu", [&] {
+    AdamConsts<scalar_t> k;
+    k.lr = static_cast<scalar_t>(lr);
+    k.beta1 = static_cast<scalar_t>(beta1);
+    k.beta2 = static_cast<scalar_t>(beta2);
+    k.omb1 = static_cast<scalar_t>(1.0 - beta1);
+    k.omb2 = static_cast<scalar_t>(1.0 - beta2);
+    // bias corrections in double, as the reference computes them in Python
+    k.bc1 = static_cast<scalar_t>(1.0 - std::pow(beta1, static_cast<double>(step)));
+    k.bc2 = static_cast<scalar_t>(1.0 - std::pow(beta2, static_cast<double>(step)));
+    k.eps = static_cast<scalar_t>(eps);
+    k.wd = static_cast<scalar_t>(weight_decay);
+    k.decay = static_cast<scalar_t>(1.0 - lr * weight_decay);
+    k.l2 = weight_decay != 0.0 && !decoupled;
+    k.decoupled = weight_decay != 0.0 && decoupled;
+    adam_kernel<scalar_t>(param, grad, exp_avg, exp_avg_sq, masked ? &*packed : nullptr, k);
+  });
+}
+
+}  // namespace ncs
