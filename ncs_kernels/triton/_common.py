@@ -33,6 +33,20 @@ def dot_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
+WEIGHT_MASK_MODES = ("fused", "materialize")
+
+
+def weight_mask_mode() -> str:
+    """How forward and dx apply the mask to W: "fused" unpacks the bits of each W tile inside the
+    GEMM main loop (no extra memory, work repeated per M tile); "materialize" writes W ⊙ M once
+    per call and runs an unmasked GEMM. Read per call from NCS_TRITON_WEIGHT_MASK so benchmarks
+    can compare both; which is faster depends on the GPU and dtype."""
+    mode = os.environ.get("NCS_TRITON_WEIGHT_MASK", "fused") or "fused"
+    if mode not in WEIGHT_MASK_MODES:
+        raise ValueError(f"NCS_TRITON_WEIGHT_MASK: expected one of {WEIGHT_MASK_MODES}, got {mode!r}")
+    return mode
+
+
 @functools.lru_cache(maxsize=None)
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count

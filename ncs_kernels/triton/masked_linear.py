@@ -20,7 +20,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import assert_contiguous, dot_precision, dw_config, mm_config, sm_count
+from ._common import (
+    assert_contiguous, dot_precision, dw_config, interpreting, mm_config, sm_count, weight_mask_mode,
+)
 
 
 @triton.jit
@@ -48,6 +50,7 @@ def _masked_mm_kernel(
     A_CROSS: tl.constexpr,
     C_CROSS: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    MASK_W: tl.constexpr,    # False: W was already multiplied by the mask (materialised mode)
     BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, GROUP_M: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
@@ -77,9 +80,10 @@ def _masked_mm_kernel(
             k = rp[None, :]
         n64 = n.to(tl.int64)
         w = tl.load(w_ptr + n64 * K + k, mask=ok, other=0.0)
-        word = tl.load(p_ptr + n64 * WORDS + (k // 32), mask=ok, other=0)
-        keep = ((word >> (k % 32)) & 1) != 0
-        w = tl.where(keep, w, tl.zeros_like(w))
+        if MASK_W:
+            word = tl.load(p_ptr + n64 * WORDS + (k // 32), mask=ok, other=0)
+            keep = ((word >> (k % 32)) & 1) != 0
+            w = tl.where(keep, w, tl.zeros_like(w))
         acc = tl.dot(a, w, acc, input_precision=DOT_PREC)
 
     if HAS_BIAS:
@@ -143,6 +147,18 @@ def _dw_kernel(
 
 
 @triton.jit
+def _apply_mask_kernel(w_ptr, p_ptr, out_ptr, N, K, WORDS, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    rn = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    ok = (rn < N)[:, None] & (rk < K)[None, :]
+    n64 = rn.to(tl.int64)[:, None]
+    w = tl.load(w_ptr + n64 * K + rk[None, :], mask=ok, other=0.0)
+    word = tl.load(p_ptr + n64 * WORDS + (rk // 32)[None, :], mask=ok, other=0)
+    keep = ((word >> (rk % 32)[None, :]) & 1) != 0
+    tl.store(out_ptr + n64 * K + rk[None, :], tl.where(keep, w, tl.zeros_like(w)), mask=ok)
+
+
+@triton.jit
 def _sum_splits_kernel(part_ptr, out_ptr, NUMEL, SPLITS, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < NUMEL
@@ -155,10 +171,25 @@ def _sum_splits_kernel(part_ptr, out_ptr, NUMEL, SPLITS, BLOCK: tl.constexpr):
 # ------------------------------------------------------------------------------------------
 # launchers (inputs are validated by the op layer; only contiguity is asserted here)
 
+def apply_mask(weight, packed):
+    """W ⊙ M in W's dtype (one elementwise pass; the materialised alternative to unpacking bits
+    in every M tile of the GEMM main loop)."""
+    n, k = weight.shape
+    out = torch.empty_like(weight)
+    bn, bk = (16, 64) if interpreting() else (16, 256)
+    _apply_mask_kernel[(triton.cdiv(n, bn), triton.cdiv(k, bk))](
+        weight, packed, out, n, k, packed.shape[1], BLOCK_N=bn, BLOCK_K=bk, num_warps=4
+    )
+    return out
+
+
 def launch_masked_mm(a, weight, packed, out, *, w_t, bias=None, a2=None, out2=None, ff=0, r=None, p=None):
     """out[M, P] = A[M, R] @ Wop[R, P] (see _masked_mm_kernel). a2/out2/ff select the cross
     loader/writer; r and p are the logical widths when A or C are split in two."""
     n, k = weight.shape
+    fused = weight_mask_mode() == "fused"
+    if not fused:
+        weight = apply_mask(weight, packed)
     m = a.shape[0]
     r = int(r if r is not None else a.shape[1])
     p = int(p if p is not None else out.shape[1])
@@ -168,7 +199,7 @@ def launch_masked_mm(a, weight, packed, out, *, w_t, bias=None, a2=None, out2=No
         a, a2 if a2 is not None else a, weight, packed, bias if bias is not None else weight,
         out, out2 if out2 is not None else out,
         m, p, r, k, packed.shape[1], ff,
-        W_T=w_t, A_CROSS=a2 is not None, C_CROSS=out2 is not None, HAS_BIAS=bias is not None,
+        W_T=w_t, A_CROSS=a2 is not None, C_CROSS=out2 is not None, HAS_BIAS=bias is not None, MASK_W=fused,
         BLOCK_M=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_R=cfg.block_r, GROUP_M=cfg.group_m,
         DOT_PREC=dot_precision(weight.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

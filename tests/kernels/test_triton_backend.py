@@ -118,6 +118,19 @@ def test_dw_split_batch_is_deterministic(splits):
     assert bool((a[~m] == 0).all())
 
 
+def test_materialized_weight_mask_mode(monkeypatch):
+    """NCS_TRITON_WEIGHT_MASK=materialize (W ⊙ M written once, unmasked GEMM) gives the same results."""
+    monkeypatch.setenv("NCS_TRITON_WEIGHT_MASK", "materialize")
+    _check_masked_linear(5, 33, 70, 0.5, seed=5)
+    _check_cross(3, 3, 8, 5, 0.5, seed=6)
+    g = _gen(5)
+    w, (m, p) = _randn(7, 45, g=g), _mask(7, 45, 0.5, g)
+    assert torch.equal(tb.masked_linear.apply_mask(w, p), ref.apply_mask(w, p))
+    monkeypatch.setenv("NCS_TRITON_WEIGHT_MASK", "bogus")
+    with pytest.raises(ValueError, match="NCS_TRITON_WEIGHT_MASK"):
+        _check_masked_linear(1, 1, 1, 1.0, seed=0)
+
+
 def test_public_op_autograd_matches_torch_backend():
     g = _gen(4)
     x, w, b = _randn(9, 37, g=g), _randn(11, 37, g=g), _randn(11, g=g)
