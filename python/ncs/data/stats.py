@@ -1,0 +1,107 @@
+"""Label statistics of a data file or of EncodedData, for `ncs data stats` and run outputs."""
+from __future__ import annotations
+
+import os
+from typing import Dict, Optional, Union
+
+import numpy as np
+
+from .errors import DataError
+from .types import EncodedData
+
+_CLICK_NAMES = ("click", "label", "clicked", "is_click")
+_CONV_NAMES = ("conversion", "cvrlabel", "play_rate", "playrate", "cvr")
+
+
+def _summary(click: np.ndarray, conv: Optional[np.ndarray], fields: int, corrupt: int) -> Dict:
+    rows = int(click.size)
+    clicked = click > 0
+    out = {
+        "rows": rows,
+        "clicks": int(clicked.sum()),
+        "conversions": int((conv > 0).sum()) if conv is not None else 0,
+        "conversion_mean": float(conv[clicked].mean()) if conv is not None and clicked.any() else 0.0,
+        "click_rate": float(clicked.mean()) if rows else 0.0,
+        "fields": int(fields),
+        "corrupt_records": int(corrupt),
+    }
+    return out
+
+
+def _kind(path: str) -> str:
+    low = path.lower()
+    if low.endswith(".safetensors"):
+        return "encoded"
+    if low.endswith((".parquet", ".pq")):
+        return "parquet"
+    if low.endswith((".csv", ".csv.gz", ".tsv")):
+        return "csv"
+    return "tfrecord"
+
+
+def _tfrecord_stats(path: str) -> Dict:
+    from .tfrecord import iter_tfrecord, parse_example
+
+    counts: Dict[str, int] = {}
+    clicks, convs = [], []
+    names = set()
+    for payload in iter_tfrecord(path, skip_corrupt=True, stats=counts):
+        try:
+            ex = parse_example(payload)
+            clicks.append(float(ex["label"][0]))
+            convs.append(float(ex["cvrlabel"][0]) if ex.get("cvrlabel") else 0.0)
+        except (DataError, KeyError, IndexError, TypeError, ValueError):
+            counts["corrupt_records"] += 1
+            continue
+        names.update(k for k in ex if k.startswith("FEA_"))
+    return _summary(np.asarray(clicks), np.asarray(convs), len(names), counts["corrupt_records"])
+
+
+def _table_stats(path: str, kind: str, schema) -> Dict:
+    if schema is not None:
+        from .table import encode_table
+
+        data, _ = encode_table(path, schema, fmt=kind)
+        return stats(data)
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+    else:
+        import pyarrow.csv as pcsv
+
+        table = pcsv.read_csv(path)
+    cols = table.column_names
+    click = next((c for c in _CLICK_NAMES if c in cols), None)
+    if click is None:
+        raise DataError(f"{path}: no click column (looked for {list(_CLICK_NAMES)}); pass a schema")
+    conv = next((c for c in _CONV_NAMES if c in cols), None)
+    as_np = (lambda c: pc.cast(table[c], pa.float64()).fill_null(0.0).to_numpy())
+    return _summary(as_np(click), as_np(conv) if conv else None,
+                    len(cols) - 1 - (conv is not None), 0)
+
+
+def stats(path_or_data: Union[str, os.PathLike, EncodedData], schema=None) -> Dict:
+    """{"rows", "clicks", "conversions" (rows with conversion > 0), "conversion_mean" (among
+    clicks), "click_rate", "fields", "corrupt_records"} of EncodedData or of a file: TFRecord
+    (corrupt records are skipped and counted), CSV / Parquet (by ``schema``, or else by the
+    usual label column names), or an encoded .safetensors file."""
+    if isinstance(path_or_data, EncodedData):
+        d = path_or_data
+        click = d.labels["click"].numpy() if "click" in d.labels else np.zeros(len(d))
+        conv = d.labels["conversion"].numpy() if "conversion" in d.labels else None
+        return _summary(click, conv, d.num_fields, 0)
+    path = os.fspath(path_or_data)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file")
+    kind = _kind(path)
+    if kind == "encoded":
+        from .cache import load_encoded
+
+        return stats(load_encoded(path))
+    if kind in ("csv", "parquet"):
+        return _table_stats(path, kind, schema)
+    return _tfrecord_stats(path)
