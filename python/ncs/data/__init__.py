@@ -1,7 +1,7 @@
 """Data for ncs: readers (TFRecord / LT4REC, CSV, Parquet), a synthetic generator, splits and a
 binary cache, all producing EncodedData (see types.py)."""
 from .cache import load_dataset, load_encoded, read_meta, save_encoded
-from .crc32c import crc32c
+from .crc import crc32c
 from .errors import DataError
 from .lt4rec import LT4REC_FIELDS, encode_lt4rec, load_lt4rec
 from .split import split, split_index, split_summary

@@ -13,7 +13,7 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
-from .crc32c import TABLE, crc32c_batch, crc32c_scalar, mask_crc, mask_crc_array
+from .crc import TABLE, crc32c_batch, crc32c_scalar, mask_crc, mask_crc_array
 from .errors import DataError
 
 _HEADER = 12
