@@ -81,8 +81,21 @@ def _masked_mm_kernel(
         n64 = n.to(tl.int64)
         w = tl.load(w_ptr + n64 * K + k, mask=ok, other=0.0)
         if MASK_W:
-            word = tl.load(p_ptr + n64 * WORDS + (k // 32), mask=ok, other=0)
-            keep = ((word >> (k % 32)) & 1) != 0
+            # load each packed word once ([BLOCK_R/32, BLOCK_P] or [BLOCK_R, BLOCK_P/32]) and
+            # broadcast it over its 32 columns in registers, instead of gathering it per element
+            if W_T:
+                wr = r0 // 32 + tl.arange(0, BLOCK_R // 32)
+                words = tl.load(p_ptr + rp.to(tl.int64)[None, :] * WORDS + wr[:, None],
+                                mask=(wr < WORDS)[:, None] & p_ok[None, :], other=0)
+                words = tl.reshape(tl.broadcast_to(words[:, None, :], (BLOCK_R // 32, 32, BLOCK_P)),
+                                   (BLOCK_R, BLOCK_P))
+            else:
+                wp = pid_p * (BLOCK_P // 32) + tl.arange(0, BLOCK_P // 32)
+                words = tl.load(p_ptr + rr.to(tl.int64)[:, None] * WORDS + wp[None, :],
+                                mask=(rr < R)[:, None] & (wp < WORDS)[None, :], other=0)
+                words = tl.reshape(tl.broadcast_to(words[:, :, None], (BLOCK_R, BLOCK_P // 32, 32)),
+                                   (BLOCK_R, BLOCK_P))
+            keep = ((words >> (k % 32)) & 1) != 0
             w = tl.where(keep, w, tl.zeros_like(w))
         acc = tl.dot(a, w, acc, input_precision=DOT_PREC)
 
@@ -194,6 +207,8 @@ def launch_masked_mm(a, weight, packed, out, *, w_t, bias=None, a2=None, out2=No
     r = int(r if r is not None else a.shape[1])
     p = int(p if p is not None else out.shape[1])
     cfg = mm_config(m, p, weight.dtype, sm_count(weight))
+    # the word broadcast in the main loop needs whole words per tile along K
+    assert cfg.block_r % 32 == 0 and cfg.block_p % 32 == 0, cfg
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(p, cfg.block_p),)
     _masked_mm_kernel[grid](
         a, a2 if a2 is not None else a, weight, packed, bias if bias is not None else weight,
