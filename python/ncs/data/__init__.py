@@ -4,9 +4,9 @@ from .cache import load_dataset, load_encoded, read_meta, save_encoded
 from .crc import crc32c
 from .errors import DataError
 from .lt4rec import LT4REC_FIELDS, encode_lt4rec, load_lt4rec
-from .split import split, split_index, split_summary
-from .stats import stats
-from .synthetic import synthetic, synthetic_chunks
+from .splits import split, split_index, split_summary
+from .summary import stats
+from .synth import synthetic, synthetic_chunks
 from .table import encode_table, load_table, parse_schema
 from .tfrecord import iter_tfrecord, parse_example
 from .types import EncodedData, FieldSpec

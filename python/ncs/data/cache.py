@@ -160,7 +160,7 @@ def cache_key(cfg: Dict) -> str:
 def _build(cfg: Dict) -> EncodedData:
     kind = cfg["kind"]
     if kind == "synthetic":
-        from .synthetic import synthetic
+        from .synth import synthetic
 
         kw = {k: v for k, v in cfg.items() if k != "kind"}
         try:
