@@ -218,8 +218,16 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.tiny:
         os.environ["NCS_BENCH_TINY"] = "1"
+    threads_before = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    try:
+        return _run(args)
+    finally:
+        torch.set_num_threads(threads_before)  # main() is also called in-process (tests)
+
+
+def _run(args) -> int:
     device = C.bench_device() if args.device == "auto" else args.device
     if device == "cuda" and not torch.cuda.is_available():
         print("bench_ops: --device cuda but no CUDA device is available", file=sys.stderr)

@@ -15,8 +15,10 @@
 #   --cpu   dry run of the same logic on a machine without a GPU: the build is skipped when
 #           ncs_kernels._C already imports, benchmarks run tiny shapes on CPU.
 # Knobs: PYTHON (default python3), NCS_CHECK_SECONDS (whole run), NCS_CHECK_BUILD_S, _TESTS_S,
-#        _BENCH_S, _STAGES_S (per-step budgets), NCS_CHECK_TESTS_K (pytest -k expression),
-#        NCS_CHECK_REBUILD=1 (build even if _C with CUDA already imports).
+#        _BENCH_S, _STAGES_S (per-step budgets), NCS_CHECK_TESTS_PATH and NCS_CHECK_TESTS_K (what
+#        pytest runs, default tests/kernels -k "cuda or triton"), NCS_CHECK_BENCH_ARGS (extra
+#        bench_ops.py arguments, word-split),
+#        NCS_CHECK_REBUILD=1 (build even if _C with CUDA already imports), NCS_CHECK_SKIP_BUILD=1.
 set -u
 
 CPU=0
@@ -158,7 +160,9 @@ native_ok() {  # 0 when ncs_kernels._C imports (and, for the GPU run, has CUDA k
     "$PY" -c "import ncs_kernels._C as c, sys; sys.exit(0 if c.has_cuda() else 1)" >/dev/null 2>&1
   fi
 }
-if native_ok && [ "${NCS_CHECK_REBUILD:-0}" != 1 ]; then
+if [ "${NCS_CHECK_SKIP_BUILD:-0}" = 1 ]; then
+  record build skipped 0 0 build.log "NCS_CHECK_SKIP_BUILD=1"
+elif native_ok && [ "${NCS_CHECK_REBUILD:-0}" != 1 ]; then
   record build skipped 0 0 build.log "ncs_kernels._C already built and importable"
 else
   if [ "$CPU" = 1 ]; then BUILD_CUDA=0; else BUILD_CUDA=1; fi
@@ -177,7 +181,7 @@ for b in B.BACKENDS:
 TEST_ARGS=(-q -x -rfEs -p no:cacheprovider)
 if "$PY" -c "import pytest_timeout" >/dev/null 2>&1; then TEST_ARGS+=(--timeout=120); fi
 step tests "${NCS_CHECK_TESTS_S:-120}" tests.log \
-  "$PY" -m pytest "${TEST_ARGS[@]}" tests/kernels -k "${NCS_CHECK_TESTS_K:-cuda or triton}"
+  "$PY" -m pytest "${TEST_ARGS[@]}" "${NCS_CHECK_TESTS_PATH:-tests/kernels}" -k "${NCS_CHECK_TESTS_K:-cuda or triton}"
 
 # ---------------------------------------------------------------- 4. op benchmarks -> ops.json
 BENCH_S="${NCS_CHECK_BENCH_S:-150}"
@@ -187,7 +191,8 @@ LEFT=$((TOTAL - ($(date +%s) - START) - 15))
 # bench_ops starts no new group after 3/4 of its slot, so it normally ends on its own (and on
 # SIGTERM it still leaves every finished group in ops.json)
 step bench_ops "$BENCH_S" bench.log \
-  "$PY" bench/bench_ops.py --device "$DEVICE" --json "$OUTDIR/ops.json" --max-seconds $((BENCH_S * 3 / 4))
+  "$PY" bench/bench_ops.py --device "$DEVICE" --json "$OUTDIR/ops.json" --max-seconds $((BENCH_S * 3 / 4)) \
+  ${NCS_CHECK_BENCH_ARGS:-}
 
 # ---------------------------------------------------------------- 5. trainer stages -> stages.json
 if [ -f bench/stages.py ]; then

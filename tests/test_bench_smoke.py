@@ -1,0 +1,147 @@
+"""Smoke test of bench/: every benchmark builds and runs one tiny case, so a broken benchmark
+fails CI. No timing is asserted; what is asserted is that the cases compute the same thing
+(masked variants give the same gradients) and that the memory accounting sees the difference
+between keeping W*M / the crossed input and not keeping them.
+"""
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ["NCS_BENCH_TINY"] = "1"  # before bench modules compute their case lists
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+
+from bench import _common as C  # noqa: E402
+from bench import bench_ops  # noqa: E402
+
+OPS = ("masked_linear", "cross_masked_linear", "masked_adam")
+
+
+def _runnable(op):
+    shape = {"masked_linear": C.linear_shapes(C.TINY_BATCH)[0], "cross_masked_linear": C.cross_shape(C.TINY_BATCH),
+             "masked_adam": C.adam_shapes()[0]}[op]
+    return shape, [v for v in C.variants(op, "cpu") if C.why_skip(op, v, "cpu", "fp32", "eager") is None]
+
+
+def test_pytest_suites_import_and_list_cases():
+    from bench import test_bench_cross, test_bench_masked_linear  # noqa: F401
+
+    for op in OPS:
+        cases = C.pytest_cases(op, "cpu")
+        assert cases, op
+        # every backend appears (unavailable ones skip with a reason rather than vanish)
+        names = {p.values[1] for p in cases}
+        for be in ("torch", "cpu", "triton", "cuda"):
+            assert f"nk:{be}" in names
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_every_runnable_variant_runs_one_step(op):
+    shape, names = _runnable(op)
+    assert "nk:torch" in names
+    grads = {}
+    for v in names:
+        prob = C.make_problem(op, v, shape, "fp32", "cpu")
+        fn = C.runner(prob, "cpu", "eager", warmup=1)
+        t = C.time_once(fn, "cpu")
+        assert math.isfinite(t) and t > 0
+        if prob.forward is not None:
+            prob.eager_step()
+            grads[v] = [t.grad.clone() for t in prob.leaves]
+    if op == "masked_adam":
+        return
+    masked = [v for v in grads if v not in ("dense", "dense_unfused")]
+    base = grads[masked[0]]
+    for v in masked[1:]:  # float mask, prune and every ncs backend: the same masked gradients
+        for a, b in zip(base, grads[v]):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-5, msg=lambda m: f"{op} {v}: {m}")
+
+
+def test_activation_bytes_see_the_saved_copies():
+    b, (k, n) = C.TINY_BATCH, C.TINY_LINEAR_SHAPES[0]
+    shape = {"B": b, "K": k, "N": n}
+    out_bytes = b * n * 4
+    dense = C.activation_bytes(C.make_problem("masked_linear", "dense", shape, "fp32", "cpu"))
+    fm = C.activation_bytes(C.make_problem("masked_linear", "floatmask", shape, "fp32", "cpu"))
+    nkt = C.activation_bytes(C.make_problem("masked_linear", "nk:torch", shape, "fp32", "cpu"))
+    assert dense == out_bytes and nkt == out_bytes  # x, W, packed are inputs: nothing extra kept
+    assert fm == out_bytes + n * k * 4  # the float-mask path keeps W*M alive for backward
+    cs = C.cross_shape(b)
+    width = cs["F"] ** 2 + cs["F"] * cs["d"]
+    unf = C.activation_bytes(C.make_problem("cross_masked_linear", "dense_unfused", cs, "fp32", "cpu"))
+    fused = C.activation_bytes(C.make_problem("cross_masked_linear", "nk:torch", cs, "fp32", "cpu"))
+    assert fused == b * cs["N"] * 4
+    assert unf >= fused + b * width * 4  # the [B, F*F + F*d] crossed input is kept
+
+
+def test_hardware_slug_and_paths():
+    slug = C.hardware_slug("cpu")
+    assert slug.startswith("cpu-") and all(c.isalnum() or c == "-" for c in slug)
+    p = C.default_result_path("cpu", "ops")
+    assert p.parent == REPO / "bench" / "results" and p.name.endswith(f"_{slug}_ops.json")
+
+
+def test_bench_ops_tiny_run_writes_complete_json(tmp_path, capsys):
+    out = tmp_path / "ops.json"
+    rc = bench_ops.main(["--tiny", "--device", "cpu", "--threads", "1", "--json", str(out)])
+    doc = json.loads(out.read_text())
+    assert doc["errors"] == [], doc["errors"]
+    assert rc == 0
+    assert doc["schema"] == bench_ops.SCHEMA and doc["complete"] is True
+    assert {g["op"] for g in doc["groups"]} == set(OPS)
+    for g in doc["groups"]:
+        rows = {r["variant"]: r for r in g["rows"]}
+        floor = rows[g["floor"]]
+        assert floor["time_x_floor"] == 1.0 and len(floor["samples_s"]) == 2
+        assert rows["nk:torch"]["median_s"] > 0
+    assert "xfloatmask" in capsys.readouterr().out
+
+
+def test_bench_ops_rejects_bad_arguments():
+    with pytest.raises(SystemExit):
+        bench_ops.main(["--ops", "linear,nope"])
+    with pytest.raises(SystemExit):
+        bench_ops.main(["--repeats", "0"])
+
+
+def test_pytest_benchmark_suites_run_tiny():
+    pytest.importorskip("pytest_benchmark")
+    # one thread: tiny ops on a busy 2-core runner otherwise spend their time in OpenMP contention
+    env = dict(os.environ, NCS_BENCH_TINY="1", NCS_BENCH_DEVICE="cpu", NCS_BENCH_ROUNDS="1", NCS_BENCH_WARMUP="0",
+               NCS_BENCH_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--benchmark-disable",
+                        "bench/test_bench_masked_linear.py", "bench/test_bench_cross.py"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
+def test_gpu_check_dry_run_records_every_step(tmp_path):
+    empty = tmp_path / "no_tests"
+    empty.mkdir()
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable, NCS_CHECK_SKIP_BUILD="1", NCS_CHECK_TESTS_PATH=str(empty),
+               NCS_CHECK_BENCH_ARGS="--ops adam --repeats 1", NCS_BENCH_THREADS="1", NCS_CHECK_SECONDS="200")
+    r = subprocess.run(["bash", "bench/gpu_check.sh", "--cpu", str(out)], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=280)
+    summary = json.loads((out / "summary.json").read_text())
+    steps = {s["step"]: s for s in summary["steps"]}
+    assert list(steps)[:5] == ["env", "build", "import", "tests", "bench_ops"], summary
+    assert steps["build"]["status"] == "skipped"
+    assert steps["tests"]["status"] == "no-tests"
+    assert steps["env"]["status"] == "ok" and steps["bench_ops"]["status"] == "ok", r.stderr[-2000:]
+    assert json.loads((out / "env.json").read_text())["versions"]["torch"] == torch.__version__
+    assert json.loads((out / "ops.json").read_text())["complete"] is True
+    files = sorted(p.name for p in out.iterdir())
+    assert len(files) <= 8 and "summary.json" in files, files
+    assert (r.returncode == 0) == summary["all_ok"]
