@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Create .venv and install ncs into it, from scratch, on a machine with Python 3.11 and no GPU.
+#   torch==2.13.0   the CPU build (an unpinned torch would pull a multi-GB CUDA build)
+#   triton==3.9.0   its interpreter runs the Triton kernels on CPU (TRITON_INTERPRET=1)
+#   ncs             built with --no-build-isolation, so the extension compiles against this torch
+# Idempotent: a second run reuses .venv and rebuilds only what changed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=.venv
+PY=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PY" -m venv "$VENV"
+fi
+. "$VENV/bin/activate"
+python -m pip install -q --upgrade pip
+python -m pip install -q "torch==2.13.0" "triton==3.9.0" "numpy<2.5" ninja setuptools wheel
+python -m pip install -q --no-build-isolation -e ".[test]"
+python -c "import ncs_kernels as nk; print('ncs_kernels backends:', nk.backends())"
