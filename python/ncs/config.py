@@ -1,0 +1,409 @@
+"""Run configuration: YAML files validated against one schema, with a default for every key.
+
+    cfg = load_config("configs/paper.yaml")            # dict, every key present, validated
+    cfg = resolve_config({"stages": {"joint": {"epochs": 3}}})   # overrides on the defaults
+
+An unknown key is an error naming its path ("stages.warmup.epoch: unknown key; expected one of
+..."), a bad value an error naming the key and what was expected. Errors are ConfigError (a
+ValueError), which the CLI prints as one line.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from typing import Any, Callable, Dict, List, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or value is wrong; the message names the key path."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Leaf validators: each returns the normalised value or raises ConfigError(path: expected ...).
+
+class _Leaf:
+    def __init__(self, check: Callable[[str, Any], Any], default: Any, doc: str = ""):
+        self.check = check
+        self.default = default
+        self.doc = doc
+
+
+def _fail(path: str, expected: str, value: Any):
+    raise ConfigError(f"{path}: expected {expected}, got {value!r}")
+
+
+def _int(lo: Optional[int] = None, hi: Optional[int] = None, optional: bool = False):
+    def check(path, v):
+        if v is None and optional:
+            return None
+        if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo) or (hi is not None and v > hi):
+            rng = f" >= {lo}" if hi is None and lo is not None else (f" in [{lo}, {hi}]" if lo is not None else "")
+            _fail(path, f"an integer{rng}" + (" or null" if optional else ""), v)
+        return int(v)
+    return check
+
+
+def _float(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool = False,
+           hi_open: bool = False, optional: bool = False):
+    def check(path, v):
+        if v is None and optional:
+            return None
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))
+        if ok:
+            f = float(v)
+            if lo is not None and (f < lo or (lo_open and f == lo)):
+                ok = False
+            if hi is not None and (f > hi or (hi_open and f == hi)):
+                ok = False
+        if not ok:
+            lb = "" if lo is None else ("(" if lo_open else "[") + f"{lo}, "
+            ub = "" if hi is None else f"{hi}" + (")" if hi_open else "]")
+            rng = f" in {lb}{ub}" if lo is not None and hi is not None else (f" >{'' if lo_open else '='} {lo}" if lo is not None else "")
+            _fail(path, f"a number{rng}" + (" or null" if optional else ""), v)
+        return float(v)
+    return check
+
+
+def _bool(path, v):
+    if not isinstance(v, bool):
+        _fail(path, "true or false", v)
+    return v
+
+
+def _choice(*options, optional: bool = False):
+    def check(path, v):
+        if v is None and optional:
+            return None
+        if v not in options:
+            _fail(path, "one of " + ", ".join(map(str, options)) + (" or null" if optional else ""), v)
+        return v
+    return check
+
+
+def _str(optional: bool = False):
+    def check(path, v):
+        if v is None and optional:
+            return None
+        if not isinstance(v, str) or not v:
+            _fail(path, "a non-empty string" + (" or null" if optional else ""), v)
+        return v
+    return check
+
+
+def _int_list(min_len: int = 1):
+    def check(path, v):
+        if not isinstance(v, (list, tuple)) or len(v) < min_len or any(
+            isinstance(x, bool) or not isinstance(x, int) or x < 1 for x in v
+        ):
+            _fail(path, f"a list of at least {min_len} positive integers", v)
+        return [int(x) for x in v]
+    return check
+
+
+def _fractions(path, v):
+    if not isinstance(v, (list, tuple)) or len(v) != 3 or any(
+        isinstance(x, bool) or not isinstance(x, (int, float)) or x < 0 for x in v
+    ):
+        _fail(path, "three non-negative numbers [train, valid, test]", v)
+    if abs(sum(v) - 1.0) > 1e-6 or v[0] <= 0 or v[1] <= 0 or v[2] <= 0:
+        _fail(path, "three positive fractions [train, valid, test] summing to 1", v)
+    return [float(x) for x in v]
+
+
+def _betas(path, v):
+    if not isinstance(v, (list, tuple)) or len(v) != 2 or any(
+        isinstance(x, bool) or not isinstance(x, (int, float)) or not (0 <= x < 1) for x in v
+    ):
+        _fail(path, "two numbers in [0, 1)", v)
+    return [float(x) for x in v]
+
+
+def _dict_any(path, v):
+    if v is None:
+        return {}
+    if not isinstance(v, dict):
+        _fail(path, "a mapping", v)
+    return dict(v)
+
+
+MODEL_KINDS = ("single", "layer", "connection")
+LOSSES = ("bce", "focal", "mse")
+BACKEND_NAMES = ("auto", "torch", "cpu", "triton", "cuda")
+
+
+def _models(path, v):
+    if isinstance(v, str):
+        v = [s.strip() for s in v.split(",") if s.strip()]
+    if not isinstance(v, (list, tuple)) or not v:
+        _fail(path, f"a non-empty list of model kinds from {', '.join(MODEL_KINDS)}", v)
+    for m in v:
+        if m not in MODEL_KINDS:
+            _fail(path, f"model kinds from {', '.join(MODEL_KINDS)}", m)
+    if len(set(v)) != len(v):
+        _fail(path, "no repeated model kinds", v)
+    # run in a fixed order: the baselines first, so that a demo prints them as they finish
+    return [m for m in MODEL_KINDS if m in v]
+
+
+TASK_KEYS = {
+    "name": _Leaf(_str(), None, "task name (a Python identifier), e.g. ctr"),
+    "label": _Leaf(_str(), None, "label column: click, conversion, ..."),
+    "space": _Leaf(_choice("all", "clicked"), "all", "samples of the task: all rows, or clicked rows only"),
+    "loss": _Leaf(_choice(*LOSSES), "bce", "bce (sigmoid + BCE), focal (sigmoid + focal), mse (sigmoid + MSE)"),
+    "weight": _Leaf(_float(0.0), 1.0, "omega_k of Eq. 2"),
+}
+
+
+def _tasks(path, v):
+    if not isinstance(v, list) or len(v) < 2:
+        _fail(path, "a list of at least two tasks {name, label, space, loss, weight}", v)
+    out = []
+    for i, t in enumerate(v):
+        p = f"{path}[{i}]"
+        if not isinstance(t, dict):
+            _fail(p, "a mapping {name, label, space, loss, weight}", t)
+        for k in t:
+            if k not in TASK_KEYS:
+                raise ConfigError(f"{p}.{k}: unknown key; expected one of {', '.join(TASK_KEYS)}")
+        for req in ("name", "label"):
+            if req not in t:
+                raise ConfigError(f"{p}.{req}: missing; every task needs a name and a label")
+        task = {k: leaf.check(f"{p}.{k}", t.get(k, leaf.default)) for k, leaf in TASK_KEYS.items()}
+        if not task["name"].isidentifier():
+            _fail(f"{p}.name", "a Python identifier (letters, digits, _)", task["name"])
+        out.append(task)
+    names = [t["name"] for t in out]
+    if len(set(names)) != len(names):
+        _fail(path, "distinct task names", names)
+    return out
+
+
+DEFAULT_TASKS = [
+    {"name": "ctr", "label": "click", "space": "all", "loss": "bce", "weight": 0.7},
+    {"name": "cvr", "label": "conversion", "space": "clicked", "loss": "mse", "weight": 0.3},
+]
+
+# The schema: nested dicts of _Leaf. Every key has a default.
+SCHEMA: Dict[str, Any] = {
+    "seed": _Leaf(_int(0), 0, "seeds model init and the data order (a function of (seed, stage, epoch))"),
+    "backend": _Leaf(_choice(*BACKEND_NAMES), "auto", "ncs_kernels backend for layers and the optimizer"),
+    "device": _Leaf(_choice("auto", "cpu", "cuda"), "auto", "auto: cuda when available"),
+    "models": _Leaf(_models, list(MODEL_KINDS), "which models to train"),
+    "data": {
+        "kind": _Leaf(_choice("synthetic", "tfrecord", "csv", "parquet"), "synthetic", "reader"),
+        "path": _Leaf(_str(optional=True), None, "file for tfrecord/csv/parquet (relative to the config file)"),
+        "rows": _Leaf(_int(1), 20000, "synthetic: number of rows"),
+        "seed": _Leaf(_int(0), 0, "synthetic: generator seed"),
+        "conflict": _Leaf(_float(0.0, 1.0), 0.5, "synthetic: how much the CTR and CVR signals disagree"),
+        "options": _Leaf(_dict_any, {}, "extra reader options passed through to ncs.data.load_dataset"),
+        "cache_dir": _Leaf(_str(optional=True), None, "cache for encoded data (reader-specific)"),
+        "click_label": _Leaf(_str(), "click", "the label whose positives form the 'clicked' space"),
+        "split": {
+            "by": _Leaf(_choice("request", "user", "random"), "request", "group kept whole in one split"),
+            "fractions": _Leaf(_fractions, [0.8, 0.1, 0.1], "train, valid, test"),
+            "seed": _Leaf(_int(0), 0, "split seed"),
+        },
+    },
+    "tasks": _Leaf(_tasks, DEFAULT_TASKS, "the tasks; the first bce/focal task is the 'CTR' of reports"),
+    "model": {
+        "embed_dim": _Leaf(_int(1), 64, "d: embedding width per field"),
+        "hidden": _Leaf(_int_list(1), [512, 256, 128], "MLP widths; the first layer is the fused cross layer"),
+        "pooling": _Leaf(_choice("mean", "sum"), "mean", "pooling of multi-valued fields"),
+        "pad_included": _Leaf(_bool, False,
+                              "true: padding slots count as row 0 in the pooling (the authors' code); "
+                              "false: padding is excluded"),
+        "embedding_init_std": _Leaf(_float(0.0, lo_open=True), 0.05, "normal init of embedding rows"),
+    },
+    "loss": {
+        "focal_gamma": _Leaf(_float(0.0), 2.0, "focal loss gamma"),
+        "focal_alpha": _Leaf(_float(0.0, 1.0, optional=True), 0.25, "focal loss alpha (null: no alpha)"),
+    },
+    "optim": {
+        "lr": _Leaf(_float(0.0, lo_open=True), 1e-4, "Adam learning rate of the MLPs and heads"),
+        "betas": _Leaf(_betas, [0.9, 0.999], "Adam betas"),
+        "eps": _Leaf(_float(0.0), 1e-8, "Adam eps"),
+        "weight_decay": _Leaf(_float(0.0), 0.0, "L2 weight decay of the MLPs (never the embeddings)"),
+        "mode": _Leaf(_choice("strict", "leaky"), "strict",
+                      "strict: a task's step leaves weights outside its mask (and their moments) unchanged; "
+                      "leaky: plain Adam step (the authors' code)"),
+        "embedding_optimizer": _Leaf(_choice("sparse_adam"), "sparse_adam",
+                                     "row-wise Adam on sparse gradients: only rows seen in a batch do work"),
+        "embedding_lr": _Leaf(_float(0.0, lo_open=True, optional=True), None, "null: same as lr"),
+    },
+    "train": {
+        "batch_size": _Leaf(_int(1), 4096, "training batch size"),
+        "eval_batch_size": _Leaf(_int(1), 16384, "evaluation batch size"),
+        "log_every": _Leaf(_int(1), 50, "steps between loss read-backs (.item()) for the progress bar"),
+    },
+    "stages": {
+        "warmup": {
+            "epochs": _Leaf(_int(0), 1, "N_warm: epochs of mixed batches, Eq. 2, every weight"),
+        },
+        "masks": {
+            "rounds": _Leaf(_int(1), 4, "n: pruning rounds"),
+            "final_density": _Leaf(_float(0.0, 1.0, lo_open=True, hi_open=True), 0.2, "r: density after n rounds"),
+            "prune_fraction": _Leaf(_float(0.0, 1.0, lo_open=True, hi_open=True, optional=True), None,
+                                    "q per round; null: q = 1 - r^(1/n)"),
+            "epochs_per_round": _Leaf(_int(1), 1, "training epochs of the task per round"),
+            "scope": _Leaf(_choice("global", "layer"), "global", "rank magnitudes over all masked layers or per layer"),
+            "count_rounding": _Leaf(_choice("round", "floor"), "round",
+                                    "pruned count = round-half-up(q * survivors) or floor(q * survivors)"),
+            "select": _Leaf(_choice("best", "last", "best_any"), "best",
+                            "best: best validation round among the pruned rounds 1..n; last: round n; "
+                            "best_any: also round 0 (the dense mask)"),
+        },
+        "joint": {
+            "epochs": _Leaf(_int(0), 2, "E: epochs of alternating task batches"),
+            "early_stopping": _Leaf(_bool, False, "stop when the validation metric stops improving"),
+            "patience": _Leaf(_int(1), 1, "epochs without improvement before stopping"),
+            "metric": _Leaf(_str(optional=True), None,
+                            "validation metric for early stopping, e.g. cvr_mse; null: the last task's main metric"),
+        },
+    },
+    "baselines": {
+        "epochs": _Leaf(_int(0, optional=True), None,
+                        "epochs of the single/layer baselines; null: warmup + joint epochs, the number of "
+                        "passes the connection model's final weights have seen"),
+    },
+}
+
+
+def _apply(schema: Dict[str, Any], given: Any, path: str) -> Dict[str, Any]:
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{path or 'config'}: expected a mapping, got {given!r}")
+    for k in given:
+        if k not in schema:
+            where = f"{path}.{k}" if path else str(k)
+            raise ConfigError(f"{where}: unknown key; expected one of {', '.join(schema)}")
+    out = {}
+    for k, node in schema.items():
+        where = f"{path}.{k}" if path else k
+        if isinstance(node, dict):
+            out[k] = _apply(node, given.get(k), where)
+        else:
+            v = given[k] if k in given else copy.deepcopy(node.default)
+            out[k] = node.check(where, v)
+    return out
+
+
+def defaults() -> Dict[str, Any]:
+    return resolve_config({})
+
+
+def resolve_config(given: Optional[Dict[str, Any]] = None, base_dir: Optional[str] = None) -> Dict[str, Any]:
+    """Validate `given` against the schema and fill in every default; data.path is made absolute
+    relative to base_dir (the config file's folder) when given."""
+    cfg = _apply(SCHEMA, given or {}, "")
+    _cross_checks(cfg)
+    if base_dir is not None and cfg["data"]["path"] and not os.path.isabs(cfg["data"]["path"]):
+        cfg["data"]["path"] = os.path.normpath(os.path.join(base_dir, cfg["data"]["path"]))
+    return cfg
+
+
+def _cross_checks(cfg: Dict[str, Any]) -> None:
+    d = cfg["data"]
+    if d["kind"] != "synthetic" and not d["path"]:
+        raise ConfigError(f"data.path: expected a file path for data.kind={d['kind']!r}, got null")
+    metric = cfg["stages"]["joint"]["metric"]
+    if metric is not None:
+        valid = set()
+        for t in cfg["tasks"]:
+            valid |= {f"{t['name']}_{m}" for m in metric_names(t)}
+        if metric not in valid:
+            raise ConfigError(f"stages.joint.metric: expected one of {', '.join(sorted(valid))}, got {metric!r}")
+
+
+def metric_names(task: Dict[str, Any]) -> List[str]:
+    """Metrics reported for a task: AUC + logloss for classification losses, MSE for mse."""
+    return ["mse"] if task["loss"] == "mse" else ["auc", "logloss"]
+
+
+def main_metric(task: Dict[str, Any]) -> tuple:
+    """(metric name, higher_is_better) used to pick rounds and for early stopping."""
+    return ("mse", False) if task["loss"] == "mse" else ("auc", True)
+
+
+def prune_fraction(cfg: Dict[str, Any]) -> float:
+    """q per round: given directly, or 1 - r^(1/n) so that n rounds end at density r."""
+    m = cfg["stages"]["masks"]
+    if m["prune_fraction"] is not None:
+        return float(m["prune_fraction"])
+    return 1.0 - m["final_density"] ** (1.0 / m["rounds"])
+
+
+def baseline_epochs(cfg: Dict[str, Any]) -> int:
+    e = cfg["baselines"]["epochs"]
+    if e is None:
+        e = cfg["stages"]["warmup"]["epochs"] + cfg["stages"]["joint"]["epochs"]
+    return int(e)
+
+
+def load_config(path: str, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """Read a YAML config (missing keys take defaults), apply `overrides` (nested dict), validate."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        with open(path, "r", encoding="utf-8") as f:
+            given = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if given is None:
+        given = {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(given).__name__}")
+    if overrides:
+        given = merge(given, overrides)
+    try:
+        return resolve_config(given, base_dir=os.path.dirname(os.path.abspath(path)))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    """Nested dict merge; `over` wins."""
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def dump_config(cfg: Dict[str, Any], path: str) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        yaml.safe_dump(cfg, f, sort_keys=False, default_flow_style=None)
+    os.replace(tmp, path)
+
+
+# The built-in synthetic setup of `ncs demo`; configs/demo.yaml is the same (a test checks).
+# Sized for < 3 minutes for every stage and both baselines on 2 CPU cores with the torch backend.
+DEMO_CONFIG: Dict[str, Any] = {
+    "seed": 0,
+    "data": {"kind": "synthetic", "rows": 20000, "seed": 0, "conflict": 0.5,
+             "split": {"by": "request", "fractions": [0.8, 0.1, 0.1], "seed": 0}},
+    "model": {"embed_dim": 8, "hidden": [128, 64, 32]},
+    "optim": {"lr": 0.002},
+    "train": {"batch_size": 512, "eval_batch_size": 8192, "log_every": 20},
+    "stages": {
+        "warmup": {"epochs": 1},
+        "masks": {"rounds": 4, "final_density": 0.2},
+        "joint": {"epochs": 3},
+    },
+}
+
+
+def demo_config(rows: Optional[int] = None) -> Dict[str, Any]:
+    given = copy.deepcopy(DEMO_CONFIG)
+    if rows is not None:
+        given["data"]["rows"] = int(rows)
+    return resolve_config(given)
