@@ -1,0 +1,300 @@
+"""The `ncs` command line.
+
+    ncs train --config FILE --out DIR [--models single,layer,connection] [--resume] [--backend B] [--seed N]
+    ncs eval  --run DIR [--data CONFIG_OR_FILE]
+    ncs masks --run DIR
+    ncs data stats FILE [--skip-corrupt]
+    ncs demo [--out DIR] [--rows N]
+
+Every user error (bad config, missing file, corrupt data) is one line on stderr and a non-zero
+exit code (2), never a traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from typing import Any, Dict, List, Optional
+
+EXIT_USER_ERROR = 2
+
+
+class UserError(Exception):
+    pass
+
+
+def _eprint(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _progress_enabled(args) -> bool:
+    return not getattr(args, "quiet", False) and sys.stderr.isatty()
+
+
+def _logger(args):
+    if getattr(args, "quiet", False):
+        return lambda msg: None
+    return _eprint
+
+
+def _overrides(args) -> Dict[str, Any]:
+    over: Dict[str, Any] = {}
+    if getattr(args, "models", None):
+        over["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+    if getattr(args, "backend", None):
+        over["backend"] = args.backend
+    if getattr(args, "seed", None) is not None:
+        over["seed"] = args.seed
+    if getattr(args, "device", None):
+        over["device"] = args.device
+    return over
+
+
+# ---------------------------------------------------------------------------------------------
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .train import results_table, run
+
+    out = args.out
+    cfg_path = args.config
+    if cfg_path is None:
+        if not args.resume:
+            raise UserError("train: --config is required (or --resume with --out of an existing run)")
+        cfg_path = os.path.join(out, "config.yaml")
+    cfg = load_config(cfg_path, _overrides(args))
+    t0 = time.perf_counter()
+    results = run(cfg, out, resume=args.resume, progress=_progress_enabled(args), log=_logger(args))
+    print(results_table(results, cfg["tasks"]))
+    print(f"run directory: {out} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+def _load_eval_data(run_dir: str, cfg: Dict[str, Any], data_arg: Optional[str]):
+    """(EncodedData to evaluate, description). No --data: the run's own test split. --data
+    CONFIG.yaml: that config's data and split, its test split. --data FILE: every row of FILE."""
+    from .config import load_config, merge, resolve_config
+    from .train.runner import load_data, split_data
+
+    if data_arg is None:
+        _, _, test = split_data(cfg, load_data(cfg))
+        return test, "the run's test split"
+    if not os.path.exists(data_arg):
+        raise UserError(f"--data: {data_arg}: no such file")
+    if data_arg.lower().endswith((".yaml", ".yml")):
+        other = load_config(data_arg)
+        use = resolve_config(merge(cfg, {"data": other["data"]}))
+        _, _, test = split_data(use, load_data(use))
+        return test, f"the test split of {data_arg}"
+    low = data_arg.lower()
+    kind = "parquet" if low.endswith((".parquet", ".pq")) else "csv" if low.endswith((".csv", ".csv.gz")) else "tfrecord"
+    import ncs.data as D
+    if low.endswith(".safetensors"):
+        return D.load_encoded(data_arg), data_arg
+    src = {"kind": kind, "path": os.path.abspath(data_arg)}
+    if kind != "tfrecord":
+        src["schema"] = cfg["data"]["options"].get("schema")
+        if src["schema"] is None:
+            raise UserError(f"--data: {data_arg} is {kind}; the run's config has no data.options.schema for it")
+    return D.load_dataset(src), data_arg
+
+
+def cmd_eval(args) -> int:
+    from .config import load_config
+    from .metrics import json_safe
+    from .models import check_ids
+    from .train import results_table
+    from .train.batches import prepare_split
+    from .train.runner import load_model, resolve_device
+    from .train.stages import ModelTrainer  # noqa: F401  (evaluate logic lives on the trainer)
+
+    run_dir = args.run
+    cfg_path = os.path.join(run_dir, "config.yaml")
+    if not os.path.isfile(cfg_path):
+        raise UserError(f"--run: {run_dir} is not a run directory (no config.yaml)")
+    cfg = load_config(cfg_path, {"device": args.device} if args.device else None)
+    device = resolve_device(cfg["device"])
+    data, what = _load_eval_data(run_dir, cfg, args.data)
+    kinds = [k for k in cfg["models"] if os.path.isfile(os.path.join(run_dir, "models", f"{k}.safetensors"))]
+    if not kinds:
+        raise UserError(f"--run: {run_dir} has no trained models (models/*.safetensors); train it first")
+    split = prepare_split(data, cfg["tasks"], cfg["data"]["click_label"], device)
+    results: Dict[str, Any] = {"models": {}, "data": what}
+    for kind in kinds:
+        model, fields = load_model(run_dir, kind, cfg, device)
+        try:
+            check_ids(data.ids, [f.vocab_size for f in fields], "--data ids")
+        except ValueError as e:
+            raise UserError(f"{e}; the data was encoded with another vocabulary than the run's") from None
+        results["models"][kind] = _evaluate(model, split, cfg)
+    print(json.dumps(json_safe(results), indent=2))
+    print(results_table(results, cfg["tasks"]), file=sys.stderr)
+    return 0
+
+
+def _evaluate(model, split, cfg) -> Dict[str, float]:
+    import torch
+
+    from .metrics import task_metrics
+    from .train.batches import eval_slices
+
+    model.eval()
+    names = [t["name"] for t in cfg["tasks"]]
+    outs: Dict[str, list] = {t: [] for t in names}
+    with torch.no_grad():
+        for sl in eval_slices(len(split), cfg["train"]["eval_batch_size"]):
+            pred = model.predict(split.ids[sl].to(split.device))
+            for t in names:
+                outs[t].append(pred[t].float().cpu())
+    metrics: Dict[str, float] = {}
+    for t in cfg["tasks"]:
+        n = t["name"]
+        logits = torch.cat(outs[n]) if outs[n] else torch.zeros(0)
+        sp = split.spaces[n]
+        metrics.update(task_metrics(t, logits, split.targets[n].cpu(), None if sp is None else sp.cpu()))
+    return metrics
+
+
+def cmd_masks(args) -> int:
+    import ncs_kernels as nk
+
+    from .metrics import json_safe
+    from .report import mask_stats, plot_masks
+
+    path = os.path.join(args.run, "masks.safetensors")
+    if not os.path.isfile(path):
+        raise UserError(f"--run: {path} not found (train the connection model first)")
+    masks, meta = nk.load_masks(path)
+    in_features = {layer: info["shape"][1] for layer, info in meta["layers"].items()}
+    stats = mask_stats(masks, in_features)
+    fig = args.figure or os.path.join(args.run, "figures", "masks.png")
+    plot_masks(stats, fig)
+    stats["figure"] = fig
+    print(json.dumps(json_safe(stats), indent=2))
+    return 0
+
+
+def cmd_data_stats(args) -> int:
+    import ncs.data as D
+
+    path = args.file
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such file")
+    low = path.lower()
+    is_tfrecord = not low.endswith((".safetensors", ".parquet", ".pq", ".csv", ".csv.gz", ".tsv"))
+    if is_tfrecord and not args.skip_corrupt:
+        # strict pass: the first corrupt record is an error naming it (stats() itself skips and counts)
+        for rec, payload in enumerate(D.iter_tfrecord(path, skip_corrupt=False)):
+            try:
+                ex = D.parse_example(payload)
+                float(ex["label"][0])
+            except D.DataError as e:
+                raise D.DataError(f"{path}: record {rec}: {e}") from None
+            except (KeyError, IndexError, TypeError, ValueError) as e:
+                raise D.DataError(f"{path}: record {rec}: no valid 'label' ({type(e).__name__}: {e})") from None
+    print(json.dumps(D.stats(path), indent=2))
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .config import demo_config, merge, resolve_config
+    from .train import results_table, run
+
+    cfg = demo_config(args.rows)
+    over = _overrides(args)
+    if over:
+        cfg = resolve_config(merge(cfg, over))
+    out = args.out or tempfile.mkdtemp(prefix="ncs-demo-")
+    log = _logger(args)
+    log(f"ncs demo: {cfg['data']['rows']} synthetic rows, models {','.join(cfg['models'])}, out {out}")
+    t0 = time.perf_counter()
+    results = run(cfg, out, resume=args.resume, progress=_progress_enabled(args), log=log)
+    print(results_table(results, cfg["tasks"]))
+    st = results["stages"].get("connection")
+    if st:
+        dens = ", ".join(f"{t} {v['density']:.3f} (round {v['selected_round']})" for t, v in st["masks"].items())
+        print(f"kept masks: {dens}")
+    print(f"run directory: {out} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    from .config import BACKEND_NAMES
+
+    p = argparse.ArgumentParser(prog="ncs", description="NCS4CVR: neuron-connection level sharing for CTR + CVR")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    def common(sp):
+        sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
+        sp.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
+
+    t = sub.add_parser("train", help="train the models of a config into a run directory")
+    t.add_argument("--config", help="YAML config (see configs/)")
+    t.add_argument("--out", required=True, help="run directory")
+    t.add_argument("--models", help="comma-separated subset of single,layer,connection")
+    t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoints")
+    t.add_argument("--backend", choices=BACKEND_NAMES, help="ncs_kernels backend (default: the config's)")
+    t.add_argument("--seed", type=int, help="override the config's seed")
+    common(t)
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run's trained models")
+    e.add_argument("--run", required=True, help="run directory")
+    e.add_argument("--data", help="a config YAML (its test split) or a data file (all rows)")
+    common(e)
+    e.set_defaults(func=cmd_eval)
+
+    m = sub.add_parser("masks", help="mask statistics (JSON) and figure of a run")
+    m.add_argument("--run", required=True, help="run directory")
+    m.add_argument("--figure", help="PNG path (default RUN/figures/masks.png)")
+    m.set_defaults(func=cmd_masks)
+
+    d = sub.add_parser("data", help="data utilities")
+    dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    dsub.required = True
+    ds = dsub.add_parser("stats", help="label statistics of a data file (JSON)")
+    ds.add_argument("file")
+    ds.add_argument("--skip-corrupt", action="store_true", help="skip and count corrupt records instead of failing")
+    ds.set_defaults(func=cmd_data_stats)
+
+    dm = sub.add_parser("demo", help="all stages and both baselines on built-in synthetic data")
+    dm.add_argument("--out", help="run directory (default: a new temporary directory)")
+    dm.add_argument("--rows", type=int, help="synthetic rows (default 20000)")
+    dm.add_argument("--resume", action="store_true", help="continue a demo run in --out")
+    dm.add_argument("--backend", choices=BACKEND_NAMES, help="ncs_kernels backend")
+    dm.add_argument("--seed", type=int, help="seed")
+    common(dm)
+    dm.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from .config import ConfigError
+    from .train.checkpoint import CheckpointError
+    from .train.runner import RunError
+
+    user_errors = [UserError, ConfigError, RunError, CheckpointError, FileNotFoundError]
+    try:
+        from .data import DataError
+        user_errors.append(DataError)
+    except ImportError:
+        pass
+    try:
+        return int(args.func(args) or 0)
+    except tuple(user_errors) as e:
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        _eprint(f"ncs {args.command}: error: {msg}")
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        _eprint(f"ncs {args.command}: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

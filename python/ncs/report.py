@@ -1,0 +1,180 @@
+"""Mask statistics and figures of a run (matplotlib, Agg backend: no display needed).
+
+mask_stats: per masked layer, each task's density, the fraction of weights shared by every
+task, kept by one task only, and unused, and the pairwise Jaccard of the tasks' masks; all
+computed on the packed words (popcounts), never on unpacked floats.
+
+plot_masks: the picture of the paper's Fig. 2 as numbers: per layer a stacked bar of
+shared / task-only / unused weights, and each task's density. plot_curves: training loss and
+validation metrics per epoch / round for every model.
+"""
+from __future__ import annotations
+
+import itertools
+import os
+from typing import Any, Dict, Mapping
+
+import torch
+
+import ncs_kernels as nk
+
+
+def mask_stats(masks: Mapping[str, Mapping[str, torch.Tensor]], in_features: Mapping[str, int]) -> Dict[str, Any]:
+    """masks[layer][task] = packed int32. Returns {"layers": {layer: {...}}, "total": {...}}."""
+    layers: Dict[str, Any] = {}
+    tot: Dict[str, Any] = {"weights": 0, "kept": {}, "shared": 0, "only": {}, "unused": 0, "pairs": {}}
+    for layer, per in masks.items():
+        tasks = list(per)
+        k = int(in_features[layer])
+        first = next(iter(per.values()))
+        n_w = first.shape[0] * k
+        all_and = first.clone()
+        any_or = first.clone()
+        for p in list(per.values())[1:]:
+            all_and &= p
+            any_or |= p
+        kept = {t: nk.popcount(per[t]) for t in tasks}
+        only = {}
+        for t in tasks:
+            others = torch.zeros_like(first)
+            for u in tasks:
+                if u != t:
+                    others |= per[u]
+            only[t] = nk.popcount(per[t] & ~others)
+        shared = nk.popcount(all_and)
+        unused = n_w - nk.popcount(any_or)
+        pairs = {}
+        for a, b in itertools.combinations(tasks, 2):
+            o = nk.overlap(per[a], per[b])
+            pairs[f"{a}&{b}"] = {"jaccard": o["jaccard"], "intersection": o["intersection"], "union": o["union"]}
+        layers[layer] = {
+            "shape": [int(first.shape[0]), k],
+            "weights": n_w,
+            "density": {t: kept[t] / n_w for t in tasks},
+            "shared_fraction": shared / n_w,
+            "only_fraction": {t: only[t] / n_w for t in tasks},
+            "unused_fraction": unused / n_w,
+            "shared_of_kept": {t: (shared / kept[t] if kept[t] else 0.0) for t in tasks},
+            "pairs": pairs,
+        }
+        tot["weights"] += n_w
+        tot["shared"] += shared
+        tot["unused"] += unused
+        for t in tasks:
+            tot["kept"][t] = tot["kept"].get(t, 0) + kept[t]
+            tot["only"][t] = tot["only"].get(t, 0) + only[t]
+        for key, v in pairs.items():
+            agg = tot["pairs"].setdefault(key, {"intersection": 0, "union": 0})
+            agg["intersection"] += v["intersection"]
+            agg["union"] += v["union"]
+    n = tot["weights"] or 1
+    total = {
+        "weights": tot["weights"],
+        "density": {t: v / n for t, v in tot["kept"].items()},
+        "shared_fraction": tot["shared"] / n,
+        "only_fraction": {t: v / n for t, v in tot["only"].items()},
+        "unused_fraction": tot["unused"] / n,
+        "pairs": {k: {"jaccard": (v["intersection"] / v["union"] if v["union"] else 1.0), **v}
+                  for k, v in tot["pairs"].items()},
+    }
+    return {"layers": layers, "total": total}
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_masks(stats: Dict[str, Any], path: str) -> str:
+    """Stacked bars per layer (shared by all tasks / one task only / other / unused) and task densities."""
+    plt = _plt()
+    layers = list(stats["layers"])
+    if not layers:
+        raise ValueError("stats: no layers to plot")
+    tasks = list(stats["layers"][layers[0]]["density"])
+    labels = [f"{name}\n{'x'.join(map(str, stats['layers'][name]['shape']))}" for name in layers]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    ax = axes[0]
+    bottom = [0.0] * len(layers)
+    palette = {"shared": "#3a9d5d", "unused": "#d9d9d9", "other": "#9e9ac8"}
+    task_colors = ["#e6b422", "#3b75af", "#c44e52", "#8172b2", "#64b5cd"]
+
+    def bar(values, label, color):
+        ax.bar(range(len(layers)), values, bottom=bottom, label=label, color=color)
+        for i, v in enumerate(values):
+            bottom[i] += v
+
+    bar([stats["layers"][n]["shared_fraction"] for n in layers], "shared (all tasks)", palette["shared"])
+    for i, t in enumerate(tasks):
+        bar([stats["layers"][n]["only_fraction"][t] for n in layers], f"{t} only", task_colors[i % len(task_colors)])
+    if len(tasks) > 2:
+        other = [1.0 - stats["layers"][n]["unused_fraction"] - stats["layers"][n]["shared_fraction"]
+                 - sum(stats["layers"][n]["only_fraction"].values()) for n in layers]
+        bar(other, "some tasks", palette["other"])
+    bar([stats["layers"][n]["unused_fraction"] for n in layers], "unused", palette["unused"])
+    ax.set_xticks(range(len(layers)))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("fraction of the layer's weights")
+    ax.set_ylim(0, 1)
+    ax.set_title("Connection sharing per layer")
+    ax.legend(fontsize=8, loc="upper right")
+    ax = axes[1]
+    width = 0.8 / max(1, len(tasks))
+    for i, t in enumerate(tasks):
+        ax.bar([j + i * width for j in range(len(layers))], [stats["layers"][n]["density"][t] for n in layers],
+               width=width, label=t, color=task_colors[i % len(task_colors)])
+    ax.set_xticks([j + width * (len(tasks) - 1) / 2 for j in range(len(layers))])
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("mask density")
+    ax.set_ylim(0, 1)
+    pairs = stats.get("total", {}).get("pairs", {})
+    jac = ", ".join(f"{k} Jaccard {v['jaccard']:.2f}" for k, v in pairs.items())
+    ax.set_title("Task densities" + (f" ({jac})" if jac else ""), fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(curves: Dict[str, Any], path: str) -> str:
+    """Per model: training loss by epoch (and mask rounds), and validation metrics."""
+    plt = _plt()
+    kinds = [k for k, v in curves.items() if v]
+    if not kinds:
+        raise ValueError("curves: nothing to plot")
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    for kind in kinds:
+        recs = curves[kind]
+        epochs = [r for r in recs if r.get("stage") in ("train", "warmup", "joint")]
+        xs = list(range(1, len(epochs) + 1))
+        axes[0].plot(xs, [r["train_loss"] for r in epochs], marker="o", label=kind)
+        metric_keys = [k for k in (epochs[0] if epochs else {}) if k.endswith(("_auc", "_mse"))]
+        for mk in metric_keys:
+            ax = axes[1] if mk.endswith("_auc") else axes[2]
+            ax.plot(xs, [r.get(mk) if r.get(mk) is not None else float("nan") for r in epochs], marker="o",
+                    label=f"{kind} {mk}")
+        rounds = [r for r in recs if r.get("stage") == "masks"]
+        for task in sorted({r["task"] for r in rounds}):
+            rs = [r for r in rounds if r["task"] == task]
+            mk = next((k for k in rs[0] if k.startswith(task + "_") and k.endswith(("_auc", "_mse"))), None)
+            if mk is None:
+                continue
+            ax = axes[1] if mk.endswith("_auc") else axes[2]
+            ax.plot([r["density"] for r in rs], [r.get(mk) if r.get(mk) is not None else float("nan") for r in rs],
+                    linestyle="--", marker="x", label=f"rounds {mk} (x = density)")
+    axes[0].set_title("training loss per epoch (warmup, joint / baseline)")
+    axes[0].set_xlabel("epoch")
+    axes[1].set_title("validation AUC")
+    axes[2].set_title("validation MSE")
+    for ax in axes:
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
