@@ -140,8 +140,24 @@ def test_gpu_check_dry_run_records_every_step(tmp_path):
     assert steps["build"]["status"] == "skipped"
     assert steps["tests"]["status"] == "no-tests"
     assert steps["env"]["status"] == "ok" and steps["bench_ops"]["status"] == "ok", r.stderr[-2000:]
+    assert steps["stages"]["status"] in ("ok", "skipped"), (out / "bench.log").read_text()[-3000:]
     assert json.loads((out / "env.json").read_text())["versions"]["torch"] == torch.__version__
     assert json.loads((out / "ops.json").read_text())["complete"] is True
     files = sorted(p.name for p in out.iterdir())
     assert len(files) <= 8 and "summary.json" in files, files
     assert (r.returncode == 0) == summary["all_ok"]
+
+
+def test_stages_tiny_run(tmp_path):
+    pytest.importorskip("ncs.train", reason="the trainer (python/ncs/train) is not importable")
+    from bench import stages
+
+    out = tmp_path / "stages.json"
+    rc = stages.main(["--tiny", "--device", "cpu", "--threads", "1", "--json", str(out)])
+    doc = json.loads(out.read_text())
+    assert [r.get("error") for r in doc["results"]] == [None, None]
+    assert rc == 0 and doc["schema"] == stages.SCHEMA
+    for r in doc["results"]:
+        for s in stages.STAGES:
+            assert r[s]["samples"] > 0 and r[s]["samples_per_s"] > 0, (r["backend"], s)
+        assert set(r["masks"]["per_task"]) == {"ctr", "cvr"}
