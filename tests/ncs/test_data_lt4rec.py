@@ -121,3 +121,18 @@ def test_bad_arguments(tmp_path):
         load_lt4rec(tmp_path / "x", max_len=0)
     with pytest.raises(ValueError, match="unknown fields"):
         load_lt4rec(tmp_path / "x", vocab={"NOPE": {}})
+
+
+def test_sample_split_and_cache(sample, tmp_path):
+    from ncs.data import load_dataset, split, split_summary
+
+    data, _ = sample
+    s = split_summary(*split(data, by="request", seed=0))
+    assert s["disjoint"]["request"] and s["train"]["rows"] + s["valid"]["rows"] + s["test"]["rows"] == 4322
+    assert s["train"]["requests"] + s["valid"]["requests"] + s["test"]["requests"] == 603
+    cfg = {"kind": "tfrecord", "path": str(SAMPLE), "max_len": 8}
+    a = load_dataset(cfg, cache_dir=str(tmp_path))
+    b = load_dataset(cfg, cache_dir=str(tmp_path))  # from the cache
+    assert torch.equal(a.ids, data.ids) and torch.equal(b.ids, data.ids) and b.fields == data.fields
+    assert torch.equal(b.groups["request"], data.groups["request"])
+    assert stats(next(tmp_path.glob("tfrecord-*.safetensors")))["clicks"] == 1677

@@ -204,7 +204,7 @@ def _play_rate(w: _World, z: torch.Tensor) -> torch.Tensor:
     return (w.p["headroom"] * torch.sigmoid(z)).clamp(0.01, 1.0)
 
 
-def _bisect(f, lo: float = -20.0, hi: float = 20.0, iters: int = 50) -> float:
+def _bisect(f, lo: float = -20.0, hi: float = 20.0, iters: int = 36) -> float:
     """Root of an increasing function f on [lo, hi]."""
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
@@ -215,7 +215,7 @@ def _bisect(f, lo: float = -20.0, hi: float = 20.0, iters: int = 50) -> float:
     return 0.5 * (lo + hi)
 
 
-def _calibrate(w: _World, seed: int, n: int = 100_000) -> None:
+def _calibrate(w: _World, seed: int, n: int = 40_000) -> None:
     g = _generator(seed, -2)
     imp = _sample_block(w, n, g)
     s = (w.u[imp["user"]] * w.v[imp["vid"]]).sum(1)
