@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import operator
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional
 
@@ -250,7 +251,9 @@ def _fields(w: _World) -> List[FieldSpec]:
     return [FieldSpec(n, s, l) for n, s, l in zip(FIELD_NAMES, sizes, lens)]
 
 
-def _block(w: _World, seed: int, block: int, rows: int, conflict: float) -> EncodedData:
+def _block(w: _World, seed: int, block: int, rows: int, conflict: float,
+           out: Optional[EncodedData] = None) -> EncodedData:
+    """One block of rows; written into ``out`` (views of a preallocated whole) when given."""
     g = _generator(seed, block)
     imp = _sample_block(w, rows, g)
     noise = torch.randn(rows, generator=g)
@@ -259,7 +262,12 @@ def _block(w: _World, seed: int, block: int, rows: int, conflict: float) -> Enco
     conversion = torch.where(click > 0, _play_rate(w, play + w.c0), torch.zeros(()))
     user, vid, seed_vid = imp["user"], imp["vid"], imp["seed_vid"]
     L = max(3, w.p["max_tags"])
-    ids = torch.full((rows, 16, L), -1, dtype=torch.int64)
+    if out is None:
+        out = EncodedData(_fields(w), torch.empty((rows, 16, L), dtype=torch.int64),
+                          {"click": torch.empty(rows), "conversion": torch.empty(rows)},
+                          {"request": torch.empty(rows, dtype=torch.int64), "user": torch.empty(rows, dtype=torch.int64)})
+    ids = out.ids
+    ids.fill_(-1)
     single = [user + 1, w.u_age[user], w.u_group[user] + 1, None,
               seed_vid + 1, w.v_creator[seed_vid] + 1, w.v_cat1[seed_vid] + 1,
               vid + 1, w.v_creator[vid] + 1, w.v_cat1[vid] + 1, w.v_cat2[vid] + 1,
@@ -270,9 +278,11 @@ def _block(w: _World, seed: int, block: int, rows: int, conflict: float) -> Enco
     uc = w.u_cats[user]
     ids[:, 3, :3] = torch.where(uc >= 0, uc + 1, uc)
     ids[:, 15, : w.p["max_tags"]] = w.v_tags[vid]
-    request = block * BLOCK + imp["req_local"]
-    return EncodedData(_fields(w), ids, {"click": click, "conversion": conversion.float()},
-                       {"request": request.long(), "user": (user + 1).long()})
+    out.labels["click"].copy_(click)
+    out.labels["conversion"].copy_(conversion)
+    out.groups["request"].copy_(block * BLOCK + imp["req_local"])
+    out.groups["user"].copy_(user + 1)
+    return out
 
 
 def _concat(parts: List[EncodedData]) -> EncodedData:
@@ -288,12 +298,21 @@ def _slice(d: EncodedData, a: int, b: int) -> EncodedData:
                        {k: v[a:b] for k, v in d.groups.items()})
 
 
-def _blocks(rows: int, seed: int, conflict: float, kw: Dict) -> Iterator[EncodedData]:
-    if not isinstance(rows, int) or rows < 0:
+def _check(rows, conflict) -> int:
+    try:
+        n = operator.index(rows)
+    except TypeError:
+        raise ValueError(f"rows must be an int >= 0, got {rows!r}") from None
+    if n < 0:
         raise ValueError(f"rows must be an int >= 0, got {rows!r}")
     if not isinstance(conflict, (int, float)) or not math.isfinite(conflict) or conflict < 0:
         raise ValueError(f"conflict must be a finite number >= 0, got {conflict!r}")
-    p = _resolve(rows, kw)
+    return n
+
+
+def _blocks(rows: int, seed: int, conflict: float, kw: Dict) -> Iterator[EncodedData]:
+    rows = _check(rows, conflict)
+    p = _resolve(rows, kw)  # the world's size follows rows: synthetic(n) is not a prefix of synthetic(2n)
     w = _world(int(seed), p)
     for b in range((rows + BLOCK - 1) // BLOCK):
         yield _block(w, int(seed), b, min(BLOCK, rows - b * BLOCK), float(conflict))
@@ -328,12 +347,15 @@ def synthetic(rows: int = 100_000, seed: int = 0, conflict: float = 1.0, **kw) -
 
     Labels: "click" (0/1) and "conversion" (play rate, > 0 exactly for clicks); groups:
     "request" (about ``request_size`` impressions each) and "user". Keyword arguments: DEFAULTS."""
-    parts = list(_blocks(rows, seed, conflict, kw))
-    if not parts:
-        w = _world(int(seed), _resolve(0, kw))
-        fields = _fields(w)
-        L = max(f.max_len for f in fields)
-        return EncodedData(fields, torch.zeros((0, len(fields), L), dtype=torch.int64),
-                           {"click": torch.zeros(0), "conversion": torch.zeros(0)},
-                           {"request": torch.zeros(0, dtype=torch.int64), "user": torch.zeros(0, dtype=torch.int64)})
-    return _concat(parts)
+    # Preallocate the whole and let each block write into its slice: no concatenation copy.
+    n = _check(rows, conflict)
+    w = _world(int(seed), _resolve(n, kw))
+    fields = _fields(w)
+    L = max(f.max_len for f in fields)
+    whole = EncodedData(fields, torch.empty((n, len(fields), L), dtype=torch.int64),
+                        {"click": torch.empty(n), "conversion": torch.empty(n)},
+                        {"request": torch.empty(n, dtype=torch.int64), "user": torch.empty(n, dtype=torch.int64)})
+    for b in range((n + BLOCK - 1) // BLOCK):
+        a, e = b * BLOCK, min(n, (b + 1) * BLOCK)
+        _block(w, int(seed), b, e - a, float(conflict), _slice(whole, a, e))
+    return whole
