@@ -156,12 +156,42 @@ def variants(op: str, device: str) -> List[str]:
         base = list(ADAM_BASELINES)
     else:
         raise ValueError(f"op: expected masked_linear, cross_masked_linear or masked_adam, got {op!r}")
-    return base + [f"nk:{b}" for b in _backends.BACKENDS]
+    out = base + [f"nk:{b}" for b in _backends.BACKENDS]
+    if op != "masked_adam":
+        # the Triton backend's other way of applying the mask (W*M written once per call, then an
+        # unmasked GEMM), selected per call by NCS_TRITON_WEIGHT_MASK: DESIGN asks to time both
+        out.append("nk:triton~materialize")
+    return out
 
 
 def variant_backend(variant: str) -> Optional[str]:
-    """The ncs backend a variant runs ("nk:cpu" -> "cpu"), None for the plain-PyTorch baselines."""
-    return variant.split(":", 1)[1] if ":" in variant else None
+    """The ncs backend a variant runs ("nk:cpu" -> "cpu", "nk:triton~materialize" -> "triton"),
+    None for the plain-PyTorch baselines."""
+    return variant.split(":", 1)[1].split("~", 1)[0] if ":" in variant else None
+
+
+def variant_env(variant: str) -> Dict[str, str]:
+    """Environment a variant runs under (read per call by the backend)."""
+    if variant.endswith("~materialize"):
+        return {"NCS_TRITON_WEIGHT_MASK": "materialize"}
+    return {}
+
+
+@contextlib.contextmanager
+def scoped_env(env: Dict[str, str]):
+    if not env:
+        yield
+        return
+    prev = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in prev.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def why_skip(op: str, variant: str, device: str, dtype_name: str, mode: str) -> Optional[str]:
@@ -184,6 +214,13 @@ def why_skip(op: str, variant: str, device: str, dtype_name: str, mode: str) -> 
         dtype_ok = getattr(_backends, "_dtype_ok", None)
         if dtype_ok is not None:
             why = dtype_ok(be, device, DTYPES[dtype_name])
+    if why is None and variant.endswith("~materialize"):
+        try:
+            from ncs_kernels.triton import _common as tc
+
+            tc.weight_mask_mode  # noqa: B018 - only its existence matters
+        except (ImportError, AttributeError) as e:
+            why = f"this Triton backend has no NCS_TRITON_WEIGHT_MASK switch ({type(e).__name__})"
     if why is None and be == "triton" and device == "cpu" and not (tiny() or env_flag("NCS_BENCH_INTERPRET")):
         why = "the Triton interpreter (TRITON_INTERPRET=1) is a correctness tool, not a speed target; set NCS_BENCH_INTERPRET=1 to time it anyway"
     return why
@@ -225,12 +262,14 @@ class Problem:
     owned: List[torch.Tensor] = field(default_factory=list)
     flop: float = 0.0  # GEMM flops of one step, for TFLOP/s columns
     keepalive: list = field(default_factory=list)
+    env: Dict[str, str] = field(default_factory=dict)  # set around every step (see variant_env)
 
     def step(self) -> None:
-        if self.update is not None:
-            self.update()
-            return
-        self.forward().backward(self.dy)
+        with scoped_env(self.env):
+            if self.update is not None:
+                self.update()
+                return
+            self.forward().backward(self.dy)
 
     def clear_grads(self) -> None:
         for t in self.leaves:
@@ -255,13 +294,17 @@ def make_problem(op: str, variant: str, shape: Dict[str, int], dtype_name: str, 
     dtype = DTYPES[dtype_name]
     gen = torch.Generator().manual_seed(seed)
     be = variant_backend(variant)
+    base = variant.split("~", 1)[0]  # the tensors and call are those of the plain variant
     if op == "masked_linear":
-        return _linear_problem(variant, be, shape, dtype, device, gen)
-    if op == "cross_masked_linear":
-        return _cross_problem(variant, be, shape, dtype, device, gen)
-    if op == "masked_adam":
-        return _adam_problem(variant, be, shape, dtype, device, gen, capturable=(mode == "graph"))
-    raise ValueError(f"op: expected masked_linear, cross_masked_linear or masked_adam, got {op!r}")
+        prob = _linear_problem(base, be, shape, dtype, device, gen)
+    elif op == "cross_masked_linear":
+        prob = _cross_problem(base, be, shape, dtype, device, gen)
+    elif op == "masked_adam":
+        prob = _adam_problem(base, be, shape, dtype, device, gen, capturable=(mode == "graph"))
+    else:
+        raise ValueError(f"op: expected masked_linear, cross_masked_linear or masked_adam, got {op!r}")
+    prob.env = variant_env(variant)
+    return prob
 
 
 def _linear_problem(variant, be, shape, dtype, device, gen) -> Problem:

@@ -90,19 +90,24 @@ def build_groups(args, device: str) -> List[Dict]:
     bad = [m for m in modes if m not in ("eager", "graph")]
     if bad:
         raise SystemExit(f"--modes: expected eager and/or graph, got {bad}")
+    if args.dtypes is None:
+        # most telling first, so a run cut short by --max-seconds or a timeout still has them
+        dtypes = sorted(dtypes, key=("bf16", "tf32", "fp32").index)
+    if args.modes is None:
+        modes = sorted(modes, key=("graph", "eager").index)
     groups = []
-    for key in _split(args.ops):
-        op = OPS[key]
-        if op == "masked_linear":
-            shapes = C.linear_shapes(batch)
-        elif op == "cross_masked_linear":
-            shapes = [C.cross_shape(batch)]
-        else:
-            shapes = C.adam_shapes()
-        for dt in dtypes:
-            if op == "masked_adam" and dt != "fp32":
-                continue  # optimizer state is fp32 master weights; tf32/bf16 say nothing new
-            for mode in modes:
+    for dt in dtypes:
+        for mode in modes:
+            for key in _split(args.ops):
+                op = OPS[key]
+                if op == "masked_adam" and dt != "fp32":
+                    continue  # optimizer state is fp32 master weights; tf32/bf16 say nothing new
+                if op == "masked_linear":
+                    shapes = C.linear_shapes(batch)
+                elif op == "cross_masked_linear":
+                    shapes = [C.cross_shape(batch)]
+                else:
+                    shapes = C.adam_shapes()
                 for shape in shapes:
                     groups.append({"op": op, "shape": shape, "dtype": dt, "mode": mode})
     return groups
@@ -184,18 +189,18 @@ def _fmt(v, spec):
 def format_group(g: Dict) -> str:
     shape = C.shape_id(g["shape"])
     head = f"\n{g['op']} {shape} {g['dtype']} {g['mode']}   (x{g['floor']} / x{g['ref']}: row / that row; <1 = faster)"
-    cols = f"{'variant':<18}{'ms':>9}{'x' + g['floor']:>15}{'x' + g['ref']:>12}{'TFLOP/s':>9}" \
+    cols = f"{'variant':<22}{'ms':>9}{'x' + g['floor']:>15}{'x' + g['ref']:>12}{'TFLOP/s':>9}" \
            f"{'act MiB':>9}{'act x' + g['floor'][:5]:>12}{'act x' + g['ref'][:5]:>12}{'peak MiB':>9}{'peak x' + g['ref'][:5]:>13}"
     lines = [head, cols]
     for r in g["rows"]:
         if "skipped" in r:
             continue
         if "error" in r and "median_s" not in r:
-            lines.append(f"{r['variant']:<18}  ERROR {r['error'][:110]}")
+            lines.append(f"{r['variant']:<22}  ERROR {r['error'][:110]}")
             continue
         mib = 1 / 2 ** 20
         lines.append(
-            f"{r['variant']:<18}{_fmt(r['median_s'] * 1e3, '9.3f')}{_fmt(r.get('time_x_floor'), '15.3f')}"
+            f"{r['variant']:<22}{_fmt(r['median_s'] * 1e3, '9.3f')}{_fmt(r.get('time_x_floor'), '15.3f')}"
             f"{_fmt(r.get('time_x_ref'), '12.3f')}{_fmt(r.get('tflops'), '9.2f')}"
             f"{_fmt(r['act_bytes'] * mib if r.get('act_bytes') else None, '9.2f')}{_fmt(r.get('act_x_floor'), '12.3f')}"
             f"{_fmt(r.get('act_x_ref'), '12.3f')}{_fmt(r['peak_bytes'] * mib if r.get('peak_bytes') else None, '9.2f')}"
