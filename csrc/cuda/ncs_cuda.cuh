@@ -21,7 +21,7 @@ namespace ncs {
 namespace cuda {
 
 // ---- mask_ops.cu ----------------------------------------------------------------------------
-// out = weight ⊙ M (out may alias weight).
+// out = weight ⊙ M (out must not alias weight).
 template <typename T>
 cudaError_t apply_mask(const T* weight, const int32_t* packed, T* out, int64_t n, int64_t k, cudaStream_t stream);
 // t ⊙= M, writing exactly 0 where the bit is 0 (also over NaN/Inf).
