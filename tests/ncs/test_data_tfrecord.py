@@ -197,10 +197,22 @@ def test_truncated_gzip_stream(tmp_path):
     raw = (tmp_path / "ok.gz").read_bytes()
     bad = tmp_path / "cut.gz"
     bad.write_bytes(raw[: len(raw) // 2])
-    with pytest.raises(DataError, match=r"cut\.gz: record \d+"):
+    with pytest.raises(DataError, match=r"cut\.gz: record \d+: compressed stream"):
         list(iter_tfrecord(bad))
+    st = {}
+    got = list(iter_tfrecord(bad, skip_corrupt=True, stats=st))
+    assert 0 < len(got) < 20 and got == payloads[: len(got)]
+    assert st["corrupt_records"] == 1
 
 
 def test_missing_file(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         list(iter_tfrecord(tmp_path / "nope"))
+
+
+def test_concatenated_gzip_members(tmp_path):
+    payloads = [example({"a": [i]}) for i in range(10)]
+    blob = (gzip.compress(b"".join(frame(p) for p in payloads[:4]))
+            + gzip.compress(b"".join(frame(p) for p in payloads[4:])))
+    (tmp_path / "mm.gz").write_bytes(blob)
+    assert list(iter_tfrecord(tmp_path / "mm.gz")) == payloads

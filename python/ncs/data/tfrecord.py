@@ -5,7 +5,6 @@ crc32c(payload). Files may be gzip-compressed (detected by the magic bytes, not 
 """
 from __future__ import annotations
 
-import gzip
 import os
 import struct
 import zlib
@@ -24,29 +23,48 @@ _BATCH = 4096  # records whose payload CRCs are checked together (vectorised)
 FeatureValues = Union[List[bytes], List[float], List[int]]
 
 
-def _open_stream(path: str):
-    with open(path, "rb") as f:
-        magic = f.read(2)
-    if magic == b"\x1f\x8b":
-        return gzip.open(path, "rb")
-    return open(path, "rb")
-
-
 class _Reader:
-    """Buffered stream that turns gzip failures into DataError with the record number."""
+    """Buffered decompressed stream. gzip is decoded here with zlib (not gzip.open) so that a
+    damaged or truncated stream still yields everything before the damage; failures become
+    DataError with the record number (or, with ``tolerate``, end the stream)."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, tolerate: bool = False):
         self.path = path
-        self.stream = _open_stream(path)
+        self.tolerate = tolerate  # skip_corrupt: a broken stream ends it like a truncation
+        self.raw = open(path, "rb")
+        self.gzip = self.raw.read(2) == b"\x1f\x8b"
+        self.raw.seek(0)
+        self.inflate = zlib.decompressobj(wbits=31) if self.gzip else None
         self.buf = bytearray()
         self.pos = 0
         self.eof = False
 
+    def _read_chunk(self) -> bytes:
+        if not self.gzip:
+            return self.raw.read(_CHUNK)
+        while True:
+            data = self.raw.read(_CHUNK // 4)
+            if not data:
+                if not self.inflate.eof:
+                    raise EOFError("compressed stream ends before its end marker")
+                return b""
+            out = bytearray()
+            while data:
+                if self.inflate.eof:  # a concatenated gzip member follows
+                    self.inflate = zlib.decompressobj(wbits=31)
+                out += self.inflate.decompress(data)
+                data = self.inflate.unused_data if self.inflate.eof else b""
+            if out:
+                return bytes(out)
+
     def fill(self, need: int, record: int) -> None:
         while len(self.buf) - self.pos < need and not self.eof:
             try:
-                chunk = self.stream.read(_CHUNK)
-            except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
+                chunk = self._read_chunk()
+            except (OSError, EOFError, zlib.error) as e:
+                self.eof = True
+                if self.tolerate:
+                    return
                 raise DataError(f"{self.path}: record {record}: compressed stream is corrupt "
                                 f"or truncated ({e})") from e
             if not chunk:
@@ -67,7 +85,7 @@ class _Reader:
         return out
 
     def close(self) -> None:
-        self.stream.close()
+        self.raw.close()
 
 
 def _window_header_ok(data: bytes) -> np.ndarray:
@@ -117,7 +135,7 @@ def iter_tfrecord(path: Union[str, os.PathLike], skip_corrupt: bool = False,
     stats.setdefault("corrupt_records", 0)
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
-    reader = _Reader(path)
+    reader = _Reader(path, tolerate=skip_corrupt)
     record = 0  # 0-based index of the next record in the file
 
     def corrupt(msg: str) -> None:
