@@ -1,0 +1,114 @@
+"""Config loading and validation: defaults, unknown keys, bad values, the shipped configs."""
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ncs.config import (DEMO_CONFIG, ConfigError, baseline_epochs, defaults, demo_config, load_config,
+                        prune_fraction, resolve_config)
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_complete_and_paper_like():
+    cfg = defaults()
+    assert cfg["model"]["hidden"] == [512, 256, 128]
+    assert cfg["optim"]["mode"] == "strict"
+    assert cfg["optim"]["embedding_optimizer"] == "sparse_adam"
+    assert [t["weight"] for t in cfg["tasks"]] == [0.7, 0.3]
+    assert cfg["tasks"][1]["space"] == "clicked"
+    assert prune_fraction(cfg) == pytest.approx(1 - 0.2 ** 0.25)
+    assert baseline_epochs(cfg) == cfg["stages"]["warmup"]["epochs"] + cfg["stages"]["joint"]["epochs"]
+
+
+@pytest.mark.parametrize("given, path", [
+    ({"stages": {"warmup": {"epoch": 1}}}, "stages.warmup.epoch"),
+    ({"optim": {"learning_rate": 1}}, "optim.learning_rate"),
+    ({"bogus": 1}, "bogus"),
+    ({"tasks": [{"name": "a", "label": "click", "colour": 1}, {"name": "b", "label": "click"}]}, "tasks[0].colour"),
+])
+def test_unknown_key_names_its_path(given, path):
+    with pytest.raises(ConfigError) as e:
+        resolve_config(given)
+    assert str(e.value).startswith(f"{path}: unknown key")
+
+
+@pytest.mark.parametrize("given, key, expected", [
+    ({"optim": {"lr": -1}}, "optim.lr", "a number > 0"),
+    ({"optim": {"lr": "fast"}}, "optim.lr", "a number"),
+    ({"optim": {"mode": "loose"}}, "optim.mode", "strict, leaky"),
+    ({"model": {"hidden": []}}, "model.hidden", "positive integers"),
+    ({"model": {"embed_dim": True}}, "model.embed_dim", "an integer"),
+    ({"stages": {"masks": {"final_density": 1.5}}}, "stages.masks.final_density", "(0.0, 1.0)"),
+    ({"data": {"split": {"fractions": [0.5, 0.5, 0.5]}}}, "data.split.fractions", "summing to 1"),
+    ({"data": {"kind": "tfrecord"}}, "data.path", "a file path"),
+    ({"tasks": [{"name": "ctr", "label": "click"}]}, "tasks", "at least two tasks"),
+    ({"tasks": [{"name": "ctr", "label": "click", "loss": "hinge"}, {"name": "b", "label": "x"}]},
+     "tasks[0].loss", "bce, focal, mse"),
+    ({"tasks": [{"name": "a", "label": "click"}, {"name": "a", "label": "conversion"}]}, "tasks", "distinct"),
+    ({"models": ["single", "dense"]}, "models", "single, layer, connection"),
+    ({"stages": {"joint": {"metric": "cvr_auc"}}}, "stages.joint.metric", "cvr_mse"),
+])
+def test_bad_value_names_key_and_expectation(given, key, expected):
+    with pytest.raises(ConfigError) as e:
+        resolve_config(given)
+    msg = str(e.value)
+    assert msg.startswith(f"{key}:"), msg
+    assert expected in msg, msg
+
+
+def test_three_tasks_and_models_string():
+    cfg = resolve_config({
+        "models": "connection,single",
+        "tasks": [{"name": "ctr", "label": "click"}, {"name": "cvr", "label": "conversion", "space": "clicked",
+                                                       "loss": "mse"},
+                  {"name": "like", "label": "like", "loss": "focal", "weight": 0.1}],
+    })
+    assert cfg["models"] == ["single", "connection"]  # fixed order: baselines first
+    assert [t["name"] for t in cfg["tasks"]] == ["ctr", "cvr", "like"]
+    assert cfg["tasks"][2]["space"] == "all"
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(str(tmp_path / "missing.yaml"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(str(bad))
+    wrong = tmp_path / "wrong.yaml"
+    wrong.write_text("optim:\n  lr: 0\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(wrong))
+    assert "optim.lr" in str(e.value) and str(wrong) in str(e.value)
+
+
+def test_relative_data_path_resolved_against_config_file(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("data: {kind: tfrecord, path: sub/x.gz}\n")
+    assert load_config(str(p))["data"]["path"] == str(tmp_path / "sub" / "x.gz")
+
+
+@pytest.mark.parametrize("name", ["paper", "lt4rec_sample", "demo"])
+def test_shipped_configs_load(name):
+    cfg = load_config(str(REPO / "configs" / f"{name}.yaml"))
+    assert cfg["models"] == ["single", "layer", "connection"]
+
+
+def test_paper_config_is_the_paper():
+    cfg = load_config(str(REPO / "configs" / "paper.yaml"))
+    assert cfg["model"]["embed_dim"] == 64 and cfg["model"]["hidden"] == [512, 256, 128]
+    assert cfg["optim"]["lr"] == 1e-4 and cfg["train"]["batch_size"] == 4096
+    assert cfg["stages"]["masks"]["final_density"] == 0.2 and cfg["stages"]["masks"]["rounds"] == 4
+    assert [t["weight"] for t in cfg["tasks"]] == [0.7, 0.3]
+
+
+def test_sample_config_points_at_the_shared_sample():
+    cfg = load_config(str(REPO / "configs" / "lt4rec_sample.yaml"))
+    assert Path(cfg["data"]["path"]) == (REPO.parent / "shared" / "data" / "lt4rec" / "part-r-00002.gz").resolve()
+
+
+def test_demo_yaml_matches_builtin():
+    on_disk = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
+    assert resolve_config(on_disk) == resolve_config(DEMO_CONFIG) == demo_config()
+    assert demo_config(rows=123)["data"]["rows"] == 123
