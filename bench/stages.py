@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
@@ -120,7 +121,8 @@ def _timed_epochs(trainer, batches, weighted: bool, warm: int, desc: str) -> Dic
     return {"steps": len(timed), "samples": n, "seconds": dt, "samples_per_s": n / dt if dt > 0 else None}
 
 
-def run_backend(backend: str, args, device: str, data) -> Dict:
+def run_backend(backend: str, args, device: str, data, out: Dict, save=lambda: None) -> Dict:
+    """Fill `out` stage by stage (save() after each, so a killed run keeps what it measured)."""
     import ncs_kernels as nk
     from ncs.train import batches as B
     from ncs.train.pruning import prune_round
@@ -133,7 +135,6 @@ def run_backend(backend: str, args, device: str, data) -> Dict:
     names = [t["name"] for t in tasks]
     bs, seed, warm, steps = args.batch, cfg["seed"], args.warmup_steps, args.steps
     need = warm + steps
-    out: Dict = {"backend": backend}
     with tempfile.TemporaryDirectory() as ckpt:
         trainer = ModelTrainer("connection", cfg, data.fields, split, split, dev, ckpt)
         some_weight = next(iter(trainer.layers.values())).weight
@@ -143,6 +144,7 @@ def run_backend(backend: str, args, device: str, data) -> Dict:
 
         batches = _cycled(lambda e: B.mixed_batches(split, bs, seed, "mixed", e), need)
         out["warmup"] = _timed_epochs(trainer, batches, True, warm, "warmup")
+        save()
 
         ones = {n: nk.ones_mask(m.out_features, m.in_features, device=dev) for n, m in trainer.layers.items()}
         per_task = {}
@@ -162,11 +164,13 @@ def run_backend(backend: str, args, device: str, data) -> Dict:
         s = sum(v["seconds"] for v in per_task.values())
         out["masks"] = {"samples": n, "seconds": s, "samples_per_s": n / s if s > 0 else None,
                         "steps": sum(v["steps"] for v in per_task.values()), "per_task": per_task}
+        save()
 
         for task in names:
             trainer.model.set_task_masks(task, selected[task])
         jb = _cycled(lambda e: B.alternating_batches(split, names, bs, seed, "joint", e), need)
         out["joint"] = _timed_epochs(trainer, jb, True, warm, "joint")
+        save()
 
         trainer.evaluate(split)  # warm
         t0 = time.perf_counter()
@@ -180,21 +184,41 @@ STAGES = ("warmup", "masks", "joint", "evaluate")
 
 
 def format_table(results: List[Dict]) -> str:
-    lines = [f"{'backend':<14}" + "".join(f"{s + ' samples/s':>22}" for s in STAGES)]
+    """samples/s per stage; in brackets the ratio to the torch backend's row (> 1 = faster)."""
+    def rate(r, s):
+        return (r.get(s) or {}).get("samples_per_s")
+
+    lines = [f"{'backend':<16}" + "".join(f"{s + ' samples/s':>22}" for s in STAGES)]
     base = next((r for r in results if r["backend"] == "torch" and "error" not in r), None)
     for r in results:
-        if "error" in r:
-            lines.append(f"{r['backend']:<14}ERROR {r['error'][:120]}")
-            continue
+        name = r["backend"] + ("->" + r["resolved_backend"] if "resolved_backend" in r else "")
         cells = []
         for s in STAGES:
-            v = r[s]["samples_per_s"]
-            ratio = ""
-            if base is not None and base is not r and base[s]["samples_per_s"]:
-                ratio = f" ({v / base[s]['samples_per_s']:.2f}x)"
-            cells.append(f"{v:,.0f}{ratio}".rjust(22))
-        lines.append(f"{r['backend'] + '->' + r['resolved_backend']:<14}" + "".join(cells))
+            v = rate(r, s)
+            if v is None:
+                cells.append("-".rjust(22))
+                continue
+            b = rate(base, s) if base is not None and base is not r else None
+            cells.append((f"{v:,.0f}" + (f" ({v / b:.2f}x)" if b else "")).rjust(22))
+        lines.append(f"{name:<16}" + "".join(cells))
+        if "error" in r:
+            lines.append(f"  ERROR {r['error'][:150]}")
     return "\n".join(lines)
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _on_sigterm(signum, frame):
+    raise _Stopped(f"signal {signum}")
+
+
+def _write(path: Path, doc: Dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def main(argv=None) -> int:
@@ -210,9 +234,15 @@ def main(argv=None) -> int:
     args.steps = args.steps or (2 if args.tiny else (20 if cuda else 5))
     args.warmup_steps = (1 if args.tiny else 3) if args.warmup_steps is None else args.warmup_steps
     args.rows = args.rows or args.batch * 8
+    path = None
+    if args.json:
+        path = C.default_result_path(device, "stages") if args.json == "auto" else Path(args.json)
     threads_before = torch.get_num_threads()
     if args.threads:
         torch.set_num_threads(args.threads)
+    prev = signal.signal(signal.SIGTERM, _on_sigterm)
+    doc: Dict = {"schema": SCHEMA, "env": C.environment(device), "complete": False, "results": []}
+    status = 0
     try:
         from ncs.train import runner
 
@@ -221,31 +251,36 @@ def main(argv=None) -> int:
             data = random_data(args.rows, 4 if args.tiny else args.fields)
         else:
             data = runner.load_data(_config(args, device, "torch"))
-        data_s = time.perf_counter() - t0
-        results = []
-        for be in [b.strip() for b in args.backends.split(",") if b.strip()]:
-            try:
-                results.append(run_backend(be, args, device, data))
-            except Exception as e:  # one backend failing must not hide the other's numbers
-                results.append({"backend": be, "error": f"{type(e).__name__}: {e}"[:500]})
-            print(format_table(results[-1:]) if "error" in results[-1] else "", end="", file=sys.stderr)
-        doc = {
-            "schema": SCHEMA, "env": C.environment(device),
-            "config": {"batch": args.batch, "steps": args.steps, "warmup_steps": args.warmup_steps, "rows": args.rows,
-                       "tiny": args.tiny, "data": args.data, "fields": len(data.fields), "data_seconds": data_s, "device": device},
-            "results": results,
-        }
+        doc["config"] = {"batch": args.batch, "steps": args.steps, "warmup_steps": args.warmup_steps,
+                         "rows": args.rows, "tiny": args.tiny, "data": args.data, "fields": len(data.fields),
+                         "data_seconds": time.perf_counter() - t0, "device": device}
         print(f"# {doc['env']['device_name']} | batch {args.batch} | {args.steps} timed steps per stage "
-              f"(+{args.warmup_steps} warm-up) | {len(data.fields)} fields, {args.rows} {args.data} rows")
-        print(format_table(results))
-        if args.json:
-            path = C.default_result_path(device, "stages") if args.json == "auto" else Path(args.json)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(doc, indent=1) + "\n")
-            print(f"# wrote {path}", file=sys.stderr)
-        return 1 if any("error" in r for r in results) else 0
+              f"(+{args.warmup_steps} warm-up) | {len(data.fields)} fields, {args.rows} {args.data} rows", flush=True)
+        save = (lambda: _write(path, doc)) if path else (lambda: None)
+        for be in [b.strip() for b in args.backends.split(",") if b.strip()]:
+            out: Dict = {"backend": be}
+            doc["results"].append(out)
+            try:
+                run_backend(be, args, device, data, out, save)
+            except _Stopped:
+                raise
+            except Exception as e:  # one backend failing must not hide the other's numbers
+                out["error"] = f"{type(e).__name__}: {e}"[:500]
+            save()
+        doc["complete"] = True
+    except (_Stopped, KeyboardInterrupt) as e:
+        doc["stopped"] = f"interrupted ({e or 'KeyboardInterrupt'})"
+        status = 124
     finally:
+        signal.signal(signal.SIGTERM, prev)
         torch.set_num_threads(threads_before)
+        if path:
+            _write(path, doc)
+            print(f"# wrote {path}", file=sys.stderr)
+    print(format_table(doc["results"]))
+    if any("error" in r for r in doc["results"]):
+        status = status or 1
+    return status
 
 
 if __name__ == "__main__":
