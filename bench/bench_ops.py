@@ -23,6 +23,7 @@ import argparse
 import json
 import os
 import signal
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -169,6 +170,9 @@ def run_group(group: Dict, device: str, args) -> Dict:
         if s:
             row["median_s"] = C.median(s)
             row["min_s"] = min(s)
+            if len(s) >= 4:  # relative interquartile range: how far to trust this row's median
+                q = statistics.quantiles(s, n=4)
+                row["iqr_rel"] = (q[2] - q[0]) / row["median_s"]
             if row.get("gflop"):
                 row["tflops"] = row["gflop"] / 1e3 / row["median_s"]
     for row in rows.values():
@@ -190,7 +194,7 @@ def format_group(g: Dict) -> str:
     shape = C.shape_id(g["shape"])
     head = f"\n{g['op']} {shape} {g['dtype']} {g['mode']}   (x{g['floor']} / x{g['ref']}: row / that row; <1 = faster)"
     cols = f"{'variant':<22}{'ms':>9}{'x' + g['floor']:>15}{'x' + g['ref']:>12}{'TFLOP/s':>9}" \
-           f"{'act MiB':>9}{'act x' + g['floor'][:5]:>12}{'act x' + g['ref'][:5]:>12}{'peak MiB':>9}{'peak x' + g['ref'][:5]:>13}"
+           f"{'act MiB':>9}{'act x' + g['floor'][:5]:>12}{'act x' + g['ref'][:5]:>12}{'peak MiB':>9}{'peak x' + g['ref'][:5]:>13}{'iqr %':>7}"
     lines = [head, cols]
     for r in g["rows"]:
         if "skipped" in r:
@@ -204,7 +208,7 @@ def format_group(g: Dict) -> str:
             f"{_fmt(r.get('time_x_ref'), '12.3f')}{_fmt(r.get('tflops'), '9.2f')}"
             f"{_fmt(r['act_bytes'] * mib if r.get('act_bytes') else None, '9.2f')}{_fmt(r.get('act_x_floor'), '12.3f')}"
             f"{_fmt(r.get('act_x_ref'), '12.3f')}{_fmt(r['peak_bytes'] * mib if r.get('peak_bytes') else None, '9.2f')}"
-            f"{_fmt(r.get('peak_x_ref'), '13.3f')}"
+            f"{_fmt(r.get('peak_x_ref'), '13.3f')}{_fmt(r['iqr_rel'] * 100 if 'iqr_rel' in r else None, '7.1f')}"
         )
     skipped = [f"{r['variant']} ({r['skipped'][:60]})" for r in g["rows"] if "skipped" in r]
     if skipped:
