@@ -8,14 +8,14 @@
 2. cross_masked_linear (B, F=20, d=64, N=512) forward+backward: the fused cpu kernel vs the
    unfused path bmm + cat + F.linear with a float mask; plus the bytes autograd saves for
    backward in each (measured with saved_tensors_hooks).
-Times are medians over --reps runs after one warm-up, interleaved so drift hits all alike.
+Times are the minimum over --reps runs after one warm-up (the most robust statistic on a shared,
+noisy machine), with the runs of the compared paths interleaved so drift hits all alike.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import platform
-import statistics
 import time
 
 import torch
@@ -82,7 +82,7 @@ def bench_masked_linear(batch, reps, density=0.5, shapes=((1680, 512), (512, 256
                 t0 = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - t0)
-        med = {name: statistics.median(v) * 1e3 for name, v in times.items()}
+        med = {name: min(v) * 1e3 for name, v in times.items()}
         row = {
             "op": "masked_linear fwd+bwd", "shape": f"{batch}x{k}->{n}", "density": density,
             "cpu_ms": med["cpu"], "dense_ms": med["dense"], "float_mask_ms": med["float_mask"],
@@ -134,9 +134,9 @@ def bench_cross(batch, reps, f=20, d=64, n=512, density=0.5):
     ftimes = {}
     with torch.no_grad():
         for name, fn in fwd.items():
-            ftimes[name] = statistics.median(_time(fn, reps)) * 1e3
+            ftimes[name] = min(_time(fn, reps)) * 1e3
     saved = {name: _saved_bytes(fn)[1] for name, fn in fwd.items()}
-    med = {name: statistics.median(v) * 1e3 for name, v in times.items()}
+    med = {name: min(v) * 1e3 for name, v in times.items()}
     row = {
         "op": "cross_masked_linear", "shape": f"B={batch} F={f} d={d} N={n}", "density": density,
         "fused_fwd_bwd_ms": med["fused_cpu"], "unfused_fwd_bwd_ms": med["unfused"],
@@ -154,7 +154,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=4096)
-    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=9)
     ap.add_argument("--json", default=None, help="write the rows to this JSON file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)

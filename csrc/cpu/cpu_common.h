@@ -54,29 +54,53 @@ template <typename T> struct same_width_uint;
 template <> struct same_width_uint<float> { using type = uint32_t; };
 template <> struct same_width_uint<double> { using type = uint64_t; };
 
+// kBit.v[j] == 1u << j. Testing `word & kBit.v[j]` against a constant vector needs only AND
+// and compare-equal, which the baseline ISA (SSE2) vectorises; `(word >> j) & 1` would need a
+// per-lane variable shift (AVX2), so the compiler would leave that loop scalar.
+struct BitTable {
+  uint32_t v[32];
+  constexpr BitTable() : v() {
+    for (int j = 0; j < 32; ++j) v[j] = 1u << j;
+  }
+};
+static constexpr BitTable kBit{};
+
+inline bool bit_set(uint32_t word, int j) { return (word & kBit.v[j]) != 0; }
+
 // dst[j] = bit j of `word` ? src[j] : +0.0, for j < count (count <= 32). src may equal dst.
 template <typename scalar_t>
 inline void mask_word(const scalar_t* src, scalar_t* dst, uint32_t word, int count) {
   using U = typename same_width_uint<scalar_t>::type;
-  // 32 is a compile-time trip count for the common, full word: the compiler unrolls and
-  // vectorises it (shift by a lane-index vector, AND, AND).
+  // The full word has a compile-time trip count of 32: unrolled and vectorised (AND, CMPEQ, AND).
   if (count == 32) {
     for (int j = 0; j < 32; ++j) {
       U bits;
       std::memcpy(&bits, &src[j], sizeof(U));
-      const U keep = U(0) - U((word >> j) & 1u);
-      bits &= keep;
+      bits &= bit_set(word, j) ? ~U(0) : U(0);
       std::memcpy(&dst[j], &bits, sizeof(U));
     }
   } else {
     for (int j = 0; j < count; ++j) {
       U bits;
       std::memcpy(&bits, &src[j], sizeof(U));
-      const U keep = U(0) - U((word >> j) & 1u);
-      bits &= keep;
+      bits &= bit_set(word, j) ? ~U(0) : U(0);
       std::memcpy(&dst[j], &bits, sizeof(U));
     }
   }
+}
+
+// keep ? a : b on the bit pattern, with keep all ones or all zeros: exact (returns one of the
+// two values bit for bit), branch-free, and vectorisable where a float select is not.
+template <typename scalar_t>
+inline scalar_t select_bits(typename same_width_uint<scalar_t>::type keep, scalar_t a, scalar_t b) {
+  using U = typename same_width_uint<scalar_t>::type;
+  U x, y;
+  std::memcpy(&x, &a, sizeof(U));
+  std::memcpy(&y, &b, sizeof(U));
+  const U r = (x & keep) | (y & ~keep);
+  scalar_t out;
+  std::memcpy(&out, &r, sizeof(U));
+  return out;
 }
 
 // One row of K values masked by its packed words: dst = src ⊙ M (src may equal dst).

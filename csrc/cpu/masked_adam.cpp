@@ -1,6 +1,6 @@
 // Strict masked Adam / AdamW step on the CPU: one fused pass over param, grad, exp_avg and
 // exp_avg_sq, reading the mask bits word by word. Where the bit is 0 the old values are
-// written back unchanged (a select, not arithmetic), so p, m and v stay bit-identical there.
+// written back unchanged (a bitwise select, not arithmetic), so p, m and v stay bit-identical there.
 // The arithmetic follows ncs_kernels.reference.masked_adam_step_ operation by operation.
 #include "ncs_native.h"
 #include "cpu/cpu_common.h"
@@ -15,31 +15,34 @@ namespace {
 template <typename scalar_t>
 struct AdamConsts {
   scalar_t lr, beta1, beta2, omb1, omb2, bc1, bc2, eps, wd, decay;  // decay = 1 - lr*wd
-  bool l2, decoupled;
+  bool l2, decoupled;  // which of the template instances runs
 };
 
 // Update `count` (<= 32) consecutive elements under `word` (all ones for a plain step).
-template <typename scalar_t>
+// L2 and DECOUPLED are template parameters so that the loop has no branch left in it and the
+// compiler vectorises it (the mask becomes a per-lane select).
+template <typename scalar_t, bool L2, bool DECOUPLED>
 inline void adam_span(scalar_t* p, const scalar_t* g, scalar_t* m, scalar_t* v, uint32_t word, int count,
                       const AdamConsts<scalar_t>& k) {
+  using U = typename cpu::same_width_uint<scalar_t>::type;
   for (int j = 0; j < count; ++j) {
-    const bool keep = (word >> j) & 1u;
+    const U keep = cpu::bit_set(word, j) ? ~U(0) : U(0);
     const scalar_t pj = p[j], mj = m[j], vj = v[j];
     scalar_t gj = g[j];
-    if (k.l2) gj = gj + k.wd * pj;
+    if (L2) gj = gj + k.wd * pj;
     const scalar_t m_new = k.beta1 * mj + k.omb1 * gj;
     const scalar_t v_new = k.beta2 * vj + k.omb2 * gj * gj;
     const scalar_t denom = std::sqrt(v_new / k.bc2) + k.eps;
     scalar_t p_new = pj;
-    if (k.decoupled) p_new = p_new * k.decay;
+    if (DECOUPLED) p_new = p_new * k.decay;
     p_new = p_new - k.lr * (m_new / k.bc1) / denom;
-    m[j] = keep ? m_new : mj;
-    v[j] = keep ? v_new : vj;
-    p[j] = keep ? p_new : pj;
+    m[j] = cpu::select_bits(keep, m_new, mj);
+    v[j] = cpu::select_bits(keep, v_new, vj);
+    p[j] = cpu::select_bits(keep, p_new, pj);
   }
 }
 
-template <typename scalar_t>
+template <typename scalar_t, bool L2, bool DECOUPLED>
 void adam_kernel(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
                  const at::Tensor* packed, const AdamConsts<scalar_t>& k) {
   const int64_t N = param.size(0), K = param.size(1), nw = cpu::words_for(K);
@@ -56,9 +59,9 @@ void adam_kernel(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg,
         const int count = static_cast<int>(std::min<int64_t>(32, K - w * 32));
         const uint32_t word = pk ? static_cast<uint32_t>(pk[r * nw + w]) : 0xFFFFFFFFu;
         if (count == 32)
-          adam_span<scalar_t>(p + off, g + off, m + off, v + off, word, 32, k);
+          adam_span<scalar_t, L2, DECOUPLED>(p + off, g + off, m + off, v + off, word, 32, k);
         else
-          adam_span<scalar_t>(p + off, g + off, m + off, v + off, word, count, k);
+          adam_span<scalar_t, L2, DECOUPLED>(p + off, g + off, m + off, v + off, word, count, k);
       }
     }
   });
@@ -96,7 +99,13 @@ void masked_adam_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor&
     k.decay = static_cast<scalar_t>(1.0 - lr * weight_decay);
     k.l2 = weight_decay != 0.0 && !decoupled;
     k.decoupled = weight_decay != 0.0 && decoupled;
-    adam_kernel<scalar_t>(param, grad, exp_avg, exp_avg_sq, masked ? &*packed : nullptr, k);
+    const at::Tensor* pk = masked ? &*packed : nullptr;
+    if (k.l2)
+      adam_kernel<scalar_t, true, false>(param, grad, exp_avg, exp_avg_sq, pk, k);
+    else if (k.decoupled)
+      adam_kernel<scalar_t, false, true>(param, grad, exp_avg, exp_avg_sq, pk, k);
+    else
+      adam_kernel<scalar_t, false, false>(param, grad, exp_avg, exp_avg_sq, pk, k);
   });
 }
 
