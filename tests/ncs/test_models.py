@@ -10,6 +10,15 @@ from ncs.losses import elementwise_loss, multitask_loss, task_loss
 from ncs.metrics import auc, json_safe, task_metrics
 from ncs.models import FieldEmbeddings, LayerShareModel, NCSModel, SingleTaskModel, build_model, check_ids
 
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to a busy machine's OpenMP waits."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
 VOCAB = [5, 7, 3, 9]
 TASKS = ("ctr", "cvr")
 

@@ -1,0 +1,176 @@
+"""The whole trainer: outputs of a run, batch orders, checkpoints, and kill + --resume == uninterrupted."""
+import csv
+import json
+import os
+
+import pytest
+import torch
+
+import ncs_kernels as nk
+from ncs.config import resolve_config
+from ncs.data.types import EncodedData, FieldSpec
+from ncs.train import RunError, StopTraining, run
+from ncs.train import batches as B
+from ncs.train.checkpoint import flatten_optimizer, load_tensors, save_tensors, unflatten_optimizer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is faster and immune to a busy machine's OpenMP waits.
+    Module scope: the uninterrupted run and the resumed ones must use the same thread count
+    (float reductions are ordered by it), so this is set before the module-scoped full_run."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+def _tiny_data(rows=120, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    vocab = [6, 5, 4, 7]
+    ids = torch.stack([torch.randint(0, v, (rows, 2), generator=g) for v in vocab], dim=1)
+    ids[:, :, 1][torch.rand(rows, 4, generator=g) < 0.5] = -1
+    click = (torch.rand(rows, generator=g) < 0.4).float()
+    conv = torch.rand(rows, generator=g) * click
+    return EncodedData([FieldSpec(f"f{i}", v, 2) for i, v in enumerate(vocab)], ids,
+                       {"click": click, "conversion": conv},
+                       {"request": torch.arange(rows) // 3, "user": torch.arange(rows) % 11})
+
+
+def _cfg(**over):
+    base = {
+        "seed": 1, "device": "cpu", "backend": "torch",
+        "data": {"split": {"by": "request", "fractions": [0.6, 0.2, 0.2]}},
+        "model": {"embed_dim": 4, "hidden": [16, 8, 4]},
+        "optim": {"lr": 0.01},
+        "train": {"batch_size": 24, "eval_batch_size": 50},
+        "stages": {"warmup": {"epochs": 1}, "masks": {"rounds": 2, "epochs_per_round": 2},
+                   "joint": {"epochs": 2, "early_stopping": True, "patience": 3}},
+    }
+    base.update(over)
+    return resolve_config(base)
+
+
+def _all_tensors(out):
+    """Every tensor a run leaves behind (checkpoints, final models, masks), by file and key."""
+    res = {}
+    for sub in ("checkpoints", "models", "."):
+        d = os.path.join(out, sub)
+        for f in sorted(os.listdir(d)):
+            if f.endswith(".safetensors") and not f.startswith(".tmp"):
+                if f == "masks.safetensors":
+                    masks, _ = nk.load_masks(os.path.join(d, f))
+                    t = {f"{layer}/{task}": v for layer, per in masks.items() for task, v in per.items()}
+                else:
+                    t, _ = load_tensors(os.path.join(d, f))
+                res[f"{sub}/{f}"] = t
+    return res
+
+
+def _assert_same_tensors(a, b):
+    assert set(a) == set(b)
+    for f in a:
+        assert set(a[f]) == set(b[f]), f
+        for k in a[f]:
+            assert torch.equal(a[f][k], b[f][k]), f"{f}: {k} differs"
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("full"))
+    logs = []
+    results = run(_cfg(), out, data=_tiny_data(), log=logs.append)
+    return out, results, logs
+
+
+def test_run_writes_every_output(full_run):
+    out, results, logs = full_run
+    for f in ("config.yaml", "split.json", "fields.json", "metrics.json", "curves.json", "masks.safetensors",
+              "masks.json", "rounds.json", "rounds.csv", "figures/masks.png", "figures/curves.png",
+              "models/single.safetensors", "models/layer.safetensors", "models/connection.safetensors",
+              "checkpoints/connection_init.safetensors"):
+        assert os.path.isfile(os.path.join(out, f)), f
+    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    assert set(metrics["models"]) == {"single", "layer", "connection"}
+    for m in metrics["models"].values():
+        assert {"ctr_auc", "ctr_logloss", "cvr_mse"} <= set(m)
+    st = metrics["stages"]["connection"]
+    assert set(st["masks"]) == {"ctr", "cvr"} and st["masks"]["cvr"]["selected_round"] in (1, 2)
+    rows = list(csv.DictReader(open(os.path.join(out, "rounds.csv"))))
+    assert [(r["task"], r["round"]) for r in rows] == [("ctr", "0"), ("ctr", "1"), ("ctr", "2"),
+                                                        ("cvr", "0"), ("cvr", "1"), ("cvr", "2")]
+    stats = json.load(open(os.path.join(out, "masks.json")))
+    lay = stats["layers"]["tower.layers.0"]
+    assert set(lay["density"]) == {"ctr", "cvr"}
+    assert 0.0 <= lay["pairs"]["ctr&cvr"]["jaccard"] <= 1.0
+    assert lay["shared_fraction"] + sum(lay["only_fraction"].values()) + lay["unused_fraction"] == pytest.approx(1.0)
+    masks, meta = nk.load_masks(os.path.join(out, "masks.safetensors"))
+    assert meta["tasks"] == ["ctr", "cvr"]
+    assert any("masks ctr round 2/2" in line for line in logs)
+    split = json.load(open(os.path.join(out, "split.json")))
+    assert split["disjoint"]["request"] is True
+
+
+@pytest.mark.parametrize("stop_after", [2, 9, 11, 17, 24, 26])
+def test_killed_and_resumed_run_ends_identical(full_run, tmp_path, stop_after):
+    """Checkpoints of this config, 28 in all: single 1-4 (3 epochs + done), layer 5-8, connection:
+    9 warmup epoch (init not yet taken), 10 enter masks, per task 3 rounds of (mid-round epoch,
+    round end) + selection (ctr 11-17, cvr 18-24), 25 enter joint, 26-27 joint epochs, 28 done.
+    The stops land mid-baseline, before the init snapshot, mid-round, between tasks, before the
+    joint stage and mid-joint."""
+    out_full, results_full, _ = full_run
+    out = str(tmp_path / "run")
+    with pytest.raises(StopTraining):
+        run(_cfg(), out, data=_tiny_data(), stop_after_checkpoints=stop_after)
+    with pytest.raises(RunError, match="--resume"):
+        run(_cfg(), out, data=_tiny_data())
+    results = run(_cfg(), out, resume=True, data=_tiny_data())
+    _assert_same_tensors(_all_tensors(out_full), _all_tensors(out))
+    assert results["models"] == results_full["models"]
+    assert json.load(open(os.path.join(out, "rounds.json"))) == json.load(open(os.path.join(out_full, "rounds.json")))
+
+
+def test_resume_refuses_another_config(tmp_path):
+    out = str(tmp_path / "run")
+    cfg = _cfg(models=["single"])
+    with pytest.raises(StopTraining):
+        run(cfg, out, data=_tiny_data(), stop_after_checkpoints=1)
+    other = _cfg(models=["single"], optim={"lr": 0.02})
+    with pytest.raises(RunError, match="optim.lr"):
+        run(other, out, resume=True, data=_tiny_data())
+
+
+def test_batch_orders_are_functions_of_seed_tag_epoch():
+    data = _tiny_data()
+    cfg = _cfg()
+    sp = B.prepare_split(data, cfg["tasks"], "click", torch.device("cpu"))
+    a = B.mixed_batches(sp, 32, 1, "mixed", 0)
+    assert all(torch.equal(x[1], y[1]) for x, y in zip(a, B.mixed_batches(sp, 32, 1, "mixed", 0)))
+    assert not torch.equal(a[0][1], B.mixed_batches(sp, 32, 1, "mixed", 1)[0][1])
+    assert sorted(torch.cat([i for _, i in a]).tolist()) == list(range(len(data)))
+    alt = B.alternating_batches(sp, ["ctr", "cvr"], 16, 1, "joint", 0)
+    assert [t for t, _ in alt[:4]] == ["ctr", "cvr", "ctr", "cvr"]
+    clicked = set(torch.nonzero(data.labels["click"] > 0).squeeze(1).tolist())
+    cvr_rows = torch.cat([i for t, i in alt if t == "cvr"]).tolist()
+    assert sorted(cvr_rows) == sorted(clicked)  # CVR batches: the clicked space, each row once
+    ctr_rows = torch.cat([i for t, i in alt if t == "ctr"]).tolist()
+    assert sorted(ctr_rows) == list(range(len(data)))
+
+
+def test_checkpoint_roundtrip_and_optimizer_flattening(tmp_path):
+    p = torch.nn.Parameter(torch.randn(3, 4))
+    opt = torch.optim.Adam([p], lr=0.1, betas=(0.8, 0.9))
+    p.grad = torch.randn(3, 4)
+    opt.step()
+    tensors, doc = flatten_optimizer("x", opt.state_dict())
+    path = str(tmp_path / "c.safetensors")
+    save_tensors(path, {"a/b": torch.arange(5), **tensors}, {"doc": doc, "pos": {"epoch": 3}})
+    t2, d2 = load_tensors(path)
+    assert torch.equal(t2["a/b"], torch.arange(5)) and d2["pos"] == {"epoch": 3}
+    sd = unflatten_optimizer("x", t2, d2["doc"])
+    opt2 = torch.optim.Adam([torch.nn.Parameter(p.detach().clone())], lr=1.0)
+    opt2.load_state_dict(sd)
+    assert opt2.param_groups[0]["betas"] == (0.8, 0.9) and opt2.param_groups[0]["lr"] == 0.1
+    assert all(torch.equal(opt2.state_dict()["state"][0][k], opt.state_dict()["state"][0][k]) for k in ("exp_avg", "step"))
+    assert os.path.isfile(str(tmp_path / "c.json"))
+    assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
