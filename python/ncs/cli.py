@@ -272,6 +272,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _prog(args) -> str:
+    sub = getattr(args, "data_command", None)
+    return f"ncs {args.command}" + (f" {sub}" if sub else "")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -289,10 +294,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         return int(args.func(args) or 0)
     except tuple(user_errors) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        _eprint(f"ncs {args.command}: error: {msg}")
+        _eprint(f"{_prog(args)}: error: {msg}")
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
-        _eprint(f"ncs {args.command}: interrupted")
+        _eprint(f"{_prog(args)}: interrupted")
         return 130
 
 
