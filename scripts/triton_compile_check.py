@@ -1,0 +1,109 @@
+"""Compile every Triton kernel of ncs_kernels for real GPUs, on a machine without one.
+
+The Triton interpreter (what the CPU tests use) checks the arithmetic but not the lowering:
+a kernel can run there and still fail to compile for a GPU, or need more shared memory than an
+SM has. This script runs Triton's own compiler (with its bundled ptxas) for sm_90 and sm_80 on
+every kernel variant and tile the launchers can pick, and checks shared memory against each
+architecture's limit. Usage: python scripts/triton_compile_check.py [--arch 90,80] [--quick]
+Exit status 0 when everything compiled; prints one line per kernel variant.
+"""
+import argparse
+import os
+import sys
+import time
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    # @triton.jit returns interpreter objects when this is set: re-run without it
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET")
+    os.execve(sys.executable, [sys.executable] + sys.argv, env)
+
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ncs_kernels.triton import masked_adam as MA  # noqa: E402
+from ncs_kernels.triton import masked_linear as ML  # noqa: E402
+
+# bytes of shared memory one block may use (opt-in maximum): H100/H200 and A100
+SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}
+# scalar (non-pointer) integer arguments are not 16-divisible in general
+NOT_DIVISIBLE = {"M", "P", "R", "K", "WORDS", "FF", "B", "N", "NUMEL", "SPLITS", "ROWS_PER_SPLIT"}
+
+
+def compile_kernel(fn, signature, constants, arch, num_warps, num_stages):
+    full = {name: ("constexpr" if name in constants else signature[name]) for name in fn.arg_names}
+    attrs = {
+        (i,): [["tt.divisibility", 16]]
+        for i, name in enumerate(fn.arg_names)
+        if name in signature and signature[name].startswith("*")
+    }
+    src = ASTSource(fn, full, constants, attrs)
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                          options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+def variants(quick):
+    dtypes = ("fp32", "bf16") if quick else ("fp32", "fp16", "bf16")
+    for dt in dtypes:
+        ptr = "*" + dt
+        br = 32 if dt == "fp32" else 64
+        prec = "ieee" if dt == "fp32" else "tf32"  # the 16-bit dot ignores it; fp32 exact by default
+        mm_sig = dict(a_ptr=ptr, a2_ptr=ptr, w_ptr=ptr, p_ptr="*i32", bias_ptr=ptr, c_ptr=ptr, c2_ptr=ptr,
+                      M="i32", P="i32", R="i32", K="i32", WORDS="i32", FF="i32")
+        tiles = ((128, 128, 8), (64, 64, 4)) if quick else ((128, 128, 8), (128, 64, 4), (64, 64, 4))
+        # (W_T, A_CROSS, C_CROSS): forward, dx, cross forward, cross dx
+        for wt, ac, cc in ((True, False, False), (False, False, False), (True, True, False), (False, False, True)):
+            for mask_w in ((True,) if quick else (True, False)):
+                for bm, bp, warps in tiles:
+                    yield (f"masked_mm {dt} W_T={wt} A_CROSS={ac} C_CROSS={cc} MASK_W={mask_w} {bm}x{bp}x{br}",
+                           ML._masked_mm_kernel, mm_sig,
+                           dict(W_T=wt, A_CROSS=ac, C_CROSS=cc, HAS_BIAS=wt, MASK_W=mask_w, BLOCK_M=bm,
+                                BLOCK_P=bp, BLOCK_R=br, GROUP_M=8, DOT_PREC=prec), warps, 3)
+        dw_sig = dict(dy_ptr=ptr, x_ptr=ptr, x2_ptr=ptr, p_ptr="*i32", out_ptr="*fp32", B="i32", N="i32",
+                      K="i32", WORDS="i32", FF="i32", ROWS_PER_SPLIT="i32")
+        for xc in (False, True):
+            for bn, bk, warps in ((128, 128, 8), (64, 64, 4)):
+                yield (f"dw {dt} X_CROSS={xc} {bn}x{bk}x{br}", ML._dw_kernel, dw_sig,
+                       dict(X_CROSS=xc, BLOCK_N=bn, BLOCK_K=bk, BLOCK_B=br, GROUP_N=8, DOT_PREC=prec), warps, 3)
+        yield (f"sum_splits {dt}", ML._sum_splits_kernel,
+               dict(part_ptr="*fp32", out_ptr=ptr, NUMEL="i32", SPLITS="i32"), dict(BLOCK=1024), 4, 3)
+        yield (f"apply_mask {dt}", ML._apply_mask_kernel,
+               dict(w_ptr=ptr, p_ptr="*i32", out_ptr=ptr, N="i32", K="i32", WORDS="i32"),
+               dict(BLOCK_N=16, BLOCK_K=256), 4, 3)
+        adam_sig = dict(p_ptr=ptr, g_ptr=ptr, m_ptr=ptr, v_ptr=ptr, packed_ptr="*i32", N="i32", K="i32",
+                        WORDS="i32", **{k: "fp32" for k in ("lr beta1 one_minus_beta1 beta2 one_minus_beta2 "
+                                                               "bc1 bc2 eps weight_decay decay_factor").split()})
+        for has_mask, l2, dec in ((True, True, False), (True, False, True), (False, False, False)):
+            yield (f"masked_adam {dt} HAS_MASK={has_mask} L2={l2} DECOUPLED={dec}", MA._masked_adam_kernel, adam_sig,
+                   dict(HAS_MASK=has_mask, L2_DECAY=l2, DECOUPLED=dec, BLOCK_N=16, BLOCK_K=256), 4, 3)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--arch", default="90,80", help="comma-separated SM versions (default 90,80)")
+    ap.add_argument("--quick", action="store_true", help="fewer dtypes and tiles (for the test suite)")
+    args = ap.parse_args(argv)
+    archs = [int(a) for a in args.arch.split(",") if a]
+    failures = 0
+    t0 = time.time()
+    for arch in archs:
+        for name, fn, sig, consts, warps, stages in variants(args.quick):
+            try:
+                k = compile_kernel(fn, sig, consts, arch, warps, stages)
+                shared = int(k.metadata.shared)
+                ok = shared <= SHARED_LIMIT.get(arch, 48 * 1024)
+                failures += not ok
+                print(f"sm_{arch} {'ok  ' if ok else 'FAIL'} {name}: shared {shared} B"
+                      + ("" if ok else f" > limit {SHARED_LIMIT.get(arch)}"))
+            except Exception as e:  # a lowering error names the variant
+                failures += 1
+                print(f"sm_{arch} FAIL {name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+    print(f"{'ALL COMPILED' if not failures else f'{failures} FAILED'} in {time.time() - t0:.1f}s "
+          f"(triton {triton.__version__})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
