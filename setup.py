@@ -84,7 +84,8 @@ def _native_extensions():
     # a built wheel has to run on other machines. OpenMP is what at::parallel_for uses when torch
     # itself was built with it (the Linux wheels are; they ship libgomp.so.1, which the dynamic
     # loader then shares with this extension instead of starting a second thread pool).
-    cxx = ["-O3", "-std=c++17", "-fno-math-errno"]
+    # No -std here: cpp_extension adds the standard this torch's headers need (C++17 or C++20).
+    cxx = ["-O3", "-fno-math-errno"]
     ldflags = []
     if sys.platform.startswith("linux") and "OpenMP" in torch.__config__.parallel_info():
         cxx.append("-fopenmp")
@@ -96,7 +97,7 @@ def _native_extensions():
         os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0a")
         macros.append(("NCS_WITH_CUDA", None))  # for cxx and nvcc alike
         sources += cuda_sources
-        extra["nvcc"] = ["-O3", "-std=c++17", "-lineinfo", "-DNCS_WITH_CUDA"]
+        extra["nvcc"] = ["-O3", "-lineinfo", "-DNCS_WITH_CUDA"]
         cxx.append("-DNCS_WITH_CUDA")
         ext_cls = cpp_extension.CUDAExtension
         print(f"setup.py: building CPU + CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
