@@ -88,17 +88,27 @@ def _load_eval_data(run_dir: str, cfg: Dict[str, Any], data_arg: Optional[str]):
         use = resolve_config(merge(cfg, {"data": other["data"]}))
         _, _, test = split_data(use, load_data(use))
         return test, f"the test split of {data_arg}"
-    low = data_arg.lower()
-    kind = "parquet" if low.endswith((".parquet", ".pq")) else "csv" if low.endswith((".csv", ".csv.gz")) else "tfrecord"
     import ncs.data as D
+    low = data_arg.lower()
     if low.endswith(".safetensors"):
         return D.load_encoded(data_arg), data_arg
-    src = {"kind": kind, "path": os.path.abspath(data_arg)}
-    if kind != "tfrecord":
-        src["schema"] = cfg["data"]["options"].get("schema")
-        if src["schema"] is None:
-            raise UserError(f"--data: {data_arg} is {kind}; the run's config has no data.options.schema for it")
-    return D.load_dataset(src), data_arg
+    vocab_path = os.path.join(run_dir, "vocab.json")
+    if not os.path.isfile(vocab_path):
+        raise UserError(f"--data: {run_dir} has no vocab.json (its data was synthetic or cached), so "
+                        f"{data_arg} cannot be encoded like its training data; pass a config YAML instead")
+    with open(vocab_path, "r", encoding="utf-8") as f:
+        vocab = json.load(f)
+    opts = cfg["data"]["options"]
+    if low.endswith((".parquet", ".pq", ".csv", ".csv.gz", ".tsv")):
+        if opts.get("schema") is None:
+            raise UserError(f"--data: {data_arg} is a table; the run's config has no data.options.schema for it")
+        fmt = "parquet" if low.endswith((".parquet", ".pq")) else "csv"
+        data = D.encode_table(data_arg, opts["schema"], vocab=vocab, fmt=fmt)[0]
+    else:
+        data = D.encode_lt4rec(data_arg, max_len=int(opts.get("max_len", 8)), vocab=vocab,
+                               skip_corrupt=bool(opts.get("skip_corrupt", False)))[0]
+    # values never seen in training map to id 0 (missing), as at serving time
+    return data, f"every row of {data_arg}"
 
 
 def cmd_eval(args) -> int:

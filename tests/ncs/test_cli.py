@@ -140,3 +140,31 @@ def test_data_stats_on_a_corrupt_copy(tmp_path, capsys):
     _one_line_error(capsys, 2, rc, str(trunc))
     rc = cli.main(["data", "stats", str(tmp_path / "absent.gz")])
     _one_line_error(capsys, 2, rc, "no such file")
+
+
+@needs_sample
+def test_train_and_eval_on_the_real_sample(tmp_path, capsys):
+    cfg = tmp_path / "sample.yaml"
+    cfg.write_text(
+        f"threads: 1\nmodels: [single, connection]\n"
+        f"data: {{kind: tfrecord, path: {SAMPLE}, options: {{max_len: 4}}, split: {{by: request}}}}\n"
+        "model: {embed_dim: 4, hidden: [16, 8, 4]}\n"
+        "optim: {lr: 0.003}\n"
+        "train: {batch_size: 512}\n"
+        "stages: {warmup: {epochs: 1}, masks: {rounds: 1, final_density: 0.5}, joint: {epochs: 1}}\n"
+    )
+    out = tmp_path / "run"
+    assert cli.main(["train", "--config", str(cfg), "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "Connection_Share" in printed and "Layer_Share" not in printed
+    split = json.loads((out / "split.json").read_text())
+    assert split["disjoint"]["request"] is True
+    assert split["train"]["rows"] + split["valid"]["rows"] + split["test"]["rows"] == 4322
+    vocab = json.loads((out / "vocab.json").read_text())
+    assert len(vocab) == 20
+    # every row of the file, encoded with the run's vocabulary
+    assert cli.main(["eval", "--run", str(out), "--data", str(SAMPLE), "--quiet"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    conn = got["models"]["connection"]
+    assert conn["ctr_rows"] == 4322 and conn["cvr_rows"] == 1677
+    assert 0.0 <= conn["ctr_auc"] <= 1.0 and conn["cvr_mse"] < 0.5

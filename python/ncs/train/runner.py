@@ -7,6 +7,7 @@ Run directory:
   config.yaml          the resolved config (every key)
   split.json           sizes / click rates / groups of train, valid, test
   fields.json          the fields (name, vocab_size, max_len) the models were built for
+  vocab.json           file data only: field -> value -> id, to encode other files alike
   checkpoints/         <kind>.safetensors (+ .json copy of its metadata), connection_init.safetensors,
                        <kind>_best.safetensors (early stopping)
   models/<kind>.safetensors   final weights (+ masks for connection)
@@ -53,9 +54,7 @@ def _data_api():
     return D
 
 
-def load_data(cfg: Dict[str, Any]):
-    """The dataset named by cfg['data'] (an EncodedData)."""
-    D = _data_api()
+def _source(cfg: Dict[str, Any]) -> Dict[str, Any]:
     d = cfg["data"]
     src: Dict[str, Any] = {"kind": d["kind"]}
     if d["kind"] == "synthetic":
@@ -63,7 +62,34 @@ def load_data(cfg: Dict[str, Any]):
     else:
         src["path"] = d["path"]
     src.update(d["options"])
-    return D.load_dataset(src, cache_dir=d["cache_dir"])
+    return src
+
+
+def load_data(cfg: Dict[str, Any], with_vocab: bool = False):
+    """The dataset named by cfg['data'] (an EncodedData); with_vocab: (data, vocab or None).
+
+    Files are encoded with vocabularies built from the data; the vocab (field -> value -> id)
+    is what `ncs eval --data FILE` needs to encode another file the same way. It is returned for
+    file sources read directly; with data.cache_dir the cached encoding is used and no vocab is
+    available (None)."""
+    D = _data_api()
+    d = cfg["data"]
+    src = _source(cfg)
+    vocab = None
+    if d["kind"] == "synthetic" or d["cache_dir"] is not None or not with_vocab:
+        data = D.load_dataset(src, cache_dir=d["cache_dir"])
+    elif d["kind"] == "tfrecord":
+        bad = set(src) - {"kind", "path", "max_len", "skip_corrupt"}
+        if bad:  # the same check load_dataset makes
+            raise D.DataError(f"data.options: unknown keys {sorted(bad)} for kind 'tfrecord'; "
+                              f"allowed max_len, skip_corrupt")
+        data, vocab = D.encode_lt4rec(src["path"], max_len=int(src.get("max_len", 8)),
+                                      skip_corrupt=bool(src.get("skip_corrupt", False)))
+    else:
+        if "schema" not in src:
+            raise D.DataError(f"data.options.schema: a schema is needed for kind {d['kind']!r}")
+        data, vocab = D.encode_table(src["path"], src["schema"], fmt=d["kind"])
+    return (data, vocab) if with_vocab else data
 
 
 def split_data(cfg: Dict[str, Any], data):
@@ -122,13 +148,25 @@ def run(cfg: Dict[str, Any], out: str, resume: bool = False, progress: bool = Fa
     simulated kill, for tests). data: an EncodedData to use instead of cfg['data'] (tests).
     """
     log = log or (lambda msg: None)
+    threads = torch.get_num_threads()
+    if cfg["threads"] is not None:
+        torch.set_num_threads(cfg["threads"])
+    try:
+        return _run(cfg, out, resume, progress, log, stop_after_checkpoints, data)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data) -> Dict[str, Any]:
     os.makedirs(out, exist_ok=True)
     _check_run_dir(cfg, out, resume)
     dump_config(cfg, os.path.join(out, "config.yaml"))
     device = resolve_device(cfg["device"])
 
     if data is None:
-        data = load_data(cfg)
+        data, vocab = load_data(cfg, with_vocab=True)
+        if vocab is not None:
+            atomic_write_json(os.path.join(out, "vocab.json"), vocab)
     train, valid, test = split_data(cfg, data)
     atomic_write_json(os.path.join(out, "split.json"), json_safe(_summary(cfg, train, valid, test)))
     fields = [{"name": f.name, "vocab_size": int(f.vocab_size), "max_len": int(f.max_len)} for f in data.fields]
