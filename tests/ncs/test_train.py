@@ -174,3 +174,42 @@ def test_checkpoint_roundtrip_and_optimizer_flattening(tmp_path):
     assert all(torch.equal(opt2.state_dict()["state"][0][k], opt.state_dict()["state"][0][k]) for k in ("exp_avg", "step"))
     assert os.path.isfile(str(tmp_path / "c.json"))
     assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp")]
+
+
+def test_three_tasks_and_options(tmp_path):
+    """Any number of tasks: a third (focal) task on its own label, leaky optimizer, per-layer
+    pruning, floor counts, select=last, pad_included; every output still written."""
+    data = _tiny_data()
+    g = torch.Generator().manual_seed(9)
+    data.labels["like"] = (torch.rand(len(data), generator=g) < 0.3).float()
+    cfg = _cfg(
+        models=["layer", "connection"],
+        tasks=[{"name": "ctr", "label": "click"},
+               {"name": "cvr", "label": "conversion", "space": "clicked", "loss": "mse", "weight": 0.3},
+               {"name": "like", "label": "like", "loss": "focal", "weight": 0.2}],
+        optim={"lr": 0.01, "mode": "leaky"},
+        model={"embed_dim": 4, "hidden": [16, 8], "pad_included": True, "pooling": "sum"},
+        stages={"warmup": {"epochs": 1},
+                "masks": {"rounds": 2, "scope": "layer", "count_rounding": "floor", "select": "last"},
+                "joint": {"epochs": 1}},
+    )
+    res = run(cfg, str(tmp_path / "r"), data=data)
+    for kind in ("layer", "connection"):
+        assert {"ctr_auc", "cvr_mse", "like_auc", "like_logloss"} <= set(res["models"][kind])
+    st = res["stages"]["connection"]["masks"]
+    assert all(st[t]["selected_round"] == 2 for t in ("ctr", "cvr", "like"))
+    stats = json.load(open(tmp_path / "r" / "masks.json"))
+    lay = stats["layers"]["tower.layers.1"]
+    assert set(lay["pairs"]) == {"ctr&cvr", "ctr&like", "cvr&like"}
+    # per-layer scope: every layer ends at the same density (up to rounding)
+    for t in ("ctr", "cvr", "like"):
+        d = [stats["layers"][n]["density"][t] for n in stats["layers"]]
+        assert max(d) - min(d) < 0.05
+    assert (tmp_path / "r" / "figures" / "masks.png").stat().st_size > 0
+
+
+def test_missing_label_is_a_config_error(tmp_path):
+    from ncs.config import ConfigError
+    cfg = _cfg(tasks=[{"name": "ctr", "label": "click"}, {"name": "like", "label": "like"}], models=["single"])
+    with pytest.raises(ConfigError, match="like"):
+        run(cfg, str(tmp_path / "r"), data=_tiny_data())

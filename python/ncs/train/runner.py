@@ -160,8 +160,13 @@ def run(cfg: Dict[str, Any], out: str, resume: bool = False, progress: bool = Fa
 def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data) -> Dict[str, Any]:
     os.makedirs(out, exist_ok=True)
     _check_run_dir(cfg, out, resume)
-    dump_config(cfg, os.path.join(out, "config.yaml"))
     device = resolve_device(cfg["device"])
+    if cfg["backend"] != "auto":
+        from ncs_kernels._backends import why_unavailable
+        why = why_unavailable(cfg["backend"], device.type)
+        if why is not None:
+            raise ConfigError(f"backend: {cfg['backend']!r} cannot run on {device.type} here: {why}")
+    dump_config(cfg, os.path.join(out, "config.yaml"))
 
     if data is None:
         data, vocab = load_data(cfg, with_vocab=True)
@@ -171,15 +176,20 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data) -> Dict[
     atomic_write_json(os.path.join(out, "split.json"), json_safe(_summary(cfg, train, valid, test)))
     fields = [{"name": f.name, "vocab_size": int(f.vocab_size), "max_len": int(f.max_len)} for f in data.fields]
     atomic_write_json(os.path.join(out, "fields.json"), fields)
-    vocab = [f["vocab_size"] for f in fields]
-    check_ids(data.ids, vocab, "data.ids")
+    try:
+        check_ids(data.ids, [f["vocab_size"] for f in fields], "data.ids")
+    except ValueError as e:
+        raise RunError(str(e)) from None
     log(f"data: {len(train)} train, {len(valid)} valid, {len(test)} test rows, {len(fields)} fields; device {device}")
 
     tasks = cfg["tasks"]
     click = cfg["data"]["click_label"]
-    tr = B.prepare_split(train, tasks, click, device)
-    va = B.prepare_split(valid, tasks, click, device)
-    te = B.prepare_split(test, tasks, click, device)
+    try:
+        tr = B.prepare_split(train, tasks, click, device)
+        va = B.prepare_split(valid, tasks, click, device)
+        te = B.prepare_split(test, tasks, click, device)
+    except ValueError as e:  # a task's label or the click label is not in the data
+        raise ConfigError(str(e)) from None
 
     count = {"n": 0}
 
