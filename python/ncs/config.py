@@ -393,15 +393,15 @@ def dump_config(cfg: Dict[str, Any], path: str) -> None:
 DEMO_CONFIG: Dict[str, Any] = {
     "seed": 0,
     "threads": 1,
-    "data": {"kind": "synthetic", "rows": 20000, "seed": 0, "conflict": 0.5,
+    "data": {"kind": "synthetic", "rows": 50000, "seed": 0, "conflict": 0.5,
              "split": {"by": "request", "fractions": [0.8, 0.1, 0.1], "seed": 0}},
-    "model": {"embed_dim": 8, "hidden": [128, 64, 32]},
-    "optim": {"lr": 0.002},
+    "model": {"embed_dim": 8, "hidden": [256, 128, 64]},
+    "optim": {"lr": 0.001},
     "train": {"batch_size": 512, "eval_batch_size": 8192, "log_every": 20},
     "stages": {
         "warmup": {"epochs": 1},
         "masks": {"rounds": 4, "final_density": 0.2},
-        "joint": {"epochs": 3},
+        "joint": {"epochs": 4, "early_stopping": True, "patience": 2, "metric": "cvr_mse"},
     },
 }
 
