@@ -16,6 +16,7 @@
 #include <ATen/ATen.h>
 #include <c10/util/Optional.h>
 
+#include <string>
 #include <vector>
 
 namespace ncs {
@@ -56,6 +57,9 @@ void masked_adam_step_cuda(at::Tensor& param, const at::Tensor& grad, at::Tensor
                            at::Tensor& exp_avg_sq, const c10::optional<at::Tensor>& packed, int64_t step,
                            double lr, double beta1, double beta2, double eps, double weight_decay,
                            bool decoupled);
+// "cublas": W*M materialised once per call, GEMMs through cuBLAS (default); "fused": own kernels
+void set_cuda_gemm_strategy(const std::string& name);
+std::string cuda_gemm_strategy();
 #endif
 
 }  // namespace ncs

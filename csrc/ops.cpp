@@ -86,5 +86,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("packed"),
         py::arg("step"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
         py::arg("weight_decay"), py::arg("decoupled"));
+  m.def("set_cuda_gemm_strategy", &ncs::set_cuda_gemm_strategy,
+        "GEMM strategy of the cuda backend: 'cublas' (W*M materialised, cuBLAS) or 'fused' (own kernels)",
+        py::arg("name"));
+  m.def("cuda_gemm_strategy", &ncs::cuda_gemm_strategy, "The cuda backend's current GEMM strategy");
 #endif
 }

@@ -87,5 +87,11 @@ else
     csrc/cuda_backend.cpp
   printf 'ok  %-26s g++ -fsyntax-only (torch %s) %6d ms\n' csrc/cuda_backend.cpp \
     "$("$PY" -c 'import torch; print(torch.__version__)')" $((($(date +%s%N) - start) / 1000000))
+  # the bindings as the CUDA build sees them (torch/extension.h wants C++20 with torch >= 2.13)
+  start=$(date +%s%N)
+  "$CXX" -std=c++20 -fsyntax-only "${defs[@]}" -DTORCH_EXTENSION_NAME=_C -I csrc -isystem "$TORCH/include" \
+    -isystem "$TORCH/include/torch/csrc/api/include" -isystem "$CUDA_INC" -isystem "$PYINC" \
+    csrc/ops.cpp
+  printf 'ok  %-26s g++ -fsyntax-only -DNCS_WITH_CUDA %6d ms\n' csrc/ops.cpp $((($(date +%s%N) - start) / 1000000))
 fi
 echo "check_cuda_compile: all $n nvcc compiles passed"

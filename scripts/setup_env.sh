@@ -14,5 +14,11 @@ fi
 . "$VENV/bin/activate"
 python -m pip install -q --upgrade pip
 python -m pip install -q "torch==2.13.0" "triton==3.9.0" "numpy<2.5" ninja setuptools wheel
-python -m pip install -q --no-build-isolation -e ".[test]"
+# rebuild only when the build inputs changed since the last successful install
+stamp="$VENV/.ncs-build-stamp"
+sum=$(cat setup.py pyproject.toml csrc/*.h csrc/*.cpp csrc/cpu/* csrc/cuda/* 2>/dev/null | sha256sum | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$sum" ] || ! python -c "import ncs_kernels._C" 2>/dev/null; then
+  python -m pip install -q --no-build-isolation -e ".[test]"
+  echo "$sum" >"$stamp"
+fi
 python -c "import ncs_kernels as nk; print('ncs_kernels backends:', nk.backends())"
