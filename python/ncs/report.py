@@ -141,40 +141,51 @@ def plot_masks(stats: Dict[str, Any], path: str) -> str:
 
 
 def plot_curves(curves: Dict[str, Any], path: str) -> str:
-    """Per model: training loss by epoch (and mask rounds), and validation metrics."""
+    """Per model: training loss and validation AUC / MSE by epoch (connection: warmup epochs then
+    joint epochs), and the mask rounds: each task's validation metric relative to its dense
+    round 0, against the round's mask density."""
     plt = _plt()
     kinds = [k for k, v in curves.items() if v]
     if not kinds:
         raise ValueError("curves: nothing to plot")
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    ax_loss, ax_rounds, ax_auc, ax_mse = axes[0, 0], axes[0, 1], axes[1, 0], axes[1, 1]
+    nan = float("nan")
     for kind in kinds:
         recs = curves[kind]
         epochs = [r for r in recs if r.get("stage") in ("train", "warmup", "joint")]
         xs = list(range(1, len(epochs) + 1))
-        axes[0].plot(xs, [r["train_loss"] for r in epochs], marker="o", label=kind)
-        metric_keys = [k for k in (epochs[0] if epochs else {}) if k.endswith(("_auc", "_mse"))]
-        for mk in metric_keys:
-            ax = axes[1] if mk.endswith("_auc") else axes[2]
-            ax.plot(xs, [r.get(mk) if r.get(mk) is not None else float("nan") for r in epochs], marker="o",
-                    label=f"{kind} {mk}")
+        ax_loss.plot(xs, [r["train_loss"] for r in epochs], marker="o", label=kind)
+        keys = [k for k in (epochs[0] if epochs else {}) if k.endswith(("_auc", "_mse"))]
+        for mk in keys:
+            ax = ax_auc if mk.endswith("_auc") else ax_mse
+            ax.plot(xs, [nan if r.get(mk) is None else r[mk] for r in epochs], marker="o", label=f"{kind} {mk}")
         rounds = [r for r in recs if r.get("stage") == "masks"]
         for task in sorted({r["task"] for r in rounds}):
             rs = [r for r in rounds if r["task"] == task]
             mk = next((k for k in rs[0] if k.startswith(task + "_") and k.endswith(("_auc", "_mse"))), None)
-            if mk is None:
+            if mk is None or not rs[0].get(mk):
                 continue
-            ax = axes[1] if mk.endswith("_auc") else axes[2]
-            ax.plot([r["density"] for r in rs], [r.get(mk) if r.get(mk) is not None else float("nan") for r in rs],
-                    linestyle="--", marker="x", label=f"rounds {mk} (x = density)")
-    axes[0].set_title("training loss per epoch (warmup, joint / baseline)")
-    axes[0].set_xlabel("epoch")
-    axes[1].set_title("validation AUC")
-    axes[2].set_title("validation MSE")
-    for ax in axes:
-        ax.legend(fontsize=7)
+            base = rs[0][mk]
+            ax_rounds.plot([r["density"] for r in rs],
+                           [nan if r.get(mk) is None else (r[mk] / base - 1) * 100 for r in rs],
+                           marker="x", label=f"{mk}")
+    ax_loss.set_title("training loss per epoch")
+    ax_loss.set_xlabel("epoch (connection: warmup, then joint)")
+    ax_rounds.set_title("mask rounds: validation metric vs round 0 (dense)")
+    ax_rounds.set_xlabel("mask density of the round")
+    ax_rounds.set_ylabel("change vs round 0 (%)")
+    ax_rounds.invert_xaxis()
+    ax_auc.set_title("validation AUC per epoch")
+    ax_mse.set_title("validation MSE per epoch")
+    for ax in (ax_auc, ax_mse):
+        ax.set_xlabel("epoch")
+    for ax in axes.flat:
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
