@@ -149,7 +149,10 @@ class ModelTrainer:
         """Load the last checkpoint if there is one; True if loaded."""
         if not os.path.isfile(self.ckpt_path):
             return False
-        tensors, doc = load_tensors(self.ckpt_path, self.device)
+        # loaded on the CPU: load_state_dict copies weights to the model's device, and the torch
+        # optimizers move their state to each parameter's device themselves, except MaskedAdam's
+        # "step" counters, which stay on the CPU as in a fresh run (no device sync per step)
+        tensors, doc = load_tensors(self.ckpt_path)
         if doc.get("kind") != self.kind:
             raise RuntimeError(f"{self.ckpt_path}: checkpoint of model {doc.get('kind')!r}, expected {self.kind!r}")
         self.model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
@@ -159,11 +162,11 @@ class ModelTrainer:
         for key, v in tensors.items():
             if key.startswith("maskhist/"):
                 _, task, k, layer = key.split("/", 3)
-                hist.setdefault(task, {}).setdefault(int(k), {})[layer] = v
+                hist.setdefault(task, {}).setdefault(int(k), {})[layer] = v.to(self.device)
         self.mask_hist = {t: [h[k] for k in sorted(h)] for t, h in hist.items()}
         set_rng_state(doc["rng"])
         if os.path.isfile(self.init_path):
-            self.init = load_tensors(self.init_path, self.device)
+            self.init = load_tensors(self.init_path)
         return True
 
     def save_init(self) -> None:
@@ -186,6 +189,14 @@ class ModelTrainer:
         self.opt.load(tensors, doc["optim"])
 
     # ------------------------------------------------------------------ primitives
+    def _task_masks(self, task: str) -> Dict[torch.Tensor, torch.Tensor]:
+        """{weight: packed mask buffer} for the optimizer; cached, because set_mask and
+        load_state_dict write into the same buffers, so the mapping never goes stale."""
+        cache = self.__dict__.setdefault("_mask_cache", {})
+        if task not in cache:
+            cache[task] = nk.model_task_masks(self.model, task)
+        return cache[task]
+
     def train_epoch(self, batches: Sequence[Tuple[Optional[str], torch.Tensor]], weighted: bool, desc: str) -> float:
         """One pass over `batches`: (None, rows) = mixed batch, Eq. 2; (task, rows) = a batch of
         the task's space, Eq. 1 (times omega_k when weighted). Returns the mean batch loss."""
@@ -208,7 +219,7 @@ class ModelTrainer:
                 loss = task_loss(t["loss"], model(ids, task), tg[task], None, self.gamma, self.alpha)
                 if weighted:
                     loss = loss * t["weight"]
-                masks = nk.model_task_masks(model, task)
+                masks = self._task_masks(task)
             loss.backward()
             self.opt.step(masks)
             total += loss.detach()
