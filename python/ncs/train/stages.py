@@ -18,9 +18,10 @@ connection (Algorithm 1):
           validation metric among rounds 1..n).
   joint   rewind to init, every task's mask set to its selected one; alternating
           task-homogeneous batches (ctr batch, cvr batch from the clicked rows, ...), each
-          forward under its task's mask, each update by MaskedAdam (strict: only the task's
-          weights and moments move; leaky: plain Adam), loss omega_k * L_k; joint.epochs epochs,
-          optional early stopping on validation (the best epoch's weights are kept).
+          forward under its task's mask, each update by MaskedAdam in optim.mode (strict: only the
+          task's weights and moments move; leaky: plain Adam, the authors' code), loss
+          omega_k * L_k; joint.epochs epochs, optional early stopping on validation (the best
+          epoch's weights are kept). Mask generation always steps strictly, whatever optim.mode.
 single / layer: mixed batches, Eq. 2, baseline_epochs(cfg) epochs (default warmup + joint, the
   passes the connection model's final weights have seen), same early stopping rule.
 """
@@ -354,7 +355,14 @@ class ModelTrainer:
             pos.update(stage="masks", epoch=0, task_index=0, round=0)
             self.checkpoint()
         if pos["stage"] == "masks":
-            self._masks_stage()
+            # Mask generation always takes strict steps (the task trains its sub-network alone);
+            # optim.mode applies to the joint stage, where tasks share weights.
+            mode = self.opt.dense.mode
+            self.opt.dense.mode = "strict"
+            try:
+                self._masks_stage()
+            finally:
+                self.opt.dense.mode = mode
             self.rewind()
             for t in self.names:
                 self.model.set_task_masks(t, self.mask_hist[t][pos["selected"][t]])
