@@ -309,6 +309,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         _eprint(f"{_prog(args)}: interrupted")
         return 130
+    except BrokenPipeError:
+        # stdout closed early (`ncs masks ... | head`): not an error of ours; silence the flush at exit
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":
