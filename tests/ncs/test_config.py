@@ -105,7 +105,7 @@ def test_paper_config_is_the_paper():
 
 def test_sample_config_points_at_the_shared_sample():
     cfg = load_config(str(REPO / "configs" / "lt4rec_sample.yaml"))
-    assert Path(cfg["data"]["path"]) == (REPO.parent / "shared" / "data" / "lt4rec" / "part-r-00002.gz").resolve()
+    assert Path(cfg["data"]["path"]).resolve() == (REPO.parent / "shared" / "data" / "lt4rec" / "part-r-00002.gz").resolve()
 
 
 def test_demo_yaml_matches_builtin():
