@@ -79,6 +79,29 @@ def _backward(ctx, dy):
 _cross_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _CrossFn(torch.autograd.Function):
+    """The eager path (no custom-op dispatch overhead); torch.compile traces the custom op."""
+
+    @staticmethod
+    def forward(ctx, emb, weight, packed, bias, backend):
+        ctx.save_for_backward(emb, weight, packed)
+        ctx.backend = backend
+        ctx.has_bias = bias is not None
+        return _backends.impl(backend).cross_masked_linear_forward(emb, weight, packed, bias)
+
+    @staticmethod
+    def backward(ctx, dy):
+        emb, weight, packed = ctx.saved_tensors
+        need_e, need_w, _, need_b, _ = ctx.needs_input_grad
+        need_b = bool(need_b and ctx.has_bias)
+        if not (need_e or need_w or need_b):
+            return None, None, None, None, None
+        de, dw, db = _backends.impl(ctx.backend).cross_masked_linear_backward(
+            dy.contiguous(), emb, weight, packed, need_e, need_w, need_b
+        )
+        return de, dw, None, db, None
+
+
 def cross_masked_linear(
     emb: torch.Tensor,
     weight: torch.Tensor,
@@ -92,4 +115,7 @@ def cross_masked_linear(
     emb·embᵀ (row-major) and the rest the flattened emb; packed int32 [N, ceil((F*F+F*d)/32)].
     """
     check_cross_args(emb, weight, packed, bias)
-    return _cross_op(emb, weight, packed, bias, _backends.resolve(backend, emb))
+    be = _backends.resolve(backend, emb)
+    if torch.compiler.is_compiling():
+        return _cross_op(emb, weight, packed, bias, be)  # traced as one opaque custom op
+    return _CrossFn.apply(emb, weight, packed, bias, be)
