@@ -1,0 +1,143 @@
+"""The experiment grids of docs/RESULTS.md: every run is (grid, run id, config overrides).
+
+A grid is a list of RunSpec. Each run's config is a base YAML of configs/ plus nested overrides;
+the driver (run_experiments.py) writes the resolved config next to the run directory and trains
+it with `ncs train`, so a run can also be repeated by hand:
+
+    ncs train --config RUNS/GRID/ID.yaml --out RUNS/GRID/ID
+
+Grids (sizes are the ones RESULTS.md states; --tiny shrinks every grid to seconds, for the
+smoke test):
+  real      the 4,322-row Tencent Video sample, configs/lt4rec_sample.yaml, seeds 0-4, the split
+            fixed (by request, 0.8/0.1/0.1, split seed 0); the model seed varies init and order
+  real_splits  the same with split seed = model seed = 0..4: how much the 428-row test split moves
+  synth1m   synthetic data, 1,000,000 rows, planted conflict 0.5, a reduced model (d 8,
+            256-128-64, batch 4096), seeds 0..2 (model seed; data and split fixed)
+  sweep     synthetic 200,000 rows, conflict 0 / 0.25 / 0.5 / 0.75 / 1, seeds 0-1, three models
+  ablation  synthetic 200,000 rows, conflict 0.5, seeds 0-1, one option changed per variant,
+            connection model only (its reference is the sweep's conflict-0.5 run of the same
+            seed, which has the same config); "weights_05" changes the loss weights of every
+            model, so it trains all three
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "configs"
+
+
+@dataclass
+class RunSpec:
+    grid: str
+    run_id: str
+    base: str                      # a YAML of configs/
+    overrides: Dict[str, Any] = field(default_factory=dict)
+    tags: Dict[str, Any] = field(default_factory=dict)   # what the report groups by
+
+
+REAL_SEEDS = [0, 1, 2, 3, 4]
+SYNTH1M_SEEDS = [0, 1, 2]
+SMALL_SEEDS = [0, 1]
+CONFLICTS = [0.0, 0.25, 0.5, 0.75, 1.0]
+
+# The synthetic setup: configs/demo.yaml (d 8, 256-128-64, lr 1e-3, warmup 1, 4 rounds to r 0.2,
+# joint <= 4 epochs with early stopping on validation CVR MSE, patience 2) at a larger size.
+SYNTH_1M = {
+    "threads": 1,
+    "data": {"rows": 1_000_000, "conflict": 0.5, "cache_dir": None},
+    "train": {"batch_size": 4096, "eval_batch_size": 16384, "log_every": 50},
+}
+SYNTH_SMALL = {
+    "threads": 1,
+    "data": {"rows": 200_000, "conflict": 0.5, "cache_dir": None},
+    "train": {"batch_size": 1024, "eval_batch_size": 16384, "log_every": 50},
+}
+
+# One option changed per variant (connection model only unless "models" is given).
+ABLATIONS: Dict[str, Dict[str, Any]] = {
+    "leaky": {"optim": {"mode": "leaky"}},
+    "scope_layer": {"stages": {"masks": {"scope": "layer"}}},
+    "rounds_2": {"stages": {"masks": {"rounds": 2}}},
+    "density_0.5": {"stages": {"masks": {"final_density": 0.5}}},
+    "density_0.05": {"stages": {"masks": {"final_density": 0.05}}},
+    # warmup.epochs 0: the rewind target is then the model as initialised with a fresh optimizer
+    # (the authors' code: ckpt_init saved right after variable initialisation)
+    "random_init": {"stages": {"warmup": {"epochs": 0}}},
+    "select_last": {"stages": {"masks": {"select": "last"}}},
+    "select_best_any": {"stages": {"masks": {"select": "best_any"}}},
+    "weights_0.5": {"models": ["single", "layer", "connection"],
+                    "tasks": [{"name": "ctr", "label": "click", "space": "all", "loss": "bce", "weight": 0.5},
+                              {"name": "cvr", "label": "conversion", "space": "clicked", "loss": "mse",
+                               "weight": 0.5}]},
+}
+
+# --tiny: every grid in seconds (2 CPU cores): checks the plumbing, not the science.
+TINY = {
+    "threads": 1,
+    "model": {"embed_dim": 4, "hidden": [16, 8, 4]},
+    "train": {"batch_size": 256, "eval_batch_size": 4096, "log_every": 10},
+    "stages": {"warmup": {"epochs": 1}, "masks": {"rounds": 2},
+               "joint": {"epochs": 1, "early_stopping": False}},
+}
+TINY_SYNTH_ROWS = 3000
+
+
+def merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _conf_tag(c: float) -> str:
+    return f"{c:g}"
+
+
+def grid(name: str, tiny: bool = False) -> List[RunSpec]:
+    """The runs of a grid, in the order they are trained."""
+    if name == "real":
+        seeds = REAL_SEEDS[:2] if tiny else REAL_SEEDS
+        runs = [RunSpec("real", f"seed{s}", "lt4rec_sample.yaml", {"seed": s}, {"seed": s}) for s in seeds]
+    elif name == "real_splits":
+        seeds = REAL_SEEDS[:2] if tiny else REAL_SEEDS
+        runs = [RunSpec("real_splits", f"split{s}", "lt4rec_sample.yaml",
+                        {"seed": s, "data": {"split": {"seed": s}}}, {"seed": s, "split_seed": s}) for s in seeds]
+    elif name == "synth1m":
+        seeds = SYNTH1M_SEEDS[:1] if tiny else SYNTH1M_SEEDS
+        runs = [RunSpec("synth1m", f"seed{s}", "demo.yaml", merge(SYNTH_1M, {"seed": s}),
+                        {"seed": s, "conflict": 0.5}) for s in seeds]
+    elif name == "sweep":
+        seeds = SMALL_SEEDS[:1] if tiny else SMALL_SEEDS
+        conflicts = [0.0, 1.0] if tiny else CONFLICTS
+        runs = [RunSpec("sweep", f"c{_conf_tag(c)}_seed{s}", "demo.yaml",
+                        merge(SYNTH_SMALL, {"seed": s, "data": {"conflict": c}}), {"seed": s, "conflict": c})
+                for c in conflicts for s in seeds]
+    elif name == "ablation":
+        seeds = SMALL_SEEDS[:1] if tiny else SMALL_SEEDS
+        variants = list(ABLATIONS)[:2] if tiny else list(ABLATIONS)
+        runs = []
+        for v in variants:
+            for s in seeds:
+                over = merge(merge(SYNTH_SMALL, {"seed": s, "models": ["connection"]}), ABLATIONS[v])
+                runs.append(RunSpec("ablation", f"{v}_seed{s}", "demo.yaml", over, {"seed": s, "variant": v}))
+    else:
+        raise ValueError(f"grid: expected one of {', '.join(GRIDS)}, got {name!r}")
+    if tiny:
+        for r in runs:
+            r.overrides = merge(r.overrides, TINY)
+            if r.base != "lt4rec_sample.yaml":
+                r.overrides = merge(r.overrides, {"data": {"rows": TINY_SYNTH_ROWS}})
+            # keep a variant's own stage options on top of the tiny schedule
+            if r.grid == "ablation":
+                r.overrides = merge(r.overrides, ABLATIONS[r.tags["variant"]])
+    return runs
+
+
+GRIDS = ("real", "real_splits", "synth1m", "sweep", "ablation")

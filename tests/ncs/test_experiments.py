@@ -1,0 +1,137 @@
+"""The experiment drivers of docs/RESULTS.md (scripts/experiments): grids, one tiny end-to-end
+run, the aggregator's arithmetic (the paper's gains), and the 'rewind to random init' ablation's
+premise (warmup.epochs 0 makes the rewind target the model as initialised)."""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+EXP = REPO / "scripts" / "experiments"
+SAMPLE = REPO.parent / "shared" / "data" / "lt4rec" / "part-r-00002.gz"
+
+
+def _load(name):
+    sys.path.insert(0, str(EXP))
+    try:
+        spec = importlib.util.spec_from_file_location(f"exp_{name}", EXP / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = mod  # dataclasses look their module up there
+        spec.loader.exec_module(mod)
+        return mod
+    finally:
+        sys.path.remove(str(EXP))
+
+
+G = _load("grids")
+R = _load("make_report")
+D = _load("run_experiments")
+
+
+def test_every_grid_resolves_to_a_valid_config():
+    for name in G.GRIDS:
+        specs = G.grid(name)
+        assert specs and len({s.run_id for s in specs}) == len(specs), name
+        for s in specs:
+            cfg = D.resolved_config(s, None)  # raises ConfigError on a bad override
+            assert cfg["threads"] == 1
+    sizes = {s.run_id: D.resolved_config(s, None)["data"]["rows"] for s in G.grid("synth1m")}
+    assert set(sizes.values()) == {1_000_000}
+    abl = {s.tags["variant"]: D.resolved_config(s, None) for s in G.grid("ablation")}
+    assert abl["leaky"]["optim"]["mode"] == "leaky" and abl["scope_layer"]["stages"]["masks"]["scope"] == "layer"
+    assert abl["random_init"]["stages"]["warmup"]["epochs"] == 0
+    assert abl["leaky"]["models"] == ["connection"]
+    assert abl["weights_0.5"]["models"] == ["single", "layer", "connection"]
+    with pytest.raises(ValueError, match="grid"):
+        G.grid("nope")
+
+
+def test_gains_are_computed_as_in_the_paper():
+    """Table 2 of the paper: Single 0.13688 / 0.78572, Layer 0.13563 / 0.78808 -> +0.91% / +0.30%,
+    Connection 0.13226 / 0.78874 -> +3.38% / +0.38%."""
+    rec = {"seed": 0, "models": {"single": {"cvr_mse": 0.13688, "ctr_auc": 0.78572},
+                                 "layer": {"cvr_mse": 0.13563, "ctr_auc": 0.78808},
+                                 "connection": {"cvr_mse": 0.13226, "ctr_auc": 0.78874}}}
+    t = R.table2([rec])
+    rows = {r["model"]: r for r in t["rows"]}
+    assert round(rows["Layer_Share"]["vs_single"]["cvr_gain"], 2) == 0.91
+    assert round(rows["Layer_Share"]["vs_single"]["ctr_gain"], 2) == 0.30
+    assert round(rows["Connection_Share"]["vs_single"]["cvr_gain"], 2) == 3.38
+    assert round(rows["Connection_Share"]["vs_single"]["ctr_gain"], 2) == 0.38
+    md = R.table2_md(t)
+    assert "+3.38%" in md and "+0.38%" in md and "Connection_Share vs Layer_Share" in md
+
+
+def test_paired_gains_and_win_counts():
+    recs = [{"seed": s, "models": {"single": {"cvr_mse": 0.2, "ctr_auc": 0.7},
+                                   "connection": {"cvr_mse": m, "ctr_auc": a}}}
+            for s, (m, a) in enumerate([(0.18, 0.71), (0.22, 0.69)])]
+    g = R.compare(recs, "connection", "single")
+    assert g["n"] == 2 and g["cvr_wins"] == 1 and g["ctr_wins"] == 1
+    assert g["cvr_gain_paired_mean"] == pytest.approx(0.0) and g["cvr_gain_paired_std"] == pytest.approx(
+        (2 * 10.0 ** 2) ** 0.5)  # +10% and -10%: sample std sqrt(200)
+    assert g["cvr_gain"] == pytest.approx(0.0)
+
+
+def test_report_fills_marked_blocks(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("a\n<!-- table:x -->\nold\n<!-- /table:x -->\nb\n<!-- table:y -->\n<!-- /table:y -->\n")
+    assert R.replace_blocks(doc, {"x": "new 1\n", "z": "unused"}) == ["x"]
+    assert doc.read_text() == "a\n<!-- table:x -->\nnew 1\n<!-- /table:x -->\nb\n<!-- table:y -->\n<!-- /table:y -->\n"
+
+
+@pytest.mark.skipif(not SAMPLE.is_file(), reason=f"real sample {SAMPLE} not present")
+def test_tiny_real_run_end_to_end(tmp_path):
+    """One tiny run through the driver (a subprocess `ncs train`) and the aggregator."""
+    runs = tmp_path / "runs"
+    rc = subprocess.run([sys.executable, str(EXP / "run_experiments.py"), "real", "--runs", str(runs), "--tiny",
+                         "--only", "seed0"], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert rc.returncode == 0, rc.stdout + rc.stderr
+    assert (runs / "real" / "seed0" / "metrics.json").is_file()
+    assert (runs / "real" / "seed0.yaml").is_file()
+    # a finished run is skipped
+    again = subprocess.run([sys.executable, str(EXP / "run_experiments.py"), "real", "--runs", str(runs), "--tiny",
+                            "--only", "seed0"], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert "done already" in again.stdout
+    tables = R.build(runs, tmp_path / "results", tmp_path / "figures", None)
+    assert "table2_real" in tables and "masks_real" in tables
+    t = json.loads((tmp_path / "results" / "table2_real.json").read_text())
+    assert [r["model"] for r in t["rows"]] == ["Single_Task", "Layer_Share", "Connection_Share"]
+    assert (tmp_path / "figures" / "masks.png").stat().st_size < 200_000
+
+
+def test_no_warmup_rewinds_to_the_model_as_initialised(tmp_path):
+    """The random_init ablation: with warmup.epochs 0 the rewind snapshot (connection_init) holds
+    exactly the initial weights of the connection model (its init is a function of the seed)."""
+    from ncs.config import resolve_config
+    from ncs.models import build_model
+    from ncs.train import run
+    from ncs.train.checkpoint import load_tensors
+    from ncs.train.stages import derived_seed
+
+    cfg = resolve_config({
+        "seed": 3, "device": "cpu", "backend": "torch", "threads": 1, "models": ["connection"],
+        "data": {"kind": "synthetic", "rows": 1500, "conflict": 0.5},
+        "model": {"embed_dim": 4, "hidden": [8, 4]},
+        "train": {"batch_size": 256, "eval_batch_size": 2048},
+        "stages": {"warmup": {"epochs": 0}, "masks": {"rounds": 1}, "joint": {"epochs": 1}},
+    })
+    out = tmp_path / "run"
+    run(cfg, str(out))
+    snap, _ = load_tensors(str(out / "checkpoints" / "connection_init.safetensors"))
+    fields = json.loads((out / "fields.json").read_text())
+    from ncs.data.types import FieldSpec
+    torch.manual_seed(derived_seed(3, "init/connection"))
+    fresh = build_model("connection", [FieldSpec(f["name"], f["vocab_size"], f["max_len"]) for f in fields],
+                        ["ctr", "cvr"], cfg["model"], backend="torch")
+    params = dict(fresh.named_parameters())
+    assert params
+    for name, p in params.items():
+        assert torch.equal(snap[f"model/{name}"], p.detach()), name
+    # and no optimizer moments in the snapshot: a fresh Adam, as after variable initialisation
+    assert not any(k.endswith(("exp_avg", "exp_avg_sq")) for k in snap)
