@@ -154,4 +154,9 @@ def test_compile_fullgraph_cross_layer_cpu():
         return layer(e, task="ctr").relu().sum()
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(compiled(emb), f(emb))
+    e1, e2 = emb.clone().requires_grad_(True), emb.clone().requires_grad_(True)
+    got, want = compiled(e1), f(e2)
+    torch.testing.assert_close(got, want)
+    got.backward()  # through the registered backward custom op
+    want.backward()
+    torch.testing.assert_close(e1.grad, e2.grad)
