@@ -13,8 +13,8 @@ smoke test):
   real_splits  the same with split seed = model seed = 0..4: how much the 428-row test split moves
   synth1m   synthetic data, 1,000,000 rows, planted conflict 0.5, a reduced model (d 8,
             256-128-64, batch 4096), seeds 0..2 (model seed; data and split fixed)
-  sweep     synthetic 200,000 rows, conflict 0 / 0.25 / 0.5 / 0.75 / 1, seeds 0-1, three models
-  ablation  synthetic 200,000 rows, conflict 0.5, seeds 0-1, one option changed per variant,
+  sweep     synthetic 200,000 rows, conflict 0 / 0.25 / 0.5 / 0.75 / 1, seeds 0-2, three models
+  ablation  synthetic 200,000 rows, conflict 0.5, seeds 0-2, one option changed per variant,
             connection model only (its reference is the sweep's conflict-0.5 run of the same
             seed, which has the same config); "weights_05" changes the loss weights of every
             model, so it trains all three
@@ -41,7 +41,7 @@ class RunSpec:
 
 REAL_SEEDS = [0, 1, 2, 3, 4]
 SYNTH1M_SEEDS = [0, 1, 2]
-SMALL_SEEDS = [0, 1]
+SMALL_SEEDS = [0, 1, 2]
 CONFLICTS = [0.0, 0.25, 0.5, 0.75, 1.0]
 
 # The synthetic setup: configs/demo.yaml (d 8, 256-128-64, lr 1e-3, warmup 1, 4 rounds to r 0.2,
