@@ -11,8 +11,10 @@ smoke test):
   real      the 4,322-row Tencent Video sample, configs/lt4rec_sample.yaml, seeds 0-4, the split
             fixed (by request, 0.8/0.1/0.1, split seed 0); the model seed varies init and order
   real_splits  the same with split seed = model seed = 0..4: how much the 428-row test split moves
+  real_ablation  five of the ablations below on the real sample, seeds 0-4 (vs the `real` runs)
   synth1m   synthetic data, 1,000,000 rows, planted conflict 0.5, a reduced model (d 8,
             256-128-64, batch 4096), seeds 0..2 (model seed; data and split fixed)
+  synth1m_ablation  the loss weights 0.5 / 0.5 at 1M rows, seed 0 (vs synth1m seed 0)
   sweep     synthetic 200,000 rows, conflict 0 / 0.25 / 0.5 / 0.75 / 1, seeds 0-2, three models
   ablation  synthetic 200,000 rows, conflict 0.5, seeds 0-2, one option changed per variant,
             connection model only (its reference is the sweep's conflict-0.5 run of the same
@@ -75,6 +77,12 @@ ABLATIONS: Dict[str, Dict[str, Any]] = {
                                "weight": 0.5}]},
 }
 
+# The same options on the real sample (cheap: seconds per run), against the `real` grid's runs.
+REAL_ABLATIONS = ["leaky", "scope_layer", "random_init", "select_last", "weights_0.5"]
+
+# At 1M rows, one seed: the loss-weight sensitivity point of Table 2 (all three models).
+SYNTH1M_ABLATIONS = ["weights_0.5"]
+
 # --tiny: every grid in seconds (2 CPU cores): checks the plumbing, not the science.
 TINY = {
     "threads": 1,
@@ -127,6 +135,19 @@ def grid(name: str, tiny: bool = False) -> List[RunSpec]:
             for s in seeds:
                 over = merge(merge(SYNTH_SMALL, {"seed": s, "models": ["connection"]}), ABLATIONS[v])
                 runs.append(RunSpec("ablation", f"{v}_seed{s}", "demo.yaml", over, {"seed": s, "variant": v}))
+    elif name == "synth1m_ablation":
+        runs = [RunSpec("synth1m_ablation", f"{v}_seed0", "demo.yaml",
+                        merge(merge(SYNTH_1M, {"seed": 0, "models": ["connection"]}), ABLATIONS[v]),
+                        {"seed": 0, "variant": v}) for v in SYNTH1M_ABLATIONS]
+    elif name == "real_ablation":
+        seeds = REAL_SEEDS[:1] if tiny else REAL_SEEDS
+        variants = REAL_ABLATIONS[:1] if tiny else REAL_ABLATIONS
+        runs = []
+        for v in variants:
+            for s in seeds:
+                over = merge({"seed": s, "models": ["connection"]}, ABLATIONS[v])
+                runs.append(RunSpec("real_ablation", f"{v}_seed{s}", "lt4rec_sample.yaml", over,
+                                    {"seed": s, "variant": v}))
     else:
         raise ValueError(f"grid: expected one of {', '.join(GRIDS)}, got {name!r}")
     if tiny:
@@ -135,9 +156,9 @@ def grid(name: str, tiny: bool = False) -> List[RunSpec]:
             if r.base != "lt4rec_sample.yaml":
                 r.overrides = merge(r.overrides, {"data": {"rows": TINY_SYNTH_ROWS}})
             # keep a variant's own stage options on top of the tiny schedule
-            if r.grid == "ablation":
+            if r.grid in ("ablation", "real_ablation", "synth1m_ablation"):
                 r.overrides = merge(r.overrides, ABLATIONS[r.tags["variant"]])
     return runs
 
 
-GRIDS = ("real", "real_splits", "synth1m", "sweep", "ablation")
+GRIDS = ("real", "real_splits", "real_ablation", "synth1m", "synth1m_ablation", "sweep", "ablation")
