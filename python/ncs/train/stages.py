@@ -308,26 +308,34 @@ class ModelTrainer:
         else:
             self._run_baseline()
 
+    def _epochs(self, stage: str, epochs: int, desc: str, early: bool,
+                batches_for: Callable[[int], Sequence]) -> bool:
+        """Train epochs pos["epoch"] .. epochs-1 of `stage` (batches_for(e) gives epoch e's
+        batches, Eq. 2 weighted), evaluating on validation and checkpointing after each. With
+        `early`, early stopping may end the stage: then pos["stage"] is "done" and True returns."""
+        pos = self.pos
+        for e in range(pos["epoch"], epochs):
+            t0 = time.perf_counter()
+            loss = self.train_epoch(batches_for(e), True, f"{self.kind} {desc} {e + 1}/{epochs}")
+            val = self.evaluate(self.valid)
+            self._curve(stage=stage, epoch=e, train_loss=loss, **val)
+            self.log(f"{self.kind}: {desc} {e + 1}/{epochs} loss {loss:.4f} valid {_fmt(val)}")
+            pos["epoch"] = e + 1
+            stop = early and self._early_update(val, e)
+            self._timed(stage, t0)
+            if stop:
+                pos["stage"] = "done"
+            self.checkpoint()
+            if stop:
+                return True
+        return False
+
     def _run_baseline(self) -> None:
         pos = self.pos
         bs = self.cfg["train"]["batch_size"]
         if pos["stage"] == "baseline":
-            epochs = baseline_epochs(self.cfg)
-            for e in range(pos["epoch"], epochs):
-                t0 = time.perf_counter()
-                loss = self.train_epoch(B.mixed_batches(self.train, bs, self.seed, "mixed", e), True,
-                                        f"{self.kind} epoch {e + 1}/{epochs}")
-                val = self.evaluate(self.valid)
-                self._curve(stage="train", epoch=e, train_loss=loss, **val)
-                self.log(f"{self.kind}: epoch {e + 1}/{epochs} loss {loss:.4f} valid {_fmt(val)}")
-                pos["epoch"] = e + 1
-                stop = self._early_update(val, e)
-                self._timed("train", t0)
-                if stop:
-                    pos["stage"] = "done"
-                self.checkpoint()
-                if stop:
-                    break
+            self._epochs("train", baseline_epochs(self.cfg), "epoch", early=True,
+                         batches_for=lambda e: B.mixed_batches(self.train, bs, self.seed, "mixed", e))
             self._early_finish()
             pos["stage"] = "done"
             self.checkpoint()
@@ -340,17 +348,8 @@ class ModelTrainer:
         bs = cfg["train"]["batch_size"]
         st = cfg["stages"]
         if pos["stage"] == "warmup":
-            W = st["warmup"]["epochs"]
-            for e in range(pos["epoch"], W):
-                t0 = time.perf_counter()
-                loss = self.train_epoch(B.mixed_batches(self.train, bs, self.seed, "mixed", e), True,
-                                        f"warmup epoch {e + 1}/{W}")
-                val = self.evaluate(self.valid)
-                self._curve(stage="warmup", epoch=e, train_loss=loss, **val)
-                self.log(f"connection: warmup epoch {e + 1}/{W} loss {loss:.4f} valid {_fmt(val)}")
-                pos["epoch"] = e + 1
-                self._timed("warmup", t0)
-                self.checkpoint()
+            self._epochs("warmup", st["warmup"]["epochs"], "warmup epoch", early=False,
+                         batches_for=lambda e: B.mixed_batches(self.train, bs, self.seed, "mixed", e))
             self.save_init()
             pos.update(stage="masks", epoch=0, task_index=0, round=0)
             self.checkpoint()
@@ -369,22 +368,9 @@ class ModelTrainer:
             pos.update(stage="joint", epoch=0)
             self.checkpoint()
         if pos["stage"] == "joint":
-            E = st["joint"]["epochs"]
-            for e in range(pos["epoch"], E):
-                t0 = time.perf_counter()
-                batches = B.alternating_batches(self.train, self.names, bs, self.seed, "joint", e)
-                loss = self.train_epoch(batches, True, f"joint epoch {e + 1}/{E}")
-                val = self.evaluate(self.valid)
-                self._curve(stage="joint", epoch=e, train_loss=loss, **val)
-                self.log(f"connection: joint epoch {e + 1}/{E} loss {loss:.4f} valid {_fmt(val)}")
-                pos["epoch"] = e + 1
-                stop = self._early_update(val, e)
-                self._timed("joint", t0)
-                if stop:
-                    pos["stage"] = "done"
-                self.checkpoint()
-                if stop:
-                    break
+            self._epochs("joint", st["joint"]["epochs"], "joint epoch", early=True,
+                         batches_for=lambda e: B.alternating_batches(self.train, self.names, bs, self.seed,
+                                                                     "joint", e))
             self._early_finish()
             pos["stage"] = "done"
             self.checkpoint()
