@@ -131,7 +131,8 @@ setup(
     include_package_data=False,
     install_requires=["numpy", "safetensors", "pyyaml", "tqdm", "matplotlib", "pyarrow"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis"],
+        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis", "google-crc32c"],
+        "fast-crc": ["google-crc32c"],
         "triton": ["triton"],
     },
     entry_points={"console_scripts": ["ncs = ncs.cli:main"]},
