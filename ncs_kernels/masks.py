@@ -146,8 +146,6 @@ def save_masks(path: str, masks: Mapping[str, Mapping[str, torch.Tensor]], in_fe
         k = int(in_features[layer])
         dens = {}
         for task, packed in per_task.items():
-            if "/" in layer and task is None:
-                raise ValueError("layer names may not be None")
             if packed.dtype != torch.int32 or packed.dim() != 2 or packed.shape[1] != words_for(k):
                 raise ValueError(
                     f"masks[{layer!r}][{task!r}]: expected int32 [N, {words_for(k)}] for K={k}, "

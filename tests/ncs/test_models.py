@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import ncs_kernels as nk
+from _tiny import one_thread  # noqa: F401 (a fixture)
 from ncs.config import defaults
 from ncs.losses import elementwise_loss, multitask_loss, task_loss
 from ncs.metrics import auc, json_safe, task_metrics
@@ -12,12 +13,8 @@ from ncs.models import FieldEmbeddings, LayerShareModel, NCSModel, SingleTaskMod
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine's OpenMP waits."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(old)
 
 VOCAB = [5, 7, 3, 9]
 TASKS = ("ctr", "cvr")

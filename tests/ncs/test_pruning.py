@@ -5,32 +5,20 @@ import pytest
 import torch
 
 import ncs_kernels as nk
+from _tiny import one_thread, tiny_data  # noqa: F401 (fixture)
 from ncs.config import resolve_config
-from ncs.data.types import EncodedData, FieldSpec
 from ncs.train import batches as B
 from ncs.train.pruning import (fraction_per_round, mask_density, prune_count, prune_round, select_round)
 from ncs.train.stages import ModelTrainer, Optimizers
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine's OpenMP waits."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
     yield
-    torch.set_num_threads(old)
 
 
 def _tiny_data(rows=96, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    vocab = [6, 5, 4]
-    ids = torch.stack([torch.randint(0, v, (rows, 2), generator=g) for v in vocab], dim=1)
-    ids[:, :, 1][torch.rand(rows, 3, generator=g) < 0.5] = -1
-    click = (torch.rand(rows, generator=g) < 0.4).float()
-    conv = torch.rand(rows, generator=g) * click
-    return EncodedData([FieldSpec(f"f{i}", v, 2) for i, v in enumerate(vocab)], ids,
-                       {"click": click, "conversion": conv},
-                       {"request": torch.arange(rows) // 3, "user": torch.arange(rows) % 11})
+    return tiny_data(rows, [6, 5, 4], seed)
 
 
 def _cfg(**stages):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import ncs_kernels as nk
+from _tiny import tiny_data
 from ncs.config import resolve_config
-from ncs.data.types import EncodedData, FieldSpec
 from ncs.train import RunError, StopTraining, run
 from ncs.train import batches as B
 from ncs.train.checkpoint import flatten_optimizer, load_tensors, save_tensors, unflatten_optimizer
@@ -26,15 +26,7 @@ def _one_thread():
 
 
 def _tiny_data(rows=120, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    vocab = [6, 5, 4, 7]
-    ids = torch.stack([torch.randint(0, v, (rows, 2), generator=g) for v in vocab], dim=1)
-    ids[:, :, 1][torch.rand(rows, 4, generator=g) < 0.5] = -1
-    click = (torch.rand(rows, generator=g) < 0.4).float()
-    conv = torch.rand(rows, generator=g) * click
-    return EncodedData([FieldSpec(f"f{i}", v, 2) for i, v in enumerate(vocab)], ids,
-                       {"click": click, "conversion": conv},
-                       {"request": torch.arange(rows) // 3, "user": torch.arange(rows) % 11})
+    return tiny_data(rows, [6, 5, 4, 7], seed)
 
 
 def _cfg(**over):
