@@ -8,6 +8,10 @@ Variants
   masked_linear        dense (nn.Linear math, no mask: the floor), floatmask (F.linear(x, W*M)
                        with M a float tensor), prune (torch.nn.utils.prune.custom_from_mask),
                        nk:<backend> (ncs_kernels.masked_linear)
+  nk:triton~materialize  Triton with NCS_TRITON_WEIGHT_MASK=materialize (W*M first, then GEMM)
+  nk:cuda~fused        the cuda backend with set_cuda_gemm_strategy("fused") around every step
+                       (own tiled GEMMs, mask fused, split-K dW); nk:cuda runs the process
+                       default (NCS_CUDA_GEMM, else "cublas"), recorded in env.cuda_gemm_strategy
   cross_masked_linear  dense_unfused (bmm+cat, then a dense linear), unfused (bmm+cat, then the
                        float-mask linear), cross+nk:<backend> (bmm+cat, then ncs masked_linear:
                        the mask fused, the cross not), nk:<backend> (ncs cross_masked_linear)
@@ -161,6 +165,8 @@ def variants(op: str, device: str) -> List[str]:
         # the Triton backend's other way of applying the mask (W*M written once per call, then an
         # unmasked GEMM), selected per call by NCS_TRITON_WEIGHT_MASK: DESIGN asks to time both
         out.append("nk:triton~materialize")
+        # the cuda backend's own fused GEMMs against its cuBLAS default (set_cuda_gemm_strategy)
+        out.append("nk:cuda~fused")
     return out
 
 
@@ -175,6 +181,42 @@ def variant_env(variant: str) -> Dict[str, str]:
     if variant.endswith("~materialize"):
         return {"NCS_TRITON_WEIGHT_MASK": "materialize"}
     return {}
+
+
+CUDA_GEMM_STRATEGIES = ("cublas", "fused")
+
+
+def variant_cuda_gemm(variant: str) -> Optional[str]:
+    """The cuda GEMM strategy a variant pins ("nk:cuda~fused" -> "fused"), None for the default."""
+    if variant_backend(variant) == "cuda" and "~" in variant:
+        s = variant.split("~", 1)[1]
+        if s in CUDA_GEMM_STRATEGIES:
+            return s
+    return None
+
+
+def cuda_gemm_strategy() -> Optional[str]:
+    """The cuda backend's current GEMM strategy, None when _C has no CUDA or no switch."""
+    ext = _backends.native()
+    if ext is None or not getattr(ext, "has_cuda", lambda: False)():
+        return None
+    get = getattr(ext, "cuda_gemm_strategy", None)
+    return get() if get is not None else None
+
+
+@contextlib.contextmanager
+def scoped_cuda_gemm(strategy: Optional[str]):
+    """set_cuda_gemm_strategy(strategy) for the block, the previous strategy restored after."""
+    if strategy is None:
+        yield
+        return
+    ext = _backends.native()
+    prev = ext.cuda_gemm_strategy()
+    ext.set_cuda_gemm_strategy(strategy)
+    try:
+        yield
+    finally:
+        ext.set_cuda_gemm_strategy(prev)
 
 
 @contextlib.contextmanager
@@ -214,6 +256,10 @@ def why_skip(op: str, variant: str, device: str, dtype_name: str, mode: str) -> 
         dtype_ok = getattr(_backends, "_dtype_ok", None)
         if dtype_ok is not None:
             why = dtype_ok(be, device, DTYPES[dtype_name])
+    if why is None and variant_cuda_gemm(variant) is not None:
+        ext = _backends.native()
+        if not hasattr(ext, "set_cuda_gemm_strategy"):
+            why = "ncs_kernels._C does not bind set_cuda_gemm_strategy"
     if why is None and variant.endswith("~materialize"):
         try:
             from ncs_kernels.triton import _common as tc
@@ -263,9 +309,10 @@ class Problem:
     flop: float = 0.0  # GEMM flops of one step, for TFLOP/s columns
     keepalive: list = field(default_factory=list)
     env: Dict[str, str] = field(default_factory=dict)  # set around every step (see variant_env)
+    cuda_gemm: Optional[str] = None  # set_cuda_gemm_strategy around every step (see variant_cuda_gemm)
 
     def step(self) -> None:
-        with scoped_env(self.env):
+        with scoped_env(self.env), scoped_cuda_gemm(self.cuda_gemm):
             if self.update is not None:
                 self.update()
                 return
@@ -304,6 +351,7 @@ def make_problem(op: str, variant: str, shape: Dict[str, int], dtype_name: str, 
     else:
         raise ValueError(f"op: expected masked_linear, cross_masked_linear or masked_adam, got {op!r}")
     prob.env = variant_env(variant)
+    prob.cuda_gemm = variant_cuda_gemm(variant)
     return prob
 
 
@@ -594,6 +642,8 @@ def environment(device: str) -> Dict[str, object]:
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
         "memory_method": MEMORY_METHOD,
         "triton_interpret": env_flag("TRITON_INTERPRET"),
+        "cuda_gemm_strategy": cuda_gemm_strategy(),
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
     }
     if device == "cuda" and torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)

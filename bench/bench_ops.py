@@ -15,6 +15,9 @@ unfused cross / reference Adam): < 1 means faster. Memory (see _common.MEMORY_ME
 act = activation bytes kept for backward + output, any device; peak = CUDA peak above baseline
 during one eager step. The JSON (--json) is rewritten after every group, so a run stopped by
 a timeout still leaves every finished group on disk, marked "complete": false.
+With --smoke SMOKE.json (bench/smoke.py's output) every row records its variant's correctness
+verdict ("smoke": pass | fail | error | skipped | not-checked | baseline | reference) and the
+table marks failed ones "!SMOKE": a timing of a variant that failed the smoke pass means nothing.
 The variants are described in bench/_common.py; this script is what README figures come from.
 """
 from __future__ import annotations
@@ -33,6 +36,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` importable from t
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import _common as C  # noqa: E402
+from bench import smoke as S  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -64,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="tiny shapes and 2 rounds: checks the script, not the speed")
     p.add_argument("--json", default=None, help="write results here; 'auto' = bench/results/<date>_<hardware>_ops.json")
     p.add_argument("--quiet", action="store_true", help="no tables on stdout")
+    p.add_argument("--smoke", default=None,
+                   help="smoke.json of bench/smoke.py: each row records its variant's correctness verdict")
     args = p.parse_args(argv)
     for name in ("batch", "repeats", "inner"):
         v = getattr(args, name)
@@ -128,6 +134,9 @@ def run_group(group: Dict, device: str, args) -> Dict:
             if only and be is not None and be not in only and v != ref:
                 continue
             row = {"variant": v, "backend": be or "pytorch"}
+            table = getattr(args, "smoke_table", None)
+            if table is not None:
+                row["smoke"] = S.verdict_for(table, op, v, dt)
             rows[v] = row
             why = C.why_skip(op, v, device, dt, mode)
             if why:
@@ -203,8 +212,9 @@ def format_group(g: Dict) -> str:
             lines.append(f"{r['variant']:<22}  ERROR {r['error'][:110]}")
             continue
         mib = 1 / 2 ** 20
+        name = r["variant"] if r.get("smoke") not in ("fail", "error") else r["variant"][:13] + " !SMOKE"
         lines.append(
-            f"{r['variant']:<22}{_fmt(r['median_s'] * 1e3, '9.3f')}{_fmt(r.get('time_x_floor'), '15.3f')}"
+            f"{name:<22}{_fmt(r['median_s'] * 1e3, '9.3f')}{_fmt(r.get('time_x_floor'), '15.3f')}"
             f"{_fmt(r.get('time_x_ref'), '12.3f')}{_fmt(r.get('tflops'), '9.2f')}"
             f"{_fmt(r['act_bytes'] * mib if r.get('act_bytes') else None, '9.2f')}{_fmt(r.get('act_x_floor'), '12.3f')}"
             f"{_fmt(r.get('act_x_ref'), '12.3f')}{_fmt(r['peak_bytes'] * mib if r.get('peak_bytes') else None, '9.2f')}"
@@ -252,10 +262,25 @@ def _run(args) -> int:
     if args.json:
         path = C.default_result_path(device, "ops") if args.json == "auto" else Path(args.json)
     groups = build_groups(args, device)
+    args.smoke_table = None
+    smoke_doc = None
+    if args.smoke:
+        try:
+            smoke_doc = json.loads(Path(args.smoke).read_text())
+            args.smoke_table = S.verdicts(smoke_doc)
+        except (OSError, ValueError) as e:  # no smoke file (the smoke step died): say so per row
+            print(f"bench_ops: --smoke {args.smoke}: cannot read it ({type(e).__name__}: {e}); rows say not-checked",
+                  file=sys.stderr)
+            args.smoke_table = {}
     doc = {
         "schema": SCHEMA,
         "env": C.environment(device),
-        "config": {k: v for k, v in vars(args).items() if k != "quiet"} | {"device": device, "density": C.DENSITY},
+        "config": {k: v for k, v in vars(args).items() if k not in ("quiet", "smoke_table")}
+        | {"device": device, "density": C.DENSITY},
+        "smoke": None if args.smoke is None else {
+            "file": args.smoke, "all_pass": (smoke_doc or {}).get("all_pass"),
+            "summary": (smoke_doc or {}).get("summary"),
+            "failed": sorted(k for k, v in args.smoke_table.items() if v in ("fail", "error"))},
         "complete": False,
         "groups": [],
     }

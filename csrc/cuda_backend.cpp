@@ -5,7 +5,9 @@
 //            and the GEMMs go to cuBLAS (at::mm / at::addmm); dW = dy^T x is masked in place
 //            afterwards (exact zeros).
 //   "fused":  the tiled kernels of csrc/cuda/masked_gemm.cu and cross.cu: the mask is unpacked
-//            while loading W tiles, applied in the dW epilogue, and dW is split over the batch.
+//            while loading W tiles, applied in the dW epilogue, and dW is split over the batch
+//            (partials combined with atomicAdd; not split under
+//            torch.use_deterministic_algorithms(True), see fused_dw_splits).
 // The feature cross never materialises its [B, F*F + F*d] input in either strategy: a Gram
 // kernel writes G [B, F*F], then "cublas" runs two GEMMs over the column slices of W ⊙ M
 // (G and emb) and "fused" one GEMM whose tile loader reads G and emb through two pointers.
@@ -162,6 +164,16 @@ at::Tensor dw_workspace(at::Tensor& dw, int splits) {
 
 float* float_ptr_or_null(const at::Tensor& t) { return t.defined() ? t.data_ptr<float>() : nullptr; }
 
+// Batch splits of a fused dW. The split partial sums are combined with atomicAdd, whose order
+// (and so the last bits of dW) varies from run to run; under
+// torch.use_deterministic_algorithms(True) the batch is not split (one block per output tile
+// reduces the whole batch in a fixed order), so dW is bitwise reproducible, at the cost of
+// fewer blocks when dW has few tiles.
+int fused_dw_splits(int64_t n, int64_t k, int64_t b) {
+  if (at::globalContext().deterministicAlgorithms()) return 1;
+  return cuda::dw_splits(static_cast<int>(n), static_cast<int>(k), static_cast<int>(b));
+}
+
 }  // namespace
 
 void set_cuda_gemm_strategy(const std::string& name) {
@@ -273,7 +285,7 @@ std::vector<at::Tensor> masked_linear_backward_cuda(const at::Tensor& dy, const 
       }
       if (need_w) {
         dw = at::empty({n, k}, x.options());
-        const int splits = cuda::dw_splits(static_cast<int>(n), static_cast<int>(k), static_cast<int>(b));
+        const int splits = fused_dw_splits(n, k, b);
         const at::Tensor ws = dw_workspace(dw, splits);
         check_launch(cuda::masked_linear_dw<T>(cptr<T>(dy), cptr<T>(x), packed.data_ptr<int32_t>(), ptr<T>(dw),
                                                float_ptr_or_null(ws), splits, static_cast<int>(b),
@@ -400,7 +412,7 @@ std::vector<at::Tensor> cross_masked_linear_backward_cuda(const at::Tensor& dy, 
         mask_inplace_cuda(dw, packed);
       } else {
         dw = at::empty({c.n, c.k}, emb.options());
-        const int splits = cuda::dw_splits(static_cast<int>(c.n), static_cast<int>(c.k), static_cast<int>(c.b));
+        const int splits = fused_dw_splits(c.n, c.k, c.b);
         const at::Tensor ws = dw_workspace(dw, splits);
         check_launch(cuda::cross_dw<T>(cptr<T>(dy), cptr<T>(g), cptr<T>(emb), packed.data_ptr<int32_t>(), ptr<T>(dw),
                                        float_ptr_or_null(ws), splits, static_cast<int>(c.b), static_cast<int>(c.f),

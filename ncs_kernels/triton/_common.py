@@ -7,6 +7,7 @@ path as a GPU, only with one small fixed tile.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 from dataclasses import dataclass
@@ -45,6 +46,15 @@ def weight_mask_mode() -> str:
     if mode not in WEIGHT_MASK_MODES:
         raise ValueError(f"NCS_TRITON_WEIGHT_MASK: expected one of {WEIGHT_MASK_MODES}, got {mode!r}")
     return mode
+
+
+def device_guard(t: torch.Tensor):
+    """Context manager that makes t's device current for a launch: Triton launches on (and
+    queries) the *current* CUDA device, so a kernel on tensors of cuda:1 while cuda:0 is current
+    would otherwise run on the wrong device. A no-op for CPU tensors (the interpreter)."""
+    if t.device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.cuda.device(t.device)
 
 
 @functools.lru_cache(maxsize=None)

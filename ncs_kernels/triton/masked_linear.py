@@ -21,7 +21,7 @@ import triton
 import triton.language as tl
 
 from ._common import (
-    assert_contiguous, dot_precision, dw_config, interpreting, mm_config, sm_count, weight_mask_mode,
+    assert_contiguous, device_guard, dot_precision, dw_config, interpreting, mm_config, sm_count, weight_mask_mode,
 )
 
 
@@ -172,17 +172,25 @@ def _apply_mask_kernel(w_ptr, p_ptr, out_ptr, N, K, WORDS, BLOCK_N: tl.constexpr
 
 
 @triton.jit
+def _split_offset(s, numel):
+    """Offset of split s in a [SPLITS, numel] buffer, in int64: s * numel in int32 overflows
+    once SPLITS * N * K exceeds 2**31 - 1 (e.g. 16 splits of a 512 x 262144 dW)."""
+    return tl.cast(s, tl.int64) * numel
+
+
+@triton.jit
 def _sum_splits_kernel(part_ptr, out_ptr, NUMEL, SPLITS, BLOCK: tl.constexpr):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     ok = offs < NUMEL
     acc = tl.zeros((BLOCK,), dtype=tl.float32)
     for s in range(0, SPLITS):  # fixed order: bitwise reproducible
-        acc += tl.load(part_ptr + s * NUMEL + offs, mask=ok, other=0.0)
+        acc += tl.load(part_ptr + _split_offset(s, NUMEL) + offs, mask=ok, other=0.0)
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=ok)
 
 
 # ------------------------------------------------------------------------------------------
-# launchers (inputs are validated by the op layer; only contiguity is asserted here)
+# launchers (inputs are validated by the op layer; only contiguity is asserted here). Every
+# launch runs under device_guard(tensor): Triton launches on the current CUDA device.
 
 def apply_mask(weight, packed):
     """W ⊙ M in W's dtype (one elementwise pass; the materialised alternative to unpacking bits
@@ -190,9 +198,10 @@ def apply_mask(weight, packed):
     n, k = weight.shape
     out = torch.empty_like(weight)
     bn, bk = (16, 64) if interpreting() else (16, 256)
-    _apply_mask_kernel[(triton.cdiv(n, bn), triton.cdiv(k, bk))](
-        weight, packed, out, n, k, packed.shape[1], BLOCK_N=bn, BLOCK_K=bk, num_warps=4
-    )
+    with device_guard(weight):
+        _apply_mask_kernel[(triton.cdiv(n, bn), triton.cdiv(k, bk))](
+            weight, packed, out, n, k, packed.shape[1], BLOCK_N=bn, BLOCK_K=bk, num_warps=4
+        )
     return out
 
 
@@ -210,14 +219,15 @@ def launch_masked_mm(a, weight, packed, out, *, w_t, bias=None, a2=None, out2=No
     # the word broadcast in the main loop needs whole words per tile along K
     assert cfg.block_r % 32 == 0 and cfg.block_p % 32 == 0, cfg
     grid = (triton.cdiv(m, cfg.block_m) * triton.cdiv(p, cfg.block_p),)
-    _masked_mm_kernel[grid](
-        a, a2 if a2 is not None else a, weight, packed, bias if bias is not None else weight,
-        out, out2 if out2 is not None else out,
-        m, p, r, k, packed.shape[1], ff,
-        W_T=w_t, A_CROSS=a2 is not None, C_CROSS=out2 is not None, HAS_BIAS=bias is not None, MASK_W=fused,
-        BLOCK_M=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_R=cfg.block_r, GROUP_M=cfg.group_m,
-        DOT_PREC=dot_precision(weight.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    with device_guard(out):
+        _masked_mm_kernel[grid](
+            a, a2 if a2 is not None else a, weight, packed, bias if bias is not None else weight,
+            out, out2 if out2 is not None else out,
+            m, p, r, k, packed.shape[1], ff,
+            W_T=w_t, A_CROSS=a2 is not None, C_CROSS=out2 is not None, HAS_BIAS=bias is not None, MASK_W=fused,
+            BLOCK_M=cfg.block_m, BLOCK_P=cfg.block_p, BLOCK_R=cfg.block_r, GROUP_M=cfg.group_m,
+            DOT_PREC=dot_precision(weight.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
     return out
 
 
@@ -231,17 +241,18 @@ def launch_masked_dw(dy, x, packed, n, k, *, x2=None, ff=0, splits=None):
     direct = cfg.splits == 1
     target = out if direct else torch.empty(cfg.splits, n, k, dtype=torch.float32, device=dy.device)
     grid = (triton.cdiv(n, cfg.block_n) * triton.cdiv(k, cfg.block_k), cfg.splits)
-    _dw_kernel[grid](
-        dy, x, x2 if x2 is not None else x, packed, target,
-        b, n, k, packed.shape[1], ff, cfg.rows_per_split,
-        X_CROSS=x2 is not None,
-        BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b, GROUP_N=cfg.group_n,
-        DOT_PREC=dot_precision(dy.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
-    if not direct:
-        numel = n * k
-        block = 1024
-        _sum_splits_kernel[(triton.cdiv(numel, block),)](target, out, numel, cfg.splits, BLOCK=block, num_warps=4)
+    with device_guard(dy):
+        _dw_kernel[grid](
+            dy, x, x2 if x2 is not None else x, packed, target,
+            b, n, k, packed.shape[1], ff, cfg.rows_per_split,
+            X_CROSS=x2 is not None,
+            BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k, BLOCK_B=cfg.block_b, GROUP_N=cfg.group_n,
+            DOT_PREC=dot_precision(dy.dtype), num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
+        if not direct:
+            numel = n * k
+            block = 1024
+            _sum_splits_kernel[(triton.cdiv(numel, block),)](target, out, numel, cfg.splits, BLOCK=block, num_warps=4)
     return out
 
 

@@ -1,0 +1,232 @@
+#!/usr/bin/env python3
+"""Smoke correctness pass (seconds): every ncs backend variant the benchmark times, one shape per
+op, every benchmark dtype, against the reference backend ("torch") on the same tensors.
+
+    python bench/smoke.py --device cuda --json smoke.json
+    python bench/smoke.py --tiny --device cpu            # the dry run: tiny shapes, cpu + interpreter
+
+It runs the benchmark's own problems (bench/_common.make_problem: same variants, same switches,
+the first benchmark shape of each op), so a verdict applies to exactly the code bench_ops.py
+times: `bench_ops.py --smoke smoke.json` writes each row's verdict beside its figures
+("smoke": pass | fail | error | not-checked). A benchmark of a variant that failed here means
+nothing. One eager forward+backward (or one optimizer step) per case; compared are the output,
+every gradient (or, for the optimizer, the parameter and both moments after the step) by
+relative Frobenius error, ||got - ref|| / ||ref||, under a tolerance per dtype, plus exact zeros
+of the weight gradient where the mask bit is 0. This is not the test suite: the tests cover
+odd shapes, densities 0 and 1, tasks and every function; this answers "does each backend run
+and agree here" before anything is timed.
+
+Exit status: 0 when every case that could run passed, 1 when one failed or raised, 2 on bad
+arguments. The JSON is rewritten after every case (a killed run leaves what finished).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import _common as C  # noqa: E402
+
+import torch  # noqa: E402
+
+SCHEMA = "ncs-smoke/1"
+OPS = {"linear": "masked_linear", "cross": "cross_masked_linear", "adam": "masked_adam"}
+REFERENCE = "nk:torch"
+# relative Frobenius error allowed against the reference computed in the same dtype and mode:
+# fp32 with TF32 off differs only by summation order; TF32 and bf16 by one rounding of the
+# inputs (TF32: 10-bit mantissa) or of the output (bf16: 8 bits), done differently by each side
+TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2, "bf16": 3e-2}
+
+
+def smoke_shape(op: str, batch: int) -> Dict[str, int]:
+    """The first benchmark shape of op (so the kernels compiled here are the ones bench_ops times)."""
+    if op == "masked_linear":
+        return C.linear_shapes(batch)[0]
+    if op == "cross_masked_linear":
+        return C.cross_shape(batch)
+    return C.adam_shapes()[0]
+
+
+def checked_variants(op: str, device: str) -> List[str]:
+    """The ncs variants with a verdict: every nk:<backend>[~switch] except the reference itself.
+    (cross+nk:<backend> is the cross op in PyTorch, then masked_linear: masked_linear's verdict.)"""
+    return [v for v in C.variants(op, device) if v.startswith("nk:") and v != REFERENCE]
+
+
+def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
+    got, ref = got.detach().double().cpu(), ref.detach().double().cpu()
+    if got.shape != ref.shape:
+        return float("inf")
+    if not torch.isfinite(got).all():
+        return float("inf")
+    den = ref.norm().item()
+    num = (got - ref).norm().item()
+    return num / den if den > 0 else num
+
+
+def _outputs(prob: C.Problem, mask: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Run one eager step and return what it computed (named)."""
+    if prob.forward is None:  # optimizer step: the state it updates in place
+        prob.step()
+        names = ("param", "grad", "exp_avg", "exp_avg_sq")
+        return {n: t.detach().clone() for n, t in zip(names, prob.owned) if n != "grad"}
+    prob.clear_grads()
+    y = prob.forward()
+    y.backward(prob.dy)
+    out = {"y": y.detach().clone()}
+    for i, t in enumerate(prob.leaves):
+        out[f"grad{i}"] = t.grad.detach().clone()
+    return out
+
+
+def _packed(prob: C.Problem) -> Optional[torch.Tensor]:
+    for t in prob.owned:
+        if t.dtype == torch.int32 and t.dim() == 2:
+            return t
+    return None
+
+
+def run_case(op: str, variant: str, shape: Dict[str, int], dtype_name: str, device: str,
+             ref_cache: Dict) -> Dict:
+    rec = {"op": op, "variant": variant, "dtype": dtype_name, "shape": dict(shape), "device": device,
+           "tolerance": TOLERANCE[dtype_name]}
+    why = C.why_skip(op, variant, device, dtype_name, "eager")
+    if why:
+        rec.update(status="skipped", reason=why)
+        return rec
+    t0 = time.perf_counter()
+    try:
+        with C.precision(dtype_name):
+            key = (op, dtype_name)
+            if key not in ref_cache:
+                ref_cache[key] = _outputs(C.make_problem(op, REFERENCE, shape, dtype_name, device), None)
+            ref = ref_cache[key]
+            prob = C.make_problem(op, variant, shape, dtype_name, device)
+            got = _outputs(prob, None)
+            C.sync(device)
+        errs = {name: rel_err(got[name], ref[name]) for name in ref}
+        rec["rel_err"] = errs
+        bad = [n for n, e in errs.items() if not e <= TOLERANCE[dtype_name]]
+        packed = _packed(prob)
+        if op != "masked_adam" and packed is not None:
+            # the weight gradient (leaf 1 of the linear and cross problems) is exactly 0 off-mask
+            k = prob.leaves[1].shape[1]
+            import ncs_kernels as nk
+
+            off = ~nk.unpack_mask(packed, k)
+            nonzero = int((got["grad1"][off] != 0).sum().item())
+            rec["dW_nonzero_off_mask"] = nonzero
+            if nonzero:
+                bad.append(f"dW has {nonzero} nonzero entries where the mask bit is 0")
+        rec["status"] = "fail" if bad else "pass"
+        if bad:
+            rec["reason"] = "over tolerance or wrong: " + ", ".join(bad)
+    except Exception as e:  # a backend that raises is a verdict too
+        rec.update(status="error", reason=f"{type(e).__name__}: {e}"[:800])
+    rec["seconds"] = round(time.perf_counter() - t0, 3)
+    return rec
+
+
+def verdicts(doc: Dict) -> Dict[str, str]:
+    """{"op|variant|dtype": status} of a smoke document (what bench_ops reads)."""
+    return {f"{c['op']}|{c['variant']}|{c['dtype']}": c["status"] for c in doc.get("cases", [])}
+
+
+def verdict_for(table: Dict[str, str], op: str, variant: str, dtype_name: str) -> str:
+    """The smoke verdict of one benchmark row: pass | fail | error | skipped | not-checked, or
+    "baseline" for the plain-PyTorch rows and "reference" for nk:torch."""
+    if C.variant_backend(variant) is None:
+        return "baseline"
+    if variant == REFERENCE:
+        return "reference"
+    if variant.startswith("cross+"):  # the PyTorch cross, then masked_linear on that backend
+        return table.get(f"masked_linear|{variant[len('cross+'):]}|{dtype_name}", "not-checked")
+    return table.get(f"{op}|{variant}|{dtype_name}", "not-checked")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--batch", type=int, default=None, help="batch B (default: the benchmark's)")
+    p.add_argument("--ops", default="linear,cross,adam", help="comma list of linear, cross, adam")
+    p.add_argument("--dtypes", default=None, help="comma list of fp32, tf32, bf16 (default: the benchmark's)")
+    p.add_argument("--tiny", action="store_true", help="tiny shapes (the dry run)")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
+    p.add_argument("--json", default=None, help="write the verdicts here")
+    args = p.parse_args(argv)
+    bad = [o for o in args.ops.split(",") if o.strip() and o.strip() not in OPS]
+    if bad:
+        p.error(f"--ops: expected names from {tuple(OPS)}, got {bad}")
+    if args.batch is not None and args.batch < 1:
+        p.error(f"--batch: expected a positive integer, got {args.batch}")
+    if args.dtypes:
+        bad = [d for d in args.dtypes.split(",") if d.strip() and d.strip() not in C.DTYPES]
+        if bad:
+            p.error(f"--dtypes: expected names from {tuple(C.DTYPES)}, got {bad}")
+    return args
+
+
+def _write(path: Optional[Path], doc: Dict) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.tiny:
+        os.environ["NCS_BENCH_TINY"] = "1"
+    device = C.bench_device() if args.device == "auto" else args.device
+    if device == "cuda" and not torch.cuda.is_available():
+        print("smoke: --device cuda but no CUDA device is available", file=sys.stderr)
+        return 2
+    threads_before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = Path(args.json) if args.json else None
+    batch = args.batch or C.default_batch(device)
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()] if args.dtypes else list(C.dtype_names(device))
+    doc = {"schema": SCHEMA, "env": C.environment(device), "reference": REFERENCE, "tolerance": TOLERANCE,
+           "complete": False, "cases": []}
+    start = time.perf_counter()
+    ref_cache: Dict = {}
+    try:
+        for key in [o.strip() for o in args.ops.split(",") if o.strip()]:
+            op = OPS[key]
+            shape = smoke_shape(op, batch)
+            for dt in dtypes:
+                if op == "masked_adam" and dt != "fp32":
+                    continue  # as in bench_ops: the optimizer step runs on fp32 master weights
+                for v in checked_variants(op, device):
+                    rec = run_case(op, v, shape, dt, device, ref_cache)
+                    doc["cases"].append(rec)
+                    mark = {"pass": "ok  ", "skipped": "skip"}.get(rec["status"], "FAIL")
+                    detail = rec.get("reason", "") if rec["status"] != "pass" else \
+                        "max rel err %.2e" % max(rec["rel_err"].values())
+                    print(f"{mark} {op:20s} {v:24s} {dt:5s} {C.shape_id(shape):18s} {detail[:150]}", flush=True)
+                    _write(path, doc)
+            ref_cache.clear()
+        doc["complete"] = True
+    finally:
+        torch.set_num_threads(threads_before)
+        failed = [c for c in doc["cases"] if c["status"] in ("fail", "error")]
+        doc["summary"] = {s: sum(c["status"] == s for c in doc["cases"]) for s in ("pass", "fail", "error", "skipped")}
+        doc["all_pass"] = not failed and doc["complete"]
+        doc["seconds"] = round(time.perf_counter() - start, 2)
+        _write(path, doc)
+    print(f"# smoke: {doc['summary']} in {doc['seconds']}s" + (f"; wrote {path}" if path else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
