@@ -31,7 +31,8 @@
 #   the CUDA/Triton kernel test files, -k "cuda or triton", compile-only modules left out);
 #   NCS_CHECK_XDIST (pytest-xdist workers; GPU default 8, CPU 0 = none); NCS_CHECK_MAXFAIL
 #   (default 25); NCS_CHECK_TEST_TIMEOUT (per-test seconds, default 90, capped at half the step);
-#   NCS_CHECK_BENCH_ARGS (extra bench_ops.py arguments, word-split); NCS_CHECK_REBUILD=1 (build
+#   NCS_CHECK_BENCH_ARGS, NCS_CHECK_SMOKE_ARGS (extra bench_ops.py / smoke.py arguments,
+#   word-split, e.g. "--ops adam"); NCS_CHECK_REBUILD=1 (build
 #   even if _C with CUDA already imports); NCS_CHECK_SKIP_BUILD=1.
 # Needs only bash, coreutils `timeout`, and the packages the project itself needs; pytest-xdist
 # and pytest-timeout are used when installed, and the log says so when they are not.
@@ -42,7 +43,7 @@ OUTDIR=""
 for arg in "$@"; do
   case "$arg" in
     --cpu) CPU=1 ;;
-    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $arg (expected --cpu)" >&2; exit 2 ;;
     *) if [ -n "$OUTDIR" ]; then echo "gpu_check.sh: expected one OUTDIR, got '$OUTDIR' and '$arg'" >&2; exit 2; fi
        OUTDIR="$arg" ;;
@@ -280,7 +281,7 @@ fi
 # ---------------------------------------------------------------- 3. smoke correctness -> smoke.json
 SMOKE_ARGS=(--device "$DEVICE" --json "$OUTDIR/smoke.json")
 [ "$CPU" = 1 ] && SMOKE_ARGS+=(--tiny)
-step smoke "${NCS_CHECK_SMOKE_S:-90}" bench.log "$PY" bench/smoke.py "${SMOKE_ARGS[@]}"
+step smoke "${NCS_CHECK_SMOKE_S:-90}" bench.log "$PY" bench/smoke.py "${SMOKE_ARGS[@]}" ${NCS_CHECK_SMOKE_ARGS:-}
 if [ -f "$OUTDIR/smoke.json" ]; then
   SMOKE_SUM=$("$PY" -c '
 import json, sys

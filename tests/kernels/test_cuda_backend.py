@@ -172,6 +172,38 @@ def test_masked_linear_weight_grad_split_k(shape, dtype, strategy):
     assert (dw[~m] == 0).all()
 
 
+@pytest.fixture
+def deterministic():
+    prev, prev_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    # warn_only: cuBLAS (the reference, and the "cublas" strategy) would otherwise insist on
+    # CUBLAS_WORKSPACE_CONFIG; the flag the backend reads is set either way
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev, warn_only=prev_warn)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_split_k_dw_is_bitwise_reproducible_under_deterministic_algorithms(dtype, strategy, deterministic):
+    # the fused dW splits the batch and adds the partials with atomicAdd (run-to-run order);
+    # under torch.use_deterministic_algorithms(True) it must not split: identical bits each call
+    b, k, n = SPLIT_SHAPES[-1]
+    x, w, dy = _randn(b, k, seed=41), _randn(n, k, seed=42), _randn(b, n, seed=43)
+    m, packed = _mask(n, k, 0.5, seed=44)
+    runs = [be.masked_linear_backward(dy.to(dtype), x.to(dtype), w.to(dtype), packed, False, True, False)[1]
+            for _ in range(3)]
+    assert all(torch.equal(runs[0], r) for r in runs[1:]), "dW differs between identical calls"
+    _check("dW", runs[0], dtype, lambda d_, x_: ref.apply_mask(d_.t() @ x_, packed), [dy, x])
+    f, d, nc = 20, 64, 512
+    emb, dyc = _randn(b, f, d, seed=45, scale=0.3), _randn(b, nc, seed=46)
+    wc = _randn(nc, f * f + f * d, seed=47)
+    _, packed_c = _mask(nc, f * f + f * d, 0.5, seed=48)
+    cross = [be.cross_masked_linear_backward(dyc.to(dtype), emb.to(dtype), wc.to(dtype), packed_c, False, True, False)[1]
+             for _ in range(3)]
+    assert all(torch.equal(cross[0], r) for r in cross[1:]), "cross dW differs between identical calls"
+
+
 @pytest.mark.parametrize("need", [(True, False, False), (False, True, False), (False, False, True)])
 def test_masked_linear_backward_returns_only_what_was_asked(need, strategy):
     x, w, dy = _randn(5, 40), _randn(6, 40), _randn(5, 6)
