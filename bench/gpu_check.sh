@@ -325,6 +325,16 @@ else
   DEF_K="cuda or triton"
   DEF_XDIST=8
 fi
+# probe the plugins first (a few seconds), then size the step on what is left after the probe
+HAVE_XDIST=0; HAVE_TIMEOUT=0; HAVE_SESSION_TIMEOUT=0
+if wanted tests; then
+  "$PY" -c "import xdist" >/dev/null 2>&1 && HAVE_XDIST=1
+  if "$PY" -c "import pytest_timeout" >/dev/null 2>&1; then
+    HAVE_TIMEOUT=1
+    # pytest-timeout >= 2.3 has --session-timeout
+    "$PY" -m pytest -p no:cacheprovider --help 2>/dev/null | grep -q -- "--session-timeout" && HAVE_SESSION_TIMEOUT=1
+  fi
+fi
 TESTS_LEFT=$(left_s)
 TESTS_S="${NCS_CHECK_TESTS_S:-$TESTS_LEFT}"
 [ "$TESTS_S" -gt "$TESTS_LEFT" ] && TESTS_S=$TESTS_LEFT
@@ -333,14 +343,14 @@ TEST_ARGS=(-v -rfEs -p no:cacheprovider --maxfail="${NCS_CHECK_MAXFAIL:-25}"
 PLUGINS=""
 XDIST="${NCS_CHECK_XDIST:-$DEF_XDIST}"
 if [ "$XDIST" != 0 ]; then
-  if "$PY" -c "import xdist" >/dev/null 2>&1; then
+  if [ "$HAVE_XDIST" = 1 ]; then
     TEST_ARGS+=(-n "$XDIST")
     PLUGINS+="xdist -n $XDIST; "
   else
     PLUGINS+="pytest-xdist missing: one process; "
   fi
 fi
-if "$PY" -c "import pytest_timeout" >/dev/null 2>&1; then
+if [ "$HAVE_TIMEOUT" = 1 ]; then
   PER_TEST="${NCS_CHECK_TEST_TIMEOUT:-90}"
   [ "$PER_TEST" -gt $((TESTS_S / 2)) ] && PER_TEST=$((TESTS_S / 2))
   [ "$PER_TEST" -lt 5 ] && PER_TEST=5
@@ -348,7 +358,7 @@ if "$PY" -c "import pytest_timeout" >/dev/null 2>&1; then
   PLUGINS+="pytest-timeout --timeout=$PER_TEST"
   # pytest-timeout >= 2.3: stop starting tests before the step's own timeout (the step then
   # ends by itself, with pytest's summary)
-  if "$PY" -m pytest -p no:cacheprovider --help 2>/dev/null | grep -q -- "--session-timeout"; then
+  if [ "$HAVE_SESSION_TIMEOUT" = 1 ]; then
     TEST_ARGS+=(--session-timeout=$((TESTS_S > 40 ? TESTS_S - 20 : TESTS_S * 2 / 3)))
     PLUGINS+=" --session-timeout"
   fi
@@ -369,7 +379,7 @@ if [ -f "$OUTDIR/tests.log" ] && wanted tests; then
 import json, re, sys
 text = open(sys.argv[1], errors="replace").read()
 c = {k: len(re.findall(r"(?:::\S+|\]) " + k + r"\b", text)) for k in ("PASSED", "FAILED", "SKIPPED", "ERROR", "XFAIL", "XPASS")}
-failed = sorted(set(re.findall(r"FAILED (tests/\S+)", text)) | set(re.findall(r"(tests/\S+::\S+) FAILED", text)))
+failed = sorted(set(re.findall(r"FAILED (\S+::\S+)", text)) | set(re.findall(r"(\S+::\S+) FAILED", text)))
 c["failed_tests"] = failed[:50]
 print(json.dumps({k.lower() if k.isupper() else k: v for k, v in c.items()}))
 ' "$OUTDIR/tests.log" 2>/dev/null) && EXTRA+=$',\n "tests": '"$COUNTS" && write_summary

@@ -125,27 +125,124 @@ def test_pytest_benchmark_suites_run_tiny():
     assert " passed" in r.stdout
 
 
-@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
+_NEEDS_BASH = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                                 reason="needs bash and timeout")
+
+
+@_NEEDS_BASH
 def test_gpu_check_dry_run_records_every_step(tmp_path):
     empty = tmp_path / "no_tests"
     empty.mkdir()
     out = tmp_path / "out"
     env = dict(os.environ, PYTHON=sys.executable, NCS_CHECK_SKIP_BUILD="1", NCS_CHECK_TESTS_PATH=str(empty),
-               NCS_CHECK_BENCH_ARGS="--ops adam --repeats 1", NCS_BENCH_THREADS="1", NCS_CHECK_SECONDS="200")
+               NCS_CHECK_BENCH_ARGS="--ops adam --repeats 1", NCS_CHECK_SMOKE_ARGS="--ops linear,adam",
+               NCS_BENCH_THREADS="1", NCS_CHECK_SECONDS="200")
     r = subprocess.run(["bash", "bench/gpu_check.sh", "--cpu", str(out)], cwd=REPO, env=env,
                        capture_output=True, text=True, timeout=280)
     summary = json.loads((out / "summary.json").read_text())
     steps = {s["step"]: s for s in summary["steps"]}
-    assert list(steps)[:5] == ["env", "build", "import", "tests", "bench_ops"], summary
+    # the run order: build, smoke, benchmarks, stages, then the tests with the time left
+    assert list(steps) == ["env", "build", "import", "smoke", "bench_ops", "stages", "tests"], summary
     assert steps["build"]["status"] == "skipped"
     assert steps["tests"]["status"] == "no-tests"
-    assert steps["env"]["status"] == "ok" and steps["bench_ops"]["status"] == "ok", r.stderr[-2000:]
+    for name in ("env", "import", "smoke", "bench_ops"):
+        assert steps[name]["status"] == "ok", (name, r.stderr[-3000:])
     assert steps["stages"]["status"] in ("ok", "skipped"), (out / "bench.log").read_text()[-3000:]
-    assert json.loads((out / "env.json").read_text())["versions"]["torch"] == torch.__version__
-    assert json.loads((out / "ops.json").read_text())["complete"] is True
+    env_doc = json.loads((out / "env.json").read_text())
+    assert env_doc["versions"]["torch"] == torch.__version__
+    for tool in ("nvcc", "gcc", "ninja"):
+        assert env_doc["tools"][tool], tool
+    assert isinstance(env_doc["python_h"]["found"], bool) and "torch_cuda" in env_doc
+    smoke = json.loads((out / "smoke.json").read_text())
+    assert smoke["all_pass"] is True and smoke["summary"]["pass"] >= 2, smoke["summary"]
+    assert summary["smoke"]["all_pass"] is True and summary["smoke"]["failed"] == []
+    ops = json.loads((out / "ops.json").read_text())
+    assert ops["complete"] is True and ops["smoke"]["all_pass"] is True
+    rows = {r_["variant"]: r_ for g in ops["groups"] for r_ in g["rows"]}
+    assert rows["nk:cpu"]["smoke"] == "pass" and rows["adam"]["smoke"] == "baseline"
     files = sorted(p.name for p in out.iterdir())
     assert len(files) <= 8 and "summary.json" in files, files
     assert (r.returncode == 0) == summary["all_ok"]
+    assert r.returncode == 0, r.stderr[-3000:]
+
+
+@_NEEDS_BASH
+def test_gpu_check_test_step_streams_and_counts_without_stopping_at_the_first_failure(tmp_path):
+    tdir = tmp_path / "t"
+    tdir.mkdir()
+    (tdir / "test_three.py").write_text(
+        "def test_fails_first():\n    assert False\n\n"
+        "def test_passes():\n    pass\n\n"
+        "def test_passes_too():\n    pass\n")
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHON=sys.executable, NCS_CHECK_STEPS="tests", NCS_CHECK_TESTS_PATH=str(tdir),
+               NCS_CHECK_TESTS_K="passes or fails", NCS_CHECK_XDIST="0", NCS_CHECK_SECONDS="120")
+    r = subprocess.run(["bash", "bench/gpu_check.sh", "--cpu", str(out)], cwd=REPO, env=env,
+                       capture_output=True, text=True, timeout=200)
+    summary = json.loads((out / "summary.json").read_text())
+    steps = {s["step"]: s for s in summary["steps"]}
+    assert steps["smoke"]["status"] == "skipped" and steps["tests"]["status"] == "failed"
+    # no -x: the tests after the failing one still ran, and each outcome is in the log
+    assert summary["tests"]["passed"] == 2 and summary["tests"]["failed"] == 1, summary["tests"]
+    assert any("test_fails_first" in t for t in summary["tests"]["failed_tests"])
+    log = (out / "tests.log").read_text()
+    assert "test_passes_too PASSED" in log and "--maxfail=" in log
+    # what the test step had (or lacked) is said in the log and the step's note
+    assert "pytest-timeout" in steps["tests"]["note"] and "plugins:" in log
+    assert r.returncode != 0 and summary["all_ok"] is False
+
+
+def test_smoke_pass_flags_a_wrong_backend(tmp_path, monkeypatch):
+    from bench import smoke
+
+    real = C.nk.masked_linear
+
+    def wrong(x, w, packed, bias=None, backend="auto"):
+        y = real(x, w, packed, bias, backend=backend)
+        return y * 1.01 if backend == "cpu" else y  # 1 % off: over the fp32 tolerance
+
+    monkeypatch.setattr(C.nk, "masked_linear", wrong)
+    out = tmp_path / "smoke.json"
+    rc = smoke.main(["--tiny", "--device", "cpu", "--ops", "linear", "--threads", "1", "--json", str(out)])
+    doc = json.loads(out.read_text())
+    status = {c["variant"]: c["status"] for c in doc["cases"]}
+    assert rc == 1 and doc["all_pass"] is False
+    assert status["nk:cpu"] == "fail" and status["nk:triton"] == "pass", status
+    assert status["nk:cuda"] == "skipped" and status["nk:cuda~fused"] == "skipped"
+    table = smoke.verdicts(doc)
+    assert smoke.verdict_for(table, "masked_linear", "nk:cpu", "fp32") == "fail"
+    assert smoke.verdict_for(table, "cross_masked_linear", "cross+nk:cpu", "fp32") == "fail"
+    assert smoke.verdict_for(table, "masked_linear", "floatmask", "fp32") == "baseline"
+    assert smoke.verdict_for(table, "masked_linear", "nk:torch", "fp32") == "reference"
+    assert smoke.verdict_for(table, "masked_linear", "nk:cpu", "bf16") == "not-checked"
+
+
+def test_cuda_gemm_variant_pins_the_strategy(monkeypatch):
+    assert "nk:cuda~fused" in C.variants("masked_linear", "cpu")
+    assert "nk:cuda~fused" in C.variants("cross_masked_linear", "cpu")
+    assert "nk:cuda~fused" not in C.variants("masked_adam", "cpu")
+    assert C.variant_backend("nk:cuda~fused") == "cuda"
+    assert C.variant_cuda_gemm("nk:cuda~fused") == "fused" and C.variant_cuda_gemm("nk:cuda") is None
+    assert C.variant_cuda_gemm("nk:triton~materialize") is None
+
+    calls = []
+
+    class FakeExt:  # _C with CUDA, without a GPU: records the switch
+        strategy = "cublas"
+
+        def cuda_gemm_strategy(self):
+            return self.strategy
+
+        def set_cuda_gemm_strategy(self, s):
+            calls.append(s)
+            self.strategy = s
+
+    ext = FakeExt()
+    monkeypatch.setattr(C._backends, "native", lambda: ext)
+    seen = []
+    prob = C.Problem(update=lambda: seen.append(ext.strategy), cuda_gemm="fused")
+    prob.step()
+    assert seen == ["fused"] and calls == ["fused", "cublas"] and ext.strategy == "cublas"
 
 
 def test_stages_tiny_run(tmp_path):
