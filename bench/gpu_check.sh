@@ -23,7 +23,8 @@
 #   --cpu   dry run of the same logic on a machine without a GPU: the build is skipped when
 #           ncs_kernels._C already imports, the smoke pass and benchmarks run tiny shapes on
 #           CPU (cpu backend, Triton interpreter), and the test step runs a few interpreter tests.
-# Knobs (environment): PYTHON (default python3); NCS_CHECK_SECONDS (whole run);
+# Knobs (environment): PYTHON (default .venv/bin/python if present, else python3);
+#   NCS_CHECK_SECONDS (whole run);
 #   NCS_CHECK_BUILD_S, _SMOKE_S, _BENCH_S, _STAGES_S, _TESTS_S (per-step caps; tests default to
 #   what is left); NCS_CHECK_STEPS (comma list of steps to run, default all:
 #   env,build,import,smoke,bench_ops,stages,tests; the others are recorded as skipped);
@@ -43,7 +44,7 @@ OUTDIR=""
 for arg in "$@"; do
   case "$arg" in
     --cpu) CPU=1 ;;
-    -h|--help) sed -n '2,38p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,39p' "$0"; exit 0 ;;
     -*) echo "gpu_check.sh: unknown option $arg (expected --cpu)" >&2; exit 2 ;;
     *) if [ -n "$OUTDIR" ]; then echo "gpu_check.sh: expected one OUTDIR, got '$OUTDIR' and '$arg'" >&2; exit 2; fi
        OUTDIR="$arg" ;;
@@ -62,7 +63,11 @@ for f in env.json summary.json build.log smoke.json ops.json stages.json bench.l
   rm -f "$OUTDIR/$f" "$OUTDIR/$f.tmp"
 done
 
-PY="${PYTHON:-python3}"
+# PYTHON, else the project's .venv (scripts/setup_env.sh) when there is one, else python3 (the GPU
+# machine's python with torch)
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON
+elif [ -x "$REPO/.venv/bin/python" ]; then PY="$REPO/.venv/bin/python"
+else PY=python3; fi
 TOTAL="${NCS_CHECK_SECONDS:-470}"
 START=$(date +%s)
 STEPS_WANTED=",${NCS_CHECK_STEPS:-env,build,import,smoke,bench_ops,stages,tests},"
@@ -365,8 +370,8 @@ if [ "$HAVE_TIMEOUT" = 1 ]; then
 else
   PLUGINS+="pytest-timeout missing: no per-test timeout (the step's timeout still holds)"
 fi
-echo "[gpu_check] tests: $PLUGINS" >&2
 if wanted tests; then
+  echo "[gpu_check] tests: $PLUGINS" >&2
   { echo; echo "===== [tests] plugins: $PLUGINS"; } >> "$OUTDIR/tests.log"
 fi
 # shellcheck disable=SC2086  # the path list is word-split on purpose
