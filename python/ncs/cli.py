@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train the models of a config into a run directory")
     t.add_argument("--config", help="YAML config (see configs/)")
     t.add_argument("--out", required=True, help="run directory")
-    t.add_argument("--models", help="comma-separated subset of single,layer,connection")
+    t.add_argument("--models", help="comma-separated model kinds (single,layer,connection,shared_bottom,mmoe,ple,esmm) or all")
     t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoints")
     t.add_argument("--backend", choices=BACKEND_NAMES, help="ncs_kernels backend (default: the config's)")
     t.add_argument("--seed", type=int, help="override the config's seed")
