@@ -297,6 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", help="run directory (default: a new temporary directory)")
     dm.add_argument("--rows", type=int, help="synthetic rows (default 20000)")
     dm.add_argument("--resume", action="store_true", help="continue a demo run in --out")
+    dm.add_argument("--models", help="comma-separated model kinds or all (default: the paper's three)")
     dm.add_argument("--backend", choices=BACKEND_NAMES, help="ncs_kernels backend")
     dm.add_argument("--seed", type=int, help="seed")
     common(dm)

@@ -47,7 +47,6 @@ uninterrupted study would have drawn).
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -236,7 +235,7 @@ def _mean_std(values: List[float]) -> Dict[str, Any]:
     return {"mean": m, "std": sd, "values": values}
 
 
-def _settings_doc(base, trials, metric, direction, floor, sampler_seed) -> Dict[str, Any]:
+def _settings_doc(metric, direction, floor, sampler_seed) -> Dict[str, Any]:
     return {"metric": metric, "direction": direction, "ctr_auc_floor": floor, "sampler_seed": sampler_seed}
 
 
@@ -261,6 +260,8 @@ def tune(base: Dict[str, Any], out: str, trials: int, models: Optional[Sequence[
     if bad:
         raise ConfigError(f"--models: unknown model kinds {bad}; expected kinds from {', '.join(RUN_ORDER)}")
     kinds = [k for k in RUN_ORDER if k in kinds]
+    for k in kinds:  # a kind the base config cannot train (e.g. esmm on a non-click chain): fail now
+        resolve_config(merge(base, {"models": [k]}))
     metric, direction = objective_metric(base, metric)
     ctr = _ctr_name(base)
     if ctr_auc_floor is not None and ctr is None:
@@ -268,7 +269,7 @@ def tune(base: Dict[str, Any], out: str, trials: int, models: Optional[Sequence[
     os.makedirs(out, exist_ok=True)
 
     # one study directory = one base config and one objective; --trials may grow between runs
-    settings = _settings_doc(base, trials, metric, direction, ctr_auc_floor, sampler_seed)
+    settings = _settings_doc(metric, direction, ctr_auc_floor, sampler_seed)
     base_doc = dict(base, models=list(RUN_ORDER))  # the kinds tuned may differ between runs
     cfg_path = os.path.join(out, "config.yaml")
     tune_path = os.path.join(out, "tune.json")
