@@ -37,7 +37,7 @@ import torch
 import ncs_kernels as nk
 
 from ..config import baseline_epochs, main_metric, prune_fraction
-from ..losses import multitask_loss, task_loss
+from ..losses import mixed_loss, task_loss
 from ..metrics import task_metrics
 from ..models import MultiTaskModel, build_model
 from . import batches as B
@@ -213,7 +213,7 @@ class ModelTrainer:
             ids, tg, sp = self.train.batch(idx)
             self.opt.zero_grad()
             if task is None:
-                loss, _ = multitask_loss(model(ids), tg, sp, self.tasks, self.gamma, self.alpha)
+                loss, _ = mixed_loss(self.kind, model(ids), tg, sp, self.tasks, self.gamma, self.alpha)
                 masks: Dict[torch.Tensor, torch.Tensor] = {}
             else:
                 t = self.task_cfg[task]
