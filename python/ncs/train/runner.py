@@ -65,30 +65,34 @@ def _source(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return src
 
 
-def load_data(cfg: Dict[str, Any], with_vocab: bool = False):
+def load_data(cfg: Dict[str, Any], with_vocab: bool = False, stats: Optional[Dict[str, int]] = None):
     """The dataset named by cfg['data'] (an EncodedData); with_vocab: (data, vocab or None).
 
     Files are encoded with vocabularies built from the data; the vocab (field -> value -> id)
     is what `ncs eval --data FILE` needs to encode another file the same way. It is returned for
     file sources read directly; with data.cache_dir the cached encoding is used and no vocab is
-    available (None)."""
+    available (None). stats: a dict updated with the reader's counts (bad_rows skipped...)."""
     D = _data_api()
     d = cfg["data"]
     src = _source(cfg)
     vocab = None
+    if stats is None:
+        stats = {}
     if d["kind"] == "synthetic" or d["cache_dir"] is not None or not with_vocab:
-        data = D.load_dataset(src, cache_dir=d["cache_dir"])
+        data = D.load_dataset(src, cache_dir=d["cache_dir"], stats=stats)
     elif d["kind"] == "tfrecord":
-        bad = set(src) - {"kind", "path", "max_len", "skip_corrupt"}
+        bad = set(src) - {"kind", "path", "max_len", "skip_corrupt", "on_bad_row"}
         if bad:  # the same check load_dataset makes
             raise D.DataError(f"data.options: unknown keys {sorted(bad)} for kind 'tfrecord'; "
-                              f"allowed max_len, skip_corrupt")
+                              f"allowed max_len, skip_corrupt, on_bad_row")
         data, vocab = D.encode_lt4rec(src["path"], max_len=int(src.get("max_len", 8)),
-                                      skip_corrupt=bool(src.get("skip_corrupt", False)))
+                                      skip_corrupt=bool(src.get("skip_corrupt", False)), stats=stats,
+                                      on_bad_row=src.get("on_bad_row", "error"))
     else:
         if "schema" not in src:
             raise D.DataError(f"data.options.schema: a schema is needed for kind {d['kind']!r}")
-        data, vocab = D.encode_table(src["path"], src["schema"], fmt=d["kind"])
+        data, vocab = D.encode_table(src["path"], src["schema"], fmt=d["kind"], stats=stats,
+                                     on_bad_row=src.get("on_bad_row", "error"))
     return (data, vocab) if with_vocab else data
 
 
@@ -168,12 +172,17 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data) -> Dict[
             raise ConfigError(f"backend: {cfg['backend']!r} cannot run on {device.type} here: {why}")
     dump_config(cfg, os.path.join(out, "config.yaml"))
 
+    read_counts: Dict[str, int] = {}
     if data is None:
-        data, vocab = load_data(cfg, with_vocab=True)
+        data, vocab = load_data(cfg, with_vocab=True, stats=read_counts)
         if vocab is not None:
             atomic_write_json(os.path.join(out, "vocab.json"), vocab)
     train, valid, test = split_data(cfg, data)
-    atomic_write_json(os.path.join(out, "split.json"), json_safe(_summary(cfg, train, valid, test)))
+    summary = _summary(cfg, train, valid, test)
+    summary["skipped_bad_rows"] = int(read_counts.get("bad_rows", 0))  # data.options.on_bad_row: skip
+    if "corrupt_records" in read_counts:
+        summary["skipped_corrupt_records"] = int(read_counts["corrupt_records"])
+    atomic_write_json(os.path.join(out, "split.json"), json_safe(summary))
     fields = [{"name": f.name, "vocab_size": int(f.vocab_size), "max_len": int(f.max_len)} for f in data.fields]
     atomic_write_json(os.path.join(out, "fields.json"), fields)
     try:
