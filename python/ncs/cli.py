@@ -296,7 +296,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .train.checkpoint import CheckpointError
     from .train.runner import RunError
 
-    user_errors = [UserError, ConfigError, RunError, CheckpointError, FileNotFoundError]
+    from .train.guards import NonFiniteError
+
+    user_errors = [UserError, ConfigError, RunError, CheckpointError, NonFiniteError, FileNotFoundError]
     try:
         from .data import DataError
         user_errors.append(DataError)

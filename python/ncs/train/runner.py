@@ -34,6 +34,7 @@ from ..metrics import json_safe
 from ..models import PAPER_NAMES, build_model, check_ids
 from . import batches as B
 from .checkpoint import atomic_write_json, load_tensors, save_tensors
+from .rundir import lock_run_dir
 from .stages import ModelTrainer, StopTraining
 
 
@@ -122,7 +123,9 @@ def _check_run_dir(cfg: Dict[str, Any], out: str, resume: bool) -> None:
     has_ckpt = os.path.isdir(ckpts) and any(f.endswith(".safetensors") for f in os.listdir(ckpts))
     if resume:
         if not os.path.isfile(cfg_path):
-            raise RunError(f"--resume: {out} has no config.yaml; nothing to resume")
+            if has_ckpt:
+                raise RunError(f"--resume: {out} has checkpoints but no config.yaml; cannot check the config")
+            return  # killed before the config was written: nothing to lose, the run simply starts
         saved = load_config(cfg_path)
         diff = _first_difference(saved, cfg)
         if diff is not None:
@@ -156,7 +159,8 @@ def run(cfg: Dict[str, Any], out: str, resume: bool = False, progress: bool = Fa
     if cfg["threads"] is not None:
         torch.set_num_threads(cfg["threads"])
     try:
-        return _run(cfg, out, resume, progress, log, stop_after_checkpoints, data)
+        with lock_run_dir(out, log, error=RunError):  # a second run on `out` is a RunError naming the pid
+            return _run(cfg, out, resume, progress, log, stop_after_checkpoints, data)
     finally:
         torch.set_num_threads(threads)
 
