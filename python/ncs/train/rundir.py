@@ -5,7 +5,8 @@
 
 fcntl.flock on <out>/.lock (the pid of the holder is written in it). The OS drops the lock
 when the holder exits in any way (kill -9 included), so a lock file left by a dead process is
-stale by construction: the next run takes it over (and says so when the recorded pid is gone).
+stale by construction: the next run takes it over (and says so when the recorded pid is gone)
+and deletes the temporary files of the writes the dead run left half done.
 Where fcntl is missing (Windows), an O_EXCL lock file with the pid stands in; a file whose
 pid no longer runs is stale and replaced.
 """
@@ -20,6 +21,29 @@ LOCK_NAME = ".lock"
 
 class RunDirLocked(RuntimeError):
     pass
+
+
+DEBRIS_DIRS = (".", "checkpoints", "models", "figures")
+
+
+def remove_debris(out: str) -> int:
+    """Delete the temporary files of writes that a killed run left half done (.tmp-*, *.tmp,
+    *.partial) in the run directory; safe only while holding its lock. Returns the count."""
+    n = 0
+    for sub in DEBRIS_DIRS:
+        d = os.path.join(out, sub)
+        try:
+            names = os.listdir(d)
+        except OSError:
+            continue
+        for name in names:
+            if name.startswith(".tmp") or name.endswith((".tmp", ".partial")):
+                try:
+                    os.unlink(os.path.join(d, name))
+                    n += 1
+                except OSError:
+                    pass
+    return n
 
 
 def _pid_alive(pid: int) -> bool:
@@ -70,6 +94,7 @@ def lock_run_dir(out: str, log: Optional[Callable[[str], None]] = None,
                 f"{'still runs but does not hold it' if _pid_alive(old) else 'is no longer running'}")
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        remove_debris(out)
         try:
             yield path
         finally:
