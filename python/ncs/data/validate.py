@@ -66,6 +66,14 @@ def label_values(arr) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
         arr = arr.cast(arr.type.value_type)
     n = len(arr)
     if pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type):
+        empty = pc.equal(arr, "").fill_null(True)
+        blank = pc.if_else(empty, pa.scalar(None, arr.type), arr)
+        try:  # the common case: every value parses (one vectorised cast)
+            vals = pc.cast(blank, pa.float64())
+            return (vals.fill_null(np.nan).to_numpy(zero_copy_only=False), empty.to_numpy(zero_copy_only=False),
+                    np.zeros(n, dtype=bool))
+        except pa.ArrowInvalid:
+            pass
         arr = pc.utf8_trim_whitespace(arr)
         empty = pc.equal(arr, "").fill_null(True).to_numpy(zero_copy_only=False)
         numeric = pc.match_substring_regex(arr, _NUMBER, ignore_case=True).fill_null(False)

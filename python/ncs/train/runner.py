@@ -4,11 +4,13 @@
     results = run(cfg, "runs/x", resume=True)     # continue from the last checkpoints
 
 Run directory:
+  .lock                held (fcntl.flock, pid inside) while a run uses the directory (rundir.py)
   config.yaml          the resolved config (every key)
-  split.json           sizes / click rates / groups of train, valid, test
+  split.json           sizes / click rates / groups of train, valid, test; skipped_bad_rows
   fields.json          the fields (name, vocab_size, max_len) the models were built for
   vocab.json           file data only: field -> value -> id, to encode other files alike
-  checkpoints/         <kind>.safetensors (+ .json copy of its metadata), connection_init.safetensors,
+  checkpoints/         <kind>.safetensors (+ .json copy of its metadata; <kind>.prev.safetensors: the one
+                       before, the fallback of a damaged one), connection_init.safetensors,
                        <kind>_best.safetensors (early stopping)
   models/<kind>.safetensors   final weights (+ masks for connection)
   metrics.json         {"models": {kind: test metrics}, "stages": {kind: stage summary}}
