@@ -13,6 +13,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import torch
 
 from ._validate import words_for
+from .integrity import checksums, tensor_crc32, text_crc32
 
 MASK_FORMAT_VERSION = 1
 
@@ -163,12 +164,18 @@ def save_masks(path: str, masks: Mapping[str, Mapping[str, torch.Tensor]], in_fe
         "tasks": json.dumps(tasks),
         "layers": json.dumps(layers_meta),
     }
+    # CRC-32 of every tensor and of the two JSON strings, verified by load_masks (files written
+    # before checksums have no "crc32" entry and load unverified; readers that predate it ignore it)
+    meta["crc32"] = json.dumps({"tensors": checksums(tensors), "tasks": text_crc32(meta["tasks"]),
+                                "layers": text_crc32(meta["layers"])})
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".safetensors")
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=meta)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -181,8 +188,9 @@ def load_masks(
 ) -> Tuple[Dict[str, Dict[str, torch.Tensor]], Dict]:
     """Read a mask file written by save_masks; returns (masks[layer][task], metadata).
 
-    Validates the format, every tensor against the recorded [N, K], and, if given,
-    against expected_shapes[layer] = (N, K); an error names the tensor that is wrong.
+    Validates the format, the CRC-32 of the metadata and of every tensor (files written before
+    checksums were added load unverified), every tensor against the recorded [N, K], and, if
+    given, against expected_shapes[layer] = (N, K); an error names the tensor that is wrong.
     """
     from safetensors import safe_open
 
@@ -195,6 +203,15 @@ def load_masks(
         raise ValueError(f"{path}: metadata 'format' is {meta.get('format')!r}, expected 'ncs-masks'")
     if meta.get("version") != str(MASK_FORMAT_VERSION):
         raise ValueError(f"{path}: mask format version {meta.get('version')!r}, expected {MASK_FORMAT_VERSION}")
+    sums = None
+    if "crc32" in meta:
+        try:
+            sums = json.loads(meta["crc32"])
+            ok = (text_crc32(meta["tasks"]) == int(sums["tasks"]) and text_crc32(meta["layers"]) == int(sums["layers"]))
+        except (KeyError, TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise ValueError(f"{path}: the mask metadata fails its CRC-32 check (file damaged)")
     try:
         layers_meta = json.loads(meta["layers"])
         tasks = json.loads(meta["tasks"])
@@ -216,7 +233,12 @@ def load_masks(
             key = _key(layer, task)
             if key not in keys:
                 raise ValueError(f"{path}: tensor {key!r} is listed in the metadata but missing")
-            t = f.get_tensor(key)
+            try:
+                t = f.get_tensor(key)
+            except Exception as e:  # truncated file
+                raise ValueError(f"{path}: tensor {key!r} cannot be read, file damaged or truncated ({e})") from None
+            if sums is not None and tensor_crc32(t) != sums["tensors"].get(key):
+                raise ValueError(f"{path}: tensor {key!r} fails its CRC-32 check (file damaged)")
             if t.dtype != torch.int32 or tuple(t.shape) != (n, words_for(k)):
                 raise ValueError(
                     f"{path}: tensor {key!r} is {t.dtype} {tuple(t.shape)}, expected int32 {(n, words_for(k))}"

@@ -104,10 +104,12 @@ def _load_eval_data(run_dir: str, cfg: Dict[str, Any], data_arg: Optional[str]):
         if opts.get("schema") is None:
             raise UserError(f"--data: {data_arg} is a table; the run's config has no data.options.schema for it")
         fmt = "parquet" if low.endswith((".parquet", ".pq")) else "csv"
-        data = D.encode_table(data_arg, opts["schema"], vocab=vocab, fmt=fmt)[0]
+        data = D.encode_table(data_arg, opts["schema"], vocab=vocab, fmt=fmt,
+                              on_bad_row=opts.get("on_bad_row", "error"))[0]
     else:
         data = D.encode_lt4rec(data_arg, max_len=int(opts.get("max_len", 8)), vocab=vocab,
-                               skip_corrupt=bool(opts.get("skip_corrupt", False)))[0]
+                               skip_corrupt=bool(opts.get("skip_corrupt", False)),
+                               on_bad_row=opts.get("on_bad_row", "error"))[0]
     # values never seen in training map to id 0 (missing), as at serving time
     return data, f"every row of {data_arg}"
 
@@ -205,7 +207,7 @@ def cmd_data_stats(args) -> int:
                 raise D.DataError(f"{path}: record {rec}: {e}") from None
             except (KeyError, IndexError, TypeError, ValueError) as e:
                 raise D.DataError(f"{path}: record {rec}: no valid 'label' ({type(e).__name__}: {e})") from None
-    print(json.dumps(D.stats(path), indent=2))
+    print(json.dumps(D.stats(path, on_bad_row="skip" if args.skip_corrupt else "error"), indent=2))
     return 0
 
 
@@ -274,7 +276,7 @@ def build_parser() -> argparse.ArgumentParser:
     dsub.required = True
     ds = dsub.add_parser("stats", help="label statistics of a data file (JSON)")
     ds.add_argument("file")
-    ds.add_argument("--skip-corrupt", action="store_true", help="skip and count corrupt records instead of failing")
+    ds.add_argument("--skip-corrupt", action="store_true", help="skip and count corrupt records and bad rows instead of failing")
     ds.set_defaults(func=cmd_data_stats)
 
     tu = sub.add_parser("tune", help="the same Optuna search for every model on the validation split, then "
@@ -317,7 +319,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .train.checkpoint import CheckpointError
     from .train.runner import RunError
 
-    user_errors = [UserError, ConfigError, RunError, CheckpointError, FileNotFoundError]
+    from .train.guards import NonFiniteError
+
+    user_errors = [UserError, ConfigError, RunError, CheckpointError, NonFiniteError, FileNotFoundError]
     try:
         from .data import DataError
         user_errors.append(DataError)

@@ -205,7 +205,9 @@ SCHEMA: Dict[str, Any] = {
         "rows": _Leaf(_int(1), 20000, "synthetic: number of rows"),
         "seed": _Leaf(_int(0), 0, "synthetic: generator seed"),
         "conflict": _Leaf(_float(0.0, 1.0), 0.5, "synthetic: how much the CTR and CVR signals disagree"),
-        "options": _Leaf(_dict_any, {}, "extra reader options passed through to ncs.data.load_dataset"),
+        "options": _Leaf(_dict_any, {}, "extra reader options passed through to ncs.data.load_dataset, e.g. schema, "
+                                  "max_len, skip_corrupt, on_bad_row (error: a bad row is an error naming file, "
+                                  "row, column; skip: dropped, counted in split.json; docs/RELIABILITY.md)"),
         "cache_dir": _Leaf(_str(optional=True), None, "cache for encoded data (reader-specific)"),
         "click_label": _Leaf(_str(), "click", "the label whose positives form the 'clicked' space"),
         "split": {
@@ -254,6 +256,10 @@ SCHEMA: Dict[str, Any] = {
         "batch_size": _Leaf(_int(1), 4096, "training batch size"),
         "eval_batch_size": _Leaf(_int(1), 16384, "evaluation batch size"),
         "log_every": _Leaf(_int(1), 50, "steps between loss read-backs (.item()) for the progress bar"),
+        "on_nonfinite": _Leaf(_choice("error", "skip_batch"), "error",
+                              "a NaN/inf loss or gradient: error stops naming the stage, epoch and step "
+                              "(the last checkpoint is the last good state); skip_batch skips that "
+                              "batch's step and counts it (one host sync per step)"),
     },
     "stages": {
         "warmup": {

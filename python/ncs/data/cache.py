@@ -122,9 +122,9 @@ def load_encoded(path: str) -> EncodedData:
 # --------------------------------------------------------------------------------------------
 _KINDS = {
     "synthetic": None,  # any synthetic() keyword
-    "tfrecord": {"path", "max_len", "skip_corrupt"},
-    "csv": {"path", "schema"},
-    "parquet": {"path", "schema"},
+    "tfrecord": {"path", "max_len", "skip_corrupt", "on_bad_row"},
+    "csv": {"path", "schema", "on_bad_row"},
+    "parquet": {"path", "schema", "on_bad_row"},
 }
 
 
@@ -157,7 +157,7 @@ def cache_key(cfg: Dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _build(cfg: Dict) -> EncodedData:
+def _build(cfg: Dict, stats: Optional[Dict[str, int]] = None) -> EncodedData:
     kind = cfg["kind"]
     if kind == "synthetic":
         from .synth import synthetic
@@ -171,7 +171,8 @@ def _build(cfg: Dict) -> EncodedData:
         from .lt4rec import encode_lt4rec
 
         return encode_lt4rec(_paths(cfg), max_len=int(cfg.get("max_len", 8)),
-                             skip_corrupt=bool(cfg.get("skip_corrupt", False)))[0]
+                             skip_corrupt=bool(cfg.get("skip_corrupt", False)), stats=stats,
+                             on_bad_row=cfg.get("on_bad_row", "error"))[0]
     from .table import encode_table
 
     if "schema" not in cfg:
@@ -179,13 +180,16 @@ def _build(cfg: Dict) -> EncodedData:
     paths = _paths(cfg)
     if len(paths) != 1:
         raise DataError(f"data config of kind {kind!r}: 'path' must be one file")
-    return encode_table(paths[0], cfg["schema"], fmt=kind)[0]
+    return encode_table(paths[0], cfg["schema"], fmt=kind, on_bad_row=cfg.get("on_bad_row", "error"),
+                        stats=stats)[0]
 
 
-def load_dataset(cfg: Dict, cache_dir: Optional[str] = None) -> EncodedData:
+def load_dataset(cfg: Dict, cache_dir: Optional[str] = None, stats: Optional[Dict[str, int]] = None) -> EncodedData:
     """Encode the data that ``cfg`` describes; cfg["kind"] is one of synthetic, tfrecord, csv,
     parquet. With ``cache_dir`` the result is cached there under a key of the config and the
-    source files' size and mtime; a corrupt cache entry is rebuilt (with a warning)."""
+    source files' size and mtime; a corrupt cache entry (every tensor is CRC32-checked) is
+    rebuilt (with a warning). ``stats``: a dict updated with the reader's counts ("bad_rows"
+    skipped with on_bad_row: skip, "corrupt_records"), also when the data comes from the cache."""
     if not isinstance(cfg, dict) or cfg.get("kind") not in _KINDS:
         got = cfg.get("kind") if isinstance(cfg, dict) else type(cfg).__name__
         raise DataError(f"data config: 'kind' must be one of {sorted(_KINDS)}, got {got!r}")
@@ -196,15 +200,21 @@ def load_dataset(cfg: Dict, cache_dir: Optional[str] = None) -> EncodedData:
         if unknown:
             raise DataError(f"data config of kind {cfg['kind']!r}: unknown keys {sorted(unknown)}; "
                             f"allowed {sorted(allowed)}")
+    counts: Dict[str, int] = {} if stats is None else stats
     if cache_dir is None:
-        return _build(cfg)
+        return _build(cfg, counts)
     key = cache_key(cfg)
     path = os.path.join(os.fspath(cache_dir), f"{cfg['kind']}-{key[:20]}.safetensors")
     if os.path.exists(path):
         try:
-            return load_encoded(path)
+            data = load_encoded(path)
+            for k, v in (read_meta(path).get("extra", {}).get("counts") or {}).items():
+                counts[k] = counts.get(k, 0) + int(v)
+            return data
         except DataError as e:
             warnings.warn(f"rebuilding the data cache: {e}")
-    data = _build(cfg)
-    save_encoded(data, path, extra={"cfg": json.loads(json.dumps(cfg, default=str)), "key": key})
+    before = dict(counts)
+    data = _build(cfg, counts)
+    made = {k: v - before.get(k, 0) for k, v in counts.items()}
+    save_encoded(data, path, extra={"cfg": json.loads(json.dumps(cfg, default=str)), "key": key, "counts": made})
     return data

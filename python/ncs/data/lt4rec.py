@@ -7,6 +7,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
+from . import validate as V
 from .errors import DataError
 from .tfrecord import iter_tfrecord, parse_example
 from .types import EncodedData, FieldSpec
@@ -26,13 +27,19 @@ PathLike = Union[str, os.PathLike]
 
 
 def _text(v) -> str:
-    return v.decode("utf-8", errors="replace") if isinstance(v, bytes) else str(v)
+    """A feature value as text; UnicodeDecodeError for bytes that are not UTF-8 (validated)."""
+    return v.decode("utf-8") if isinstance(v, bytes) else str(v)
 
 
 def encode_lt4rec(paths: Union[PathLike, Sequence[PathLike]], max_len: int = 8,
                   skip_corrupt: bool = False, vocab: Optional[Vocab] = None,
-                  stats: Optional[Dict[str, int]] = None) -> Tuple[EncodedData, Vocab]:
-    """Like load_lt4rec, for one or several files sharing one vocabulary; also returns it."""
+                  stats: Optional[Dict[str, int]] = None, on_bad_row: str = "error") -> Tuple[EncodedData, Vocab]:
+    """Like load_lt4rec, for one or several files sharing one vocabulary; also returns it.
+
+    on_bad_row: "error" (a record with a missing, NaN/inf or out-of-range label, a cvrlabel
+    > 0 on a non-click, or non-UTF-8 feature bytes is a DataError naming the file, record and
+    feature) or "skip" (dropped and counted in ``stats["bad_rows"]``). A file that yields no
+    records is a DataError either way."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
     if not isinstance(max_len, int) or max_len < 1:
@@ -51,9 +58,15 @@ def encode_lt4rec(paths: Union[PathLike, Sequence[PathLike]], max_len: int = 8,
     users: List[int] = []
     if stats is None:
         stats = {}
+    V.check_policy(on_bad_row)
+    stats.setdefault("bad_rows", 0)
     for path in paths:
         path = os.fspath(path)
         file_stats: Dict[str, int] = {}
+        start = len(rows)
+        numbers: List[int] = []  # record number of each row read from this file
+        missing: Dict[str, List[int]] = {"label": [], "cvrlabel": []}  # rows without the label
+        bad_text: Dict[str, List[int]] = {}  # column -> rows with bytes that are not UTF-8
         for rec, payload in enumerate(iter_tfrecord(path, skip_corrupt=skip_corrupt, stats=file_stats)):
             try:
                 ex = parse_example(payload)
@@ -62,24 +75,55 @@ def encode_lt4rec(paths: Union[PathLike, Sequence[PathLike]], max_len: int = 8,
                     file_stats["corrupt_records"] = file_stats.get("corrupt_records", 0) + 1
                     continue
                 raise DataError(f"{path}: record {rec}: {e}") from e
-            try:
-                click = float(ex["label"][0])
-                conv = float(ex["cvrlabel"][0])
-            except (KeyError, IndexError, TypeError, ValueError) as e:
-                raise DataError(f"{path}: record {rec}: missing or invalid label/cvrlabel ({e!r})") from e
-            if click not in (0.0, 1.0) or not (0.0 <= conv <= 1.0):
-                raise DataError(f"{path}: record {rec}: label must be 0/1 and cvrlabel in [0, 1], "
-                                f"got {click}, {conv}")
+            i = len(rows) - start
+            numbers.append(rec)
+            labels = []
+            for key in ("label", "cvrlabel"):
+                try:
+                    labels.append(float(ex[key][0]))
+                except (KeyError, IndexError, TypeError, ValueError):
+                    missing[key].append(i)
+                    labels.append(float("nan"))
             flat: List[int] = []
             for fv, n in zip(vocabs, lens):
-                flat.extend(encode_values(fv, (_text(v) for v in ex.get(fv.name, ())), n, width))
+                texts = []
+                for v in ex.get(fv.name, ()):
+                    try:
+                        texts.append(_text(v))
+                    except UnicodeDecodeError:
+                        bad_text.setdefault(fv.name, []).append(i)
+                flat.extend(encode_values(fv, texts, n, width))
             rows.append(flat)
-            clicks.append(click)
-            convs.append(conv)
+            clicks.append(labels[0])
+            convs.append(labels[1])
             seq = ex.get("seqnum") or [b""]
             requests.append(stable_hash64(seq[0] if isinstance(seq[0], bytes) else _text(seq[0])))
             uid = ex.get("FEA_UID") or [b"-1"]
-            users.append(stable_hash64(_text(uid[0])))
+            users.append(stable_hash64(uid[0] if isinstance(uid[0], bytes) else str(uid[0])))
+        # the one validation point of this reader (validate.py), over the file's records at once
+        m = len(rows) - start
+        issues = V.Issues(m)
+
+        def rows_mask(idx: List[int]) -> np.ndarray:
+            out = np.zeros(m, dtype=bool)
+            out[idx] = True
+            return out
+
+        for col, idx in bad_text.items():
+            issues.add(rows_mask(idx), col, "holds bytes that are not valid UTF-8")
+        click = np.asarray(clicks[start:], dtype=np.float64)
+        conv = np.asarray(convs[start:], dtype=np.float64)
+        no_click, no_conv = rows_mask(missing["label"]), rows_mask(missing["cvrlabel"])
+        issues.add(no_click, "label", "is missing or not a number")
+        issues.add(no_conv, "cvrlabel", "is missing or not a number")
+        V.check_labels(issues, "label", click, no_click, np.zeros(m, dtype=bool),
+                       "cvrlabel", conv, np.zeros(m, dtype=bool), no_conv)
+        keep = V.check_rows(path, issues, 0, on_bad_row, stats, what="record", numbers=np.asarray(numbers))
+        if keep is not None:
+            for lst in (rows, clicks, convs, requests, users):
+                lst[start:] = [x for x, k in zip(lst[start:], keep) if k]
+        V.finish(path, len(rows) - start, {"bad_rows": int((~keep).sum()) if keep is not None else 0},
+                 what="records")
         for k, v in file_stats.items():
             stats[k] = stats.get(k, 0) + v
     n = len(rows)
@@ -96,7 +140,7 @@ def encode_lt4rec(paths: Union[PathLike, Sequence[PathLike]], max_len: int = 8,
 
 
 def load_lt4rec(path: PathLike, max_len: int = 8, skip_corrupt: bool = False,
-                vocab: Optional[Vocab] = None) -> EncodedData:
+                vocab: Optional[Vocab] = None, on_bad_row: str = "error") -> EncodedData:
     """Read the authors' TFRecord (gzip or plain) into EncodedData.
 
     Fields: LT4REC_FIELDS in order; "-1" (and no value) -> id 0; vocabularies are built from
@@ -105,4 +149,4 @@ def load_lt4rec(path: PathLike, max_len: int = 8, skip_corrupt: bool = False,
     -1). Labels: "click" (= label), "conversion" (= cvrlabel). Groups: "request" (hash of
     seqnum) and "user" (hash of the FEA_UID string: stable even when a fixed vocab maps an
     unseen user to 0)."""
-    return encode_lt4rec(path, max_len=max_len, skip_corrupt=skip_corrupt, vocab=vocab)[0]
+    return encode_lt4rec(path, max_len=max_len, skip_corrupt=skip_corrupt, vocab=vocab, on_bad_row=on_bad_row)[0]

@@ -57,38 +57,39 @@ def _tfrecord_stats(path: str) -> Dict:
     return _summary(np.asarray(clicks), np.asarray(convs), len(names), counts["corrupt_records"])
 
 
-def _table_stats(path: str, kind: str, schema) -> Dict:
+def _table_stats(path: str, kind: str, schema, on_bad_row: str = "error") -> Dict:
+    from .table import column_names, encode_table
+
+    counts: Dict[str, int] = {}
     if schema is not None:
-        from .table import encode_table
-
-        data, _ = encode_table(path, schema, fmt=kind)
-        return stats(data)
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    if kind == "parquet":
-        import pyarrow.parquet as pq
-
-        table = pq.read_table(path)
-    else:
-        import pyarrow.csv as pcsv
-
-        table = pcsv.read_csv(path)
-    cols = table.column_names
+        data, _ = encode_table(path, schema, fmt=kind, on_bad_row=on_bad_row, stats=counts)
+        out = stats(data)
+        if on_bad_row == "skip":
+            out["bad_rows"] = counts["bad_rows"]
+        return out
+    cols = column_names(path, kind)
     click = next((c for c in _CLICK_NAMES if c in cols), None)
     if click is None:
         raise DataError(f"{path}: no click column (looked for {list(_CLICK_NAMES)}); pass a schema")
     conv = next((c for c in _CONV_NAMES if c in cols), None)
-    as_np = (lambda c: pc.cast(table[c], pa.float64()).fill_null(0.0).to_numpy())
-    return _summary(as_np(click), as_np(conv) if conv else None,
-                    len(cols) - 1 - (conv is not None), 0)
+    others = [c for c in cols if c not in (click, conv)]
+    # the readers' own validation (labels, UTF-8, ragged rows), one id column encoded
+    auto = {"fields": [{"name": others[0] if others else click, "hash_buckets": 1}], "click": click,
+            "conversion": conv}
+    data, _ = encode_table(path, auto, fmt=kind, on_bad_row=on_bad_row, stats=counts)
+    out = stats(data)
+    out["fields"] = len(others)
+    if on_bad_row == "skip":
+        out["bad_rows"] = counts["bad_rows"]
+    return out
 
 
-def stats(path_or_data: Union[str, os.PathLike, EncodedData], schema=None) -> Dict:
+def stats(path_or_data: Union[str, os.PathLike, EncodedData], schema=None, on_bad_row: str = "error") -> Dict:
     """{"rows", "clicks", "conversions" (rows with conversion > 0), "conversion_mean" (among
     clicks), "click_rate", "fields", "corrupt_records"} of EncodedData or of a file: TFRecord
     (corrupt records are skipped and counted), CSV / Parquet (by ``schema``, or else by the
-    usual label column names), or an encoded .safetensors file."""
+    usual label column names; bad rows are a DataError, or with on_bad_row="skip" dropped and
+    counted in "bad_rows"), or an encoded .safetensors file."""
     if isinstance(path_or_data, EncodedData):
         d = path_or_data
         click = d.labels["click"].numpy() if "click" in d.labels else np.zeros(len(d))
@@ -103,5 +104,5 @@ def stats(path_or_data: Union[str, os.PathLike, EncodedData], schema=None) -> Di
 
         return stats(load_encoded(path))
     if kind in ("csv", "parquet"):
-        return _table_stats(path, kind, schema)
+        return _table_stats(path, kind, schema, on_bad_row)
     return _tfrecord_stats(path)

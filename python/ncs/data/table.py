@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 
+from . import validate as V
 from .errors import DataError
 from .types import EncodedData, FieldSpec
 from .vocab import FieldVocab, Vocab, hash_bucket, stable_hash64
@@ -134,7 +135,44 @@ def parse_schema(schema: Union[dict, str, os.PathLike]) -> TableSchema:
     return TableSchema(fields, raw["click"], conv, ctype, dict(groups))
 
 
-def _batches(path: str, fmt: str, columns: List[str], batch_rows: int):
+def _ragged_row(path: str) -> str:
+    """Locate the first CSV row whose field count is not the header's (the error path only:
+    pyarrow's streaming reader does not know row numbers)."""
+    import csv
+
+    with open(path, "r", encoding="utf-8", errors="replace", newline="") as f:
+        rows = csv.reader(f)
+        header = next(rows, [])
+        for i, r in enumerate(rows):
+            if r and len(r) != len(header):
+                return f"row {i}: {len(r)} fields, the header has {len(header)}"
+    return "a row has another number of fields than the header"
+
+
+def column_names(path: str, fmt: str) -> List[str]:
+    """The columns of a CSV (its header) or Parquet file; DataError if it cannot be read."""
+    import pyarrow as pa
+
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            return list(pq.ParquetFile(path).schema_arrow.names)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{path}: not a readable Parquet file ({e})") from e
+    import pyarrow.csv as pcsv
+
+    if os.path.getsize(path) == 0:
+        raise DataError(f"{path}: empty file (no header, no rows)")
+    try:
+        return list(pcsv.open_csv(path, parse_options=pcsv.ParseOptions(invalid_row_handler=lambda r: "skip"),
+                                  convert_options=pcsv.ConvertOptions(check_utf8=False)).schema.names)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable CSV file ({e})") from e
+
+
+def _batches(path: str, fmt: str, columns: List[str], batch_rows: int, on_bad_row: str = "error",
+             counts: Optional[Dict[str, int]] = None):
     import pyarrow as pa
 
     if fmt == "parquet":
@@ -148,32 +186,49 @@ def _batches(path: str, fmt: str, columns: List[str], batch_rows: int):
         missing = [c for c in columns if c not in names]
         if missing:
             raise DataError(f"{path}: missing columns {missing} (has {sorted(names)})")
-        yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
+        try:
+            yield from pf.iter_batches(batch_size=batch_rows, columns=columns)
+        except (pa.ArrowException, OSError) as e:
+            raise DataError(f"{path}: corrupt Parquet data ({e})") from e
     else:
         import pyarrow.csv as pcsv
 
-        try:
-            # the header first (cheap: one block), so that absent columns are named together
-            names = pcsv.open_csv(path).schema.names
-        except (pa.ArrowException, OSError) as e:
-            raise DataError(f"{path}: not a readable CSV file ({e})") from e
+        counts = {} if counts is None else counts
+        counts.setdefault("ragged_rows", 0)
+
+        def skip_ragged(row) -> str:
+            counts["ragged_rows"] += 1
+            return "skip"
+
+        def ragged(e: Exception) -> DataError:
+            if "columns, got" in str(e) or "Expected" in str(e):
+                return DataError(f"{path}: {_ragged_row(path)} (ragged CSV; data.options.on_bad_row: "
+                                 f"skip drops such rows)")
+            return DataError(f"{path}: CSV parse error ({e})")
+
+        names = column_names(path, fmt)  # the header first, so that absent columns are named together
         missing = [c for c in columns if c not in names]
         if missing:
             raise DataError(f"{path}: missing columns {missing} (has {names})")
-        # every column as text: ids are strings, whatever they look like; labels are cast later
-        reader = pcsv.open_csv(
-            path,
-            read_options=pcsv.ReadOptions(block_size=1 << 22),
-            convert_options=pcsv.ConvertOptions(include_columns=columns, strings_can_be_null=True,
-                                                column_types={c: pa.string() for c in columns}),
-        )
+        # every column as bytes: ids are strings, whatever they look like; validate.py checks
+        # the UTF-8 (naming the row) and casts the labels
+        try:
+            reader = pcsv.open_csv(
+                path,
+                read_options=pcsv.ReadOptions(block_size=1 << 22),
+                parse_options=pcsv.ParseOptions(invalid_row_handler=skip_ragged if on_bad_row == "skip" else None),
+                convert_options=pcsv.ConvertOptions(include_columns=columns, strings_can_be_null=True,
+                                                    column_types={c: pa.binary() for c in columns}),
+            )
+        except pa.ArrowException as e:
+            raise ragged(e) from e
         while True:
             try:
                 batch = reader.read_next_batch()
             except StopIteration:
                 return
             except pa.ArrowException as e:
-                raise DataError(f"{path}: CSV parse error ({e})") from e
+                raise ragged(e) from e
             yield batch
 
 
@@ -238,33 +293,42 @@ def _encode_field(spec: _Field, fv: Optional[FieldVocab], col, width: int) -> np
     return out
 
 
-def _labels(path: str, name: str, arr, first_row: int, binary: bool, allow_null: bool) -> np.ndarray:
+def _validated(path: str, sch: TableSchema, batch, row0: int, on_bad_row: str, counts: Dict[str, int]):
+    """The one validation point of this reader (validate.py): UTF-8 of every column, then the
+    labels; returns ({column: array}, click, conversion) of the rows kept."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
-    try:
-        vals = pc.cast(arr, pa.float64())
-    except pa.ArrowException as e:
-        raise DataError(f"{path}: column {name!r} must be numeric ({e})") from e
-    if vals.null_count and not allow_null:
-        bad = int(np.nonzero(vals.is_null().to_numpy(zero_copy_only=False))[0][0])
-        raise DataError(f"{path}: row {first_row + bad}: column {name!r} is empty")
-    out = vals.fill_null(0.0).to_numpy(zero_copy_only=False)
-    ok = np.isfinite(out) & (out >= 0) & (out <= 1)
-    if binary:
-        ok &= (out == 0) | (out == 1)
-    if not ok.all():
-        bad = int(np.nonzero(~ok)[0][0])
-        want = "0 or 1" if binary else "in [0, 1]"
-        raise DataError(f"{path}: row {first_row + bad}: column {name!r} must be {want}, got {out[bad]}")
-    return out.astype(np.float32)
+    issues = V.Issues(batch.num_rows)
+    cols = {name: V.utf8_problems(issues, name, batch.column(i)) for i, name in enumerate(batch.schema.names)}
+    click = V.label_values(cols[sch.click])
+    conv = V.label_values(cols[sch.conversion]) if sch.conversion else (None, None, None)
+    raw = {c: cols[c] for c in (sch.click, sch.conversion) if c}
+    V.check_labels(issues, sch.click, *click, sch.conversion, *conv, conv_binary=sch.conversion_type == "binary", raw=raw)
+    keep = V.check_rows(path, issues, row0, on_bad_row, counts)
+    cv, cn = click[0], conv[0]
+    if keep is not None:
+        mask = pa.array(keep)
+        cols = {k: v.filter(mask) for k, v in cols.items()}
+        cv = cv[keep]
+        cn = cn[keep] if cn is not None else None
+    click_out = cv.astype(np.float32)
+    conv_out = np.nan_to_num(cn, nan=0.0).astype(np.float32) if cn is not None else np.zeros_like(click_out)
+    return cols, click_out, conv_out
 
 
 def encode_table(path: Union[str, os.PathLike], schema: Union[dict, str, os.PathLike],
                  vocab: Optional[Vocab] = None, fmt: Optional[str] = None,
-                 batch_rows: int = _BATCH_ROWS) -> Tuple[EncodedData, Vocab]:
-    """load_table that also returns the vocabularies it used (for encoding another file)."""
+                 batch_rows: int = _BATCH_ROWS, on_bad_row: str = "error",
+                 stats: Optional[Dict[str, int]] = None) -> Tuple[EncodedData, Vocab]:
+    """load_table that also returns the vocabularies it used (for encoding another file).
+
+    on_bad_row: "error" (a bad label, bad UTF-8 or ragged row is a DataError naming the file,
+    row and column) or "skip" (such rows are dropped and counted in ``stats["bad_rows"]``,
+    a dict updated in place). A file that leaves no rows is a DataError either way."""
     path = os.fspath(path)
+    V.check_policy(on_bad_row)
+    counts: Dict[str, int] = {} if stats is None else stats
+    counts.setdefault("bad_rows", 0)
     sch = parse_schema(schema)
     if fmt is None:
         fmt = "parquet" if path.endswith((".parquet", ".pq")) else "csv"
@@ -288,17 +352,12 @@ def encode_table(path: Union[str, os.PathLike], schema: Union[dict, str, os.Path
     convs: List[np.ndarray] = []
     groups: Dict[str, List[np.ndarray]] = {g: [] for g in sch.groups}
     row0 = 0
-    for batch in _batches(path, fmt, sch.columns(), batch_rows):
-        cols = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
+    for batch in _batches(path, fmt, sch.columns(), batch_rows, on_bad_row, counts):
+        n_raw = batch.num_rows
+        cols, click, conv = _validated(path, sch, batch, row0, on_bad_row, counts)
         ids = np.stack([_encode_field(f, fv, cols[f.column], width) for f, fv in zip(sch.fields, vocabs)], axis=1)
         parts.append(ids)
-        click = _labels(path, sch.click, cols[sch.click], row0, True, False)
         clicks.append(click)
-        if sch.conversion:
-            conv = _labels(path, sch.conversion, cols[sch.conversion], row0,
-                           sch.conversion_type == "binary", True)
-        else:
-            conv = np.zeros_like(click)
         convs.append(conv)
         for g, c in sch.groups.items():
             import pyarrow as pa
@@ -310,7 +369,9 @@ def encode_table(path: Union[str, os.PathLike], schema: Union[dict, str, os.Path
             keys = np.asarray([stable_hash64(v if v is not None else "") for v in dict_enc.dictionary.to_pylist()]
                               + [stable_hash64("")], dtype=np.int64)
             groups[g].append(keys[dict_enc.indices.fill_null(len(dict_enc.dictionary)).to_numpy(zero_copy_only=False)])
-        row0 += batch.num_rows
+        row0 += n_raw
+    counts["bad_rows"] += counts.pop("ragged_rows", 0)
+    V.finish(path, sum(len(c) for c in clicks), counts)
     F = len(sch.fields)
     ids_all = np.concatenate(parts) if parts else np.zeros((0, F, width), dtype=np.int64)
     specs = [FieldSpec(f.name, (f.hash_buckets + 1) if fv is None else fv.size, f.max_len)
@@ -326,6 +387,6 @@ def encode_table(path: Union[str, os.PathLike], schema: Union[dict, str, os.Path
 
 
 def load_table(path: Union[str, os.PathLike], schema: Union[dict, str, os.PathLike],
-               vocab: Optional[Vocab] = None) -> EncodedData:
+               vocab: Optional[Vocab] = None, on_bad_row: str = "error") -> EncodedData:
     """Read a CSV or Parquet file (by extension; .parquet/.pq is Parquet) by ``schema``."""
-    return encode_table(path, schema, vocab)[0]
+    return encode_table(path, schema, vocab, on_bad_row=on_bad_row)[0]

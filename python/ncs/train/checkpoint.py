@@ -5,6 +5,9 @@ The file holds every tensor (model state under "model/", optimizer state flatten
 one JSON document "ncs_checkpoint": step counters, optimizer hyper-parameters (param_groups),
 RNG states as lists of ints, and the trainer's position (stage / task / round / epoch). One file
 means one os.replace, so a checkpoint is either the old one or the new one, never a mix.
+Every tensor and the JSON carry a CRC-32 (the document's "crc32" entry), verified on load: a damaged
+or truncated file is a CheckpointError, never a silently different state. The trainer keeps
+the previous checkpoint too (<name>.prev.safetensors) and falls back to it (load_latest).
 A human-readable copy of the JSON is written beside it (<name>.json); the loader never reads it.
 """
 from __future__ import annotations
@@ -12,12 +15,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
+from ncs_kernels.integrity import checksums, first_mismatch, text_crc32
+
 FORMAT = "ncs-checkpoint"
-VERSION = 1
+VERSION = 2  # 2: CRC-32 of every tensor and of the document (its "crc32" entry); 1 loads unverified
+_SUMS = "crc32"
 
 
 class CheckpointError(RuntimeError):
@@ -42,30 +48,68 @@ def atomic_write_json(path: str, obj: Any) -> None:
     _atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def previous_path(path: str) -> str:
+    """Where save_tensors(keep_previous=True) keeps the file it replaces: <name>.prev.safetensors."""
+    root, ext = os.path.splitext(path)
+    return f"{root}.prev{ext}"
+
+
 def save_tensors(path: str, tensors: Mapping[str, torch.Tensor], meta: Optional[Dict[str, Any]] = None,
-                 sidecar: bool = True) -> None:
-    """Write tensors + JSON meta to `path` (safetensors) atomically (tmp file + os.replace)."""
+                 sidecar: bool = True, keep_previous: bool = False) -> None:
+    """Write tensors + JSON meta to `path` (safetensors) atomically (tmp file, fsync, os.replace).
+
+    The document carries a CRC-32 of every tensor and of itself (entry "crc32"), checked by
+    load_tensors (which removes the entry from the document it returns). keep_previous: the file being replaced is kept (hard link, so no
+    moment lacks a complete `path`) as previous_path(path), the fallback of load_latest.
+    A failed write (ENOSPC, EIO...) is a CheckpointError and leaves both files as they were."""
     from safetensors.torch import save_file
 
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     doc = {"format": FORMAT, "version": VERSION, **(meta or {})}
-    text = json.dumps(doc)
+    doc.pop(_SUMS, None)
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    # one metadata entry (safetensors orders several at random: the bytes would differ per run);
+    # the checksum of the document is over its JSON without the checksums entry
+    sums = {"tensors": checksums(flat), "meta": text_crc32(json.dumps(doc))}
+    text = json.dumps({**doc, _SUMS: sums})
     fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".safetensors")
     os.close(fd)
     try:
         save_file(flat, tmp, metadata={"ncs_checkpoint": text})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        if keep_previous and os.path.isfile(path):
+            prev = previous_path(path)
+            link = prev + ".tmp"
+            if os.path.lexists(link):
+                os.unlink(link)
+            try:
+                os.link(path, link)
+            except OSError:  # no hard links here: a copy
+                import shutil
+                shutil.copyfile(path, link)
+            os.replace(link, prev)
         os.replace(tmp, path)
-    except BaseException:
+    except Exception as e:  # OSError (ENOSPC, EIO...) or safetensors' SafetensorError around one
+        if not isinstance(e, OSError) and "Io" not in type(e).__name__ + str(e):
+            raise
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({e}); the previous one is left "
+                              f"as it was") from None
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
     if sidecar:
-        _atomic_write_text(os.path.splitext(path)[0] + ".json", json.dumps(doc, indent=1) + "\n")
+        try:
+            _atomic_write_text(os.path.splitext(path)[0] + ".json", json.dumps(doc, indent=1) + "\n")
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot write its JSON copy ({e})") from None
 
 
 def load_tensors(path: str, device: Optional[torch.device] = None) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """Read a file of save_tensors, verifying every checksum; CheckpointError names what is wrong
+    (missing, truncated, damaged tensor or metadata). Files of format version 1 (written before
+    checksums) load unverified."""
     from safetensors import safe_open
 
     if not os.path.isfile(path):
@@ -75,16 +119,55 @@ def load_tensors(path: str, device: Optional[torch.device] = None) -> Tuple[Dict
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({e})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint, damaged or truncated ({e})") from None
     try:
-        doc = json.loads(meta["ncs_checkpoint"])
+        text = meta["ncs_checkpoint"]
+        doc = json.loads(text)
     except (KeyError, json.JSONDecodeError):
-        raise CheckpointError(f"{path}: no ncs_checkpoint metadata") from None
-    if doc.get("format") != FORMAT or doc.get("version") != VERSION:
-        raise CheckpointError(f"{path}: format {doc.get('format')!r} v{doc.get('version')}, expected {FORMAT} v{VERSION}")
+        raise CheckpointError(f"{path}: no ncs_checkpoint metadata (damaged, or not a checkpoint)") from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") not in (1, VERSION):
+        got = doc.get("format") if isinstance(doc, dict) else None
+        ver = doc.get("version") if isinstance(doc, dict) else None
+        raise CheckpointError(f"{path}: format {got!r} v{ver}, expected {FORMAT} v{VERSION}")
+    if doc["version"] >= 2:
+        try:
+            sums = doc.pop(_SUMS)
+            meta_sum, tensor_sums = int(sums["meta"]), dict(sums["tensors"])
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise CheckpointError(f"{path}: its checksums are missing or damaged") from None
+        if text_crc32(json.dumps(doc)) != meta_sum:
+            raise CheckpointError(f"{path}: the metadata fails its CRC-32 check (file damaged)")
+        bad = first_mismatch(tensors, tensor_sums)
+        if bad is not None:
+            raise CheckpointError(f"{path}: tensor {bad!r} fails its CRC-32 check (file damaged)")
     if device is not None:
         tensors = {k: v.to(device) for k, v in tensors.items()}
     return tensors, doc
+
+
+def has_checkpoint(path: str) -> bool:
+    return os.path.isfile(path) or os.path.isfile(previous_path(path))
+
+
+def load_latest(path: str, log: Optional[Callable[[str], None]] = None,
+                device: Optional[torch.device] = None) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+    """load_tensors(path), or, when it is missing or damaged, the previous checkpoint kept by
+    save_tensors(keep_previous=True) (logged); CheckpointError naming both when neither loads.
+    Resuming from the previous checkpoint redoes one epoch/round: the result is the same."""
+    prev = previous_path(path)
+    try:
+        return load_tensors(path, device)
+    except CheckpointError as e:
+        if not os.path.isfile(prev):
+            raise
+        first = str(e)
+    try:
+        out = load_tensors(prev, device)
+    except CheckpointError as e:
+        raise CheckpointError(f"{first}; the previous checkpoint cannot be used either: {e}") from None
+    if log is not None:
+        log(f"warning: {first}; resuming from the previous checkpoint {prev}")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,11 +4,13 @@
     results = run(cfg, "runs/x", resume=True)     # continue from the last checkpoints
 
 Run directory:
+  .lock                held (fcntl.flock, pid inside) while a run uses the directory (rundir.py)
   config.yaml          the resolved config (every key)
-  split.json           sizes / click rates / groups of train, valid, test
+  split.json           sizes / click rates / groups of train, valid, test; skipped_bad_rows
   fields.json          the fields (name, vocab_size, max_len) the models were built for
   vocab.json           file data only: field -> value -> id, to encode other files alike
-  checkpoints/         <kind>.safetensors (+ .json copy of its metadata), connection_init.safetensors,
+  checkpoints/         <kind>.safetensors (+ .json copy of its metadata; <kind>.prev.safetensors: the one
+                       before, the fallback of a damaged one), connection_init.safetensors,
                        <kind>_best.safetensors (early stopping)
   models/<kind>.safetensors   final weights (+ masks for connection)
   metrics.json         {"models": {kind: test metrics}, "stages": {kind: stage summary}}
@@ -34,6 +36,7 @@ from ..metrics import json_safe
 from ..models import PAPER_NAMES, RUN_ORDER, build_model, check_ids
 from . import batches as B
 from .checkpoint import atomic_write_json, load_tensors, save_tensors
+from .rundir import lock_run_dir
 from .stages import ModelTrainer, StopTraining
 
 
@@ -65,30 +68,34 @@ def _source(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return src
 
 
-def load_data(cfg: Dict[str, Any], with_vocab: bool = False):
+def load_data(cfg: Dict[str, Any], with_vocab: bool = False, stats: Optional[Dict[str, int]] = None):
     """The dataset named by cfg['data'] (an EncodedData); with_vocab: (data, vocab or None).
 
     Files are encoded with vocabularies built from the data; the vocab (field -> value -> id)
     is what `ncs eval --data FILE` needs to encode another file the same way. It is returned for
     file sources read directly; with data.cache_dir the cached encoding is used and no vocab is
-    available (None)."""
+    available (None). stats: a dict updated with the reader's counts (bad_rows skipped...)."""
     D = _data_api()
     d = cfg["data"]
     src = _source(cfg)
     vocab = None
+    if stats is None:
+        stats = {}
     if d["kind"] == "synthetic" or d["cache_dir"] is not None or not with_vocab:
-        data = D.load_dataset(src, cache_dir=d["cache_dir"])
+        data = D.load_dataset(src, cache_dir=d["cache_dir"], stats=stats)
     elif d["kind"] == "tfrecord":
-        bad = set(src) - {"kind", "path", "max_len", "skip_corrupt"}
+        bad = set(src) - {"kind", "path", "max_len", "skip_corrupt", "on_bad_row"}
         if bad:  # the same check load_dataset makes
             raise D.DataError(f"data.options: unknown keys {sorted(bad)} for kind 'tfrecord'; "
-                              f"allowed max_len, skip_corrupt")
+                              f"allowed max_len, skip_corrupt, on_bad_row")
         data, vocab = D.encode_lt4rec(src["path"], max_len=int(src.get("max_len", 8)),
-                                      skip_corrupt=bool(src.get("skip_corrupt", False)))
+                                      skip_corrupt=bool(src.get("skip_corrupt", False)), stats=stats,
+                                      on_bad_row=src.get("on_bad_row", "error"))
     else:
         if "schema" not in src:
             raise D.DataError(f"data.options.schema: a schema is needed for kind {d['kind']!r}")
-        data, vocab = D.encode_table(src["path"], src["schema"], fmt=d["kind"])
+        data, vocab = D.encode_table(src["path"], src["schema"], fmt=d["kind"], stats=stats,
+                                     on_bad_row=src.get("on_bad_row", "error"))
     return (data, vocab) if with_vocab else data
 
 
@@ -118,7 +125,9 @@ def _check_run_dir(cfg: Dict[str, Any], out: str, resume: bool) -> None:
     has_ckpt = os.path.isdir(ckpts) and any(f.endswith(".safetensors") for f in os.listdir(ckpts))
     if resume:
         if not os.path.isfile(cfg_path):
-            raise RunError(f"--resume: {out} has no config.yaml; nothing to resume")
+            if has_ckpt:
+                raise RunError(f"--resume: {out} has checkpoints but no config.yaml; cannot check the config")
+            return  # killed before the config was written: nothing to lose, the run simply starts
         saved = load_config(cfg_path)
         diff = _first_difference(saved, cfg)
         if diff is not None:
@@ -152,7 +161,8 @@ def run(cfg: Dict[str, Any], out: str, resume: bool = False, progress: bool = Fa
     if cfg["threads"] is not None:
         torch.set_num_threads(cfg["threads"])
     try:
-        return _run(cfg, out, resume, progress, log, stop_after_checkpoints, data)
+        with lock_run_dir(out, log, error=RunError):  # a second run on `out` is a RunError naming the pid
+            return _run(cfg, out, resume, progress, log, stop_after_checkpoints, data)
     finally:
         torch.set_num_threads(threads)
 
@@ -168,12 +178,17 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data) -> Dict[
             raise ConfigError(f"backend: {cfg['backend']!r} cannot run on {device.type} here: {why}")
     dump_config(cfg, os.path.join(out, "config.yaml"))
 
+    read_counts: Dict[str, int] = {}
     if data is None:
-        data, vocab = load_data(cfg, with_vocab=True)
+        data, vocab = load_data(cfg, with_vocab=True, stats=read_counts)
         if vocab is not None:
             atomic_write_json(os.path.join(out, "vocab.json"), vocab)
     train, valid, test = split_data(cfg, data)
-    atomic_write_json(os.path.join(out, "split.json"), json_safe(_summary(cfg, train, valid, test)))
+    summary = _summary(cfg, train, valid, test)
+    summary["skipped_bad_rows"] = int(read_counts.get("bad_rows", 0))  # data.options.on_bad_row: skip
+    if "corrupt_records" in read_counts:
+        summary["skipped_corrupt_records"] = int(read_counts["corrupt_records"])
+    atomic_write_json(os.path.join(out, "split.json"), json_safe(summary))
     fields = [{"name": f.name, "vocab_size": int(f.vocab_size), "max_len": int(f.max_len)} for f in data.fields]
     atomic_write_json(os.path.join(out, "fields.json"), fields)
     try:

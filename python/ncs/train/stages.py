@@ -41,8 +41,9 @@ from ..losses import mixed_loss, task_loss
 from ..metrics import task_metrics
 from ..models import MultiTaskModel, build_model
 from . import batches as B
-from .checkpoint import (flatten_optimizer, load_tensors, rng_state, save_tensors, set_rng_state,
-                         unflatten_optimizer)
+from .guards import NonFiniteGuard
+from .checkpoint import (flatten_optimizer, has_checkpoint, load_latest, load_tensors, rng_state, save_tensors,
+                         set_rng_state, unflatten_optimizer)
 from .pruning import mask_density, prune_round, select_round
 
 
@@ -142,18 +143,19 @@ class ModelTrainer:
             for k, masks in enumerate(hist):
                 for layer, packed in masks.items():
                     tensors[f"maskhist/{task}/{k}/{layer}"] = packed
-        save_tensors(self.ckpt_path, tensors, {"kind": self.kind, "pos": self.pos, "optim": od, "rng": rng_state()})
+        save_tensors(self.ckpt_path, tensors, {"kind": self.kind, "pos": self.pos, "optim": od, "rng": rng_state()},
+                     keep_previous=True)
         if self.on_checkpoint is not None:
             self.on_checkpoint(self.kind)
 
     def restore(self) -> bool:
         """Load the last checkpoint if there is one; True if loaded."""
-        if not os.path.isfile(self.ckpt_path):
+        if not has_checkpoint(self.ckpt_path):
             return False
         # loaded on the CPU: load_state_dict copies weights to the model's device, and the torch
         # optimizers move their state to each parameter's device themselves, except MaskedAdam's
         # "step" counters, which stay on the CPU as in a fresh run (no device sync per step)
-        tensors, doc = load_tensors(self.ckpt_path)
+        tensors, doc = load_latest(self.ckpt_path, log=self.log)  # damaged: the previous one
         if doc.get("kind") != self.kind:
             raise RuntimeError(f"{self.ckpt_path}: checkpoint of model {doc.get('kind')!r}, expected {self.kind!r}")
         self.model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
@@ -209,6 +211,7 @@ class ModelTrainer:
         if self.progress:
             from tqdm import tqdm
             bar = tqdm(total=len(batches), desc=desc, leave=False, dynamic_ncols=True)
+        guard = NonFiniteGuard(self, desc)  # train.on_nonfinite (guards.py)
         for i, (task, idx) in enumerate(batches):
             ids, tg, sp = self.train.batch(idx)
             self.opt.zero_grad()
@@ -222,8 +225,9 @@ class ModelTrainer:
                     loss = loss * t["weight"]
                 masks = self._task_masks(task)
             loss.backward()
-            self.opt.step(masks)
-            total += loss.detach()
+            if guard.ok(i, loss):
+                self.opt.step(masks)
+                total += loss.detach()
             self.pos["step"] += 1
             if bar is not None:
                 # the only host syncs of the loop: one every log_every steps, for the bar
@@ -232,7 +236,8 @@ class ModelTrainer:
                 bar.update()
         if bar is not None:
             bar.close()
-        return float((total / max(1, len(batches))).item())
+        guard.finish()
+        return float((total / max(1, len(batches) - guard.skipped)).item())
 
     @torch.no_grad()
     def evaluate(self, split: B.SplitTensors, task: Optional[str] = None) -> Dict[str, float]:
