@@ -166,10 +166,8 @@ class MaskedAdam(torch.optim.Optimizer):
             state["task_step"] = [0] * n_tasks
             state["exp_avg_task"] = torch.zeros((n_tasks,) + tuple(p.shape), dtype=p.dtype, device=p.device)
             state["exp_avg_sq_task"] = torch.zeros_like(state["exp_avg_task"])
-        # a new list, never mutated in place: a state_dict() taken earlier keeps its counts
-        steps = list(state["task_step"])
+        steps = state["task_step"]
         steps[ti] += 1
-        state["task_step"] = steps
         param, grad = p, p.grad
         m, v = state["exp_avg_task"], state["exp_avg_sq_task"]
         if p.dim() != 2:
