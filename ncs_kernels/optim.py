@@ -25,6 +25,8 @@ Adam's (the warmup's shared moments are not inherited).
     own task's gradients, and biases are small and unmasked.
   - A step with task=None (mixed batches: the trainer's warmup and the baselines, every weight)
     uses the shared moments of every parameter and never reads or writes the per-task ones.
+  - leaky mode: a task's own moments are 0 outside its mask (its masked gradient always was),
+    so with per-task moments nothing leaks there, except weight decay.
   - state_dict / load_state_dict carry the per-task state (tensors, and the step counts as a
     list of ints), so it round-trips through ncs.train.checkpoint bit for bit.
 

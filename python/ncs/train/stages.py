@@ -52,7 +52,12 @@ class StopTraining(Exception):
 
 class Optimizers:
     """MaskedAdam over the dense parameters (MLP weights under the task's masks, biases and heads)
-    and SparseAdam over the embedding tables (only the rows of the batch do work)."""
+    and SparseAdam over the embedding tables (only the rows of the batch do work).
+
+    optim.moments per_task: the masked weights keep one Adam state per task (nk.MaskedAdam
+    moments="per_task"); step() passes the batch's task, so mask generation and joint steps use
+    the task's own moments, while mixed batches (task None: warmup, the baselines) use the shared
+    ones. The per-task state is not in the warmup snapshot, so every rewind starts it afresh."""
 
     def __init__(self, model: MultiTaskModel, cfg: dict, backend: str = "auto"):
         o = cfg["optim"]
