@@ -17,14 +17,13 @@ current device is.
 """
 from __future__ import annotations
 
-import contextlib
 from typing import Dict, Tuple
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import assert_contiguous, interpreting
+from ._common import assert_contiguous, device_guard, interpreting
 
 MAX_GRID0 = 2 ** 31 - 1  # CUDA's limit on gridDim.x (gridDim.y and .z: 65535)
 
@@ -114,14 +113,6 @@ def launch_config(n: int, k: int, masked: bool, interpret: bool = None) -> Dict[
     if programs > MAX_GRID0:
         raise ValueError(f"param: {n * k} elements need {programs} programs, more than CUDA's grid limit {MAX_GRID0}")
     return cfg
-
-
-def device_guard(t: torch.Tensor):
-    """Context under which a kernel on t's data must launch: its CUDA device (a no-op for CPU
-    tensors under the interpreter)."""
-    if t.device.type == "cuda":
-        return torch.cuda.device(t.device)
-    return contextlib.nullcontext()
 
 
 def masked_adam_step_(
