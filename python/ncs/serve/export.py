@@ -288,7 +288,9 @@ def sha256_file(path: str) -> str:
 
 
 def save_torchscript(scorer: TaskScorer, path: str) -> None:
-    scripted = torch.jit.script(scorer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch 2.13 marks TorchScript deprecated; it still works
+        scripted = torch.jit.script(scorer)
     scripted.save(path)
 
 
@@ -332,7 +334,10 @@ def _self_check(scorer: TaskScorer, ref: torch.Tensor, ids: torch.Tensor, files:
     out: Dict[str, float] = {}
     got = {"module": scorer(ids)}
     if "torchscript" in files:
-        got["torchscript"] = torch.jit.load(files["torchscript"], map_location="cpu")(ids)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            loaded = torch.jit.load(files["torchscript"], map_location="cpu")
+        got["torchscript"] = loaded(ids)
     if "onnx" in files:
         import onnxruntime as ort
         sess = ort.InferenceSession(files["onnx"], providers=["CPUExecutionProvider"])
