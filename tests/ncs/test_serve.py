@@ -493,3 +493,23 @@ def test_replay_on_a_trained_run(trained, capsys):
     assert res3["rows"] == res2["rows"] and res3["logged"][1] > 10 * res2["logged"][1]  # lengths 30..300
     with pytest.raises(ServeError, match="--k"):
         replay(str(run_dir), ks=[0])
+
+
+def test_replay_logged_order_column(trained):
+    from ncs.serve.encode import _orders
+    _, run_dir, data, _ = trained
+    # any numeric column can give the logged (display) order; here 'length' stands in for a position
+    res = replay(str(run_dir), data=str(data), kinds=["single"], ks=[1, 2], order_column="length")
+    assert res["logged_order"].startswith("length ascending")
+    with open(data) as f:
+        rows = list(csv.DictReader(f))
+    by_req = {}
+    for i, x in enumerate(rows):
+        by_req.setdefault(x["request"], []).append((float(x["length"]), i, float(x["play"])))
+    for k in (1, 2):
+        hand = sum(sum(p for _, _, p in sorted(v)[:k]) for v in by_req.values()) / len(by_req)
+        assert res["logged"][k] == pytest.approx(hand, rel=1e-6)
+    assert replay(str(run_dir), data=str(data), kinds=["single"], ks=[1])["logged_order"].startswith("the order")
+    with pytest.raises(ServeError, match="missing columns \\['pos'\\]"):
+        replay(str(run_dir), data=str(data), order_column="pos")
+    np.testing.assert_array_equal(_orders([b"3", "-1", None, "x", 0]), [3.0, np.nan, np.nan, np.nan, 0.0])

@@ -5,7 +5,7 @@
                 [--rank alpha,beta,gamma [--length-column COL]]
     ncs data encode FILE --run R --out ids.safetensors
     ncs eval --replay --run R [--data FILE] [--model KIND] [--rank a,b,g] [--length-column COL]
-                [--k 1,3,5] [--group request]
+                [--k 1,3,5] [--group request] [--order-column COL|file]
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def cmd_export(args) -> int:
     sig = export_run(args.run, args.out, kind=args.model, tasks=_csv(args.tasks),
                      formats=_csv(args.formats) or [], compact_nets=args.compact, log=_log(args))
     summary = {"out": args.out, "model": sig["model"], "formats": sig["formats"],
-               "tasks": {t: {"files": d["files"], **({"compaction": d["compaction"]} if "compaction" in d else {})}
+               "tasks": {t: {"files": d["files"], "bytes": d["bytes"], **({"compaction": d["compaction"]} if "compaction" in d else {})}
                          for t, d in sig["tasks"].items()}}
     print(json.dumps(json_safe(summary), indent=2))
     return 0
@@ -69,7 +69,7 @@ def cmd_replay(args) -> int:
         raise ServeError(f"--k: expected comma-separated positive integers, got {args.k!r}") from None
     res = replay(args.run, data=args.data, kinds=_csv(args.model), rank=parse_rank(args.rank or "1,1,1"),
                  length_column=args.length_column, ks=ks, group=args.group, batch_size=args.batch_size,
-                 device=args.device or "cpu")
+                 device=args.device or "cpu", order_column=args.order_column)
     print(json.dumps(json_safe(res), indent=2))
     if not getattr(args, "quiet", False):
         print(replay_table(res), file=sys.stderr)

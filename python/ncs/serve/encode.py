@@ -3,6 +3,7 @@
     for chunk in iter_chunks(run, "new.csv", length_column="duration"):
         chunk.data.ids      # int64 [rows, F, L], the exported models' input
         chunk.length        # float64 [rows] or None
+        chunk.order         # float64 [rows] of order_column (NaN where missing or negative) or None
 
 Each chunk is encoded by the same readers as training (ncs.data.encode_table /
 encode_lt4rec) with the run's vocab.json held fixed, so a value never seen in training maps to
@@ -40,6 +41,7 @@ class Chunk:
     start: int                      # index of the chunk's first row in the file
     data: "object"                  # ncs.data.EncodedData
     length: Optional[np.ndarray]    # float64 [rows] of the length column, or None
+    order: Optional[np.ndarray] = None  # float64 [rows] of the order column (NaN: missing), or None
 
 
 def file_kind(path: str) -> str:
@@ -72,26 +74,39 @@ def _lengths(path: str, col: str, values, first_row: int) -> np.ndarray:
     return out
 
 
+def _orders(values) -> np.ndarray:
+    """A position column as float64; missing, non-numeric or negative (e.g. "-1") -> NaN."""
+    out = []
+    for v in values:
+        try:
+            x = float(v.decode() if isinstance(v, bytes) else v)
+        except (TypeError, ValueError, UnicodeDecodeError, AttributeError):
+            x = float("nan")
+        out.append(x if np.isfinite(x) and x >= 0 else float("nan"))
+    return np.asarray(out, dtype=np.float64)
+
+
 def iter_chunks(run: Run, path: str, chunk_rows: int = CHUNK_ROWS, length_column: Optional[str] = None,
-                need_labels: bool = False) -> Iterator[Chunk]:
+                need_labels: bool = False, order_column: Optional[str] = None) -> Iterator[Chunk]:
     if not os.path.exists(path):
         raise ServeError(f"--data: {path}: no such file")
     if chunk_rows < 1:
         raise ServeError(f"--batch-size: expected an int >= 1, got {chunk_rows}")
     kind = file_kind(path)
     if kind == "encoded":
-        yield from _encoded_chunks(run, path, chunk_rows, length_column)
+        yield from _encoded_chunks(run, path, chunk_rows, length_column, order_column)
         return
     if run.vocab is None:
         raise ServeError(f"--data: {run.dir} has no vocab.json (its data was synthetic or cached), so {path} "
                          f"cannot be encoded like its training data; pass an encoded .safetensors file")
     if kind == "tfrecord":
-        yield from _tfrecord_chunks(run, path, chunk_rows, length_column)
+        yield from _tfrecord_chunks(run, path, chunk_rows, length_column, order_column)
     else:
-        yield from _table_chunks(run, path, kind, chunk_rows, length_column, need_labels)
+        yield from _table_chunks(run, path, kind, chunk_rows, length_column, need_labels, order_column)
 
 
-def _encoded_chunks(run: Run, path: str, chunk_rows: int, length_column: Optional[str]) -> Iterator[Chunk]:
+def _encoded_chunks(run: Run, path: str, chunk_rows: int, length_column: Optional[str],
+                    order_column: Optional[str]) -> Iterator[Chunk]:
     import ncs.data as D
 
     data = D.load_encoded(path)
@@ -103,11 +118,19 @@ def _encoded_chunks(run: Run, path: str, chunk_rows: int, length_column: Optiona
         if length_column not in data.labels:
             raise ServeError(f"--length-column: {path} has no label {length_column!r} (labels: {sorted(data.labels)})")
         length = _lengths(path, length_column, data.labels[length_column].double().numpy(), 0)
+    order = None
+    if order_column is not None:
+        src = {**data.labels, **data.groups}
+        if order_column not in src:
+            raise ServeError(f"--order-column: {path} has no label or group {order_column!r} "
+                             f"(has {sorted(src)})")
+        order = _orders(src[order_column].double().tolist())
     n = len(data)
     for a in range(0, max(n, 1), chunk_rows):
         b = min(n, a + chunk_rows)
         idx = torch.arange(a, b)
-        yield Chunk(a, data.subset(idx), None if length is None else length[a:b])
+        yield Chunk(a, data.subset(idx), None if length is None else length[a:b],
+                    None if order is None else order[a:b])
         if n == 0:
             return
 
@@ -118,7 +141,7 @@ def _fix_message(msg: str, tmp: str, path: str, row0: int, word: str) -> str:
 
 
 def _table_chunks(run: Run, path: str, fmt: str, chunk_rows: int, length_column: Optional[str],
-                  need_labels: bool) -> Iterator[Chunk]:
+                  need_labels: bool, order_column: Optional[str] = None) -> Iterator[Chunk]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -132,7 +155,8 @@ def _table_chunks(run: Run, path: str, fmt: str, chunk_rows: int, length_column:
     feature_cols = list(dict.fromkeys(f.column for f in sch.fields))
     label_cols = [sch.click] + ([sch.conversion] if sch.conversion else [])
     group_cols = list(sch.groups.values())
-    wanted = list(dict.fromkeys(feature_cols + label_cols + group_cols + ([length_column] if length_column else [])))
+    extra_cols = [c for c in (length_column, order_column) if c]
+    wanted = list(dict.fromkeys(feature_cols + label_cols + group_cols + extra_cols))
     if fmt == "parquet":
         try:
             pf = pq.ParquetFile(path)
@@ -147,8 +171,7 @@ def _table_chunks(run: Run, path: str, fmt: str, chunk_rows: int, length_column:
         except (pa.ArrowException, OSError) as e:
             raise ServeError(f"--data: {path}: not a readable CSV file ({e})") from None
     missing = [c for c in feature_cols if c not in names]
-    if length_column and length_column not in names:
-        missing.append(length_column)
+    missing += [c for c in extra_cols if c not in names]
     if need_labels:
         missing += [c for c in label_cols + group_cols if c not in names]
     if missing:
@@ -175,19 +198,23 @@ def _table_chunks(run: Run, path: str, fmt: str, chunk_rows: int, length_column:
                 except (pa.ArrowException, ValueError) as e:
                     raise ServeError(f"--length-column: {path}: column {length_column!r} must be numeric ({e})") from None
                 length = _lengths(path, length_column, vals, row0)
+            order = None
+            if order_column:
+                order = _orders(table.column(order_column).to_pylist())
             pq.write_table(table, tmp)
             try:
                 data, _ = D.encode_table(tmp, schema, vocab=run.vocab, fmt="parquet")
             except D.DataError as e:
                 raise D.DataError(_fix_message(str(e), tmp, path, row0, "row")) from None
             _check_sizes(run, data, path)
-            yield Chunk(row0, data, length)
+            yield Chunk(row0, data, length, order)
             row0 += n
         if row0 == 0:
             pq.write_table(pa.table({c: pa.array([], type=pa.string()) for c in
                                      list(dict.fromkeys(feature_cols + label_cols + group_cols))}), tmp)
             data, _ = D.encode_table(tmp, schema, vocab=run.vocab, fmt="parquet")
-            yield Chunk(0, data, None if not length_column else np.zeros(0))
+            yield Chunk(0, data, None if not length_column else np.zeros(0),
+                        None if not order_column else np.zeros(0))
 
 
 def _csv_batches(path: str, columns: List[str], chunk_rows: int):
@@ -240,7 +267,8 @@ def _frame(payloads: List[bytes]) -> bytes:
     return b"".join(parts)
 
 
-def _tfrecord_chunks(run: Run, path: str, chunk_rows: int, length_column: Optional[str]) -> Iterator[Chunk]:
+def _tfrecord_chunks(run: Run, path: str, chunk_rows: int, length_column: Optional[str],
+                     order_column: Optional[str] = None) -> Iterator[Chunk]:
     import ncs.data as D
 
     opts = run.cfg["data"].get("options", {})
@@ -260,6 +288,9 @@ def _tfrecord_chunks(run: Run, path: str, chunk_rows: int, length_column: Option
                                  f"has no numeric first value (got {v[:1]!r})") from None
         return _lengths(path, length_column, vals, row0)
 
+    def orders_of(payloads: List[bytes]) -> np.ndarray:
+        return _orders([(D.parse_example(p).get(order_column) or [None])[0] for p in payloads])
+
     row0 = 0
     with tempfile.TemporaryDirectory(prefix="ncs-encode-") as tmpdir:
         tmp = os.path.join(tmpdir, "chunk.tfrecord")
@@ -272,7 +303,8 @@ def _tfrecord_chunks(run: Run, path: str, chunk_rows: int, length_column: Option
             except D.DataError as e:
                 raise D.DataError(_fix_message(str(e), tmp, path, start, "record")) from None
             _check_sizes(run, data, path)
-            return Chunk(start, data, lengths_of(payloads, start) if length_column else None)
+            return Chunk(start, data, lengths_of(payloads, start) if length_column else None,
+                         orders_of(payloads) if order_column else None)
 
         pending: List[bytes] = []
         for payload in D.iter_tfrecord(path, skip_corrupt=skip):
@@ -286,11 +318,11 @@ def _tfrecord_chunks(run: Run, path: str, chunk_rows: int, length_column: Option
 
 
 def encode_all(run: Run, path: str, length_column: Optional[str] = None, need_labels: bool = False,
-               chunk_rows: int = CHUNK_ROWS):
-    """(EncodedData of every row of `path`, length float64 [rows] or None)."""
+               chunk_rows: int = CHUNK_ROWS, order_column: Optional[str] = None, with_order: bool = False):
+    """(EncodedData of every row of `path`, length float64 [rows] or None[, order or None])."""
     from ..data.types import EncodedData
 
-    chunks = list(iter_chunks(run, path, chunk_rows, length_column, need_labels))
+    chunks = list(iter_chunks(run, path, chunk_rows, length_column, need_labels, order_column))
     first = chunks[0].data
     width = max(c.data.ids.shape[2] for c in chunks)
 
@@ -305,6 +337,9 @@ def encode_all(run: Run, path: str, length_column: Optional[str] = None, need_la
         {k: torch.cat([c.data.labels[k] for c in chunks]) for k in first.labels},
         {k: torch.cat([c.data.groups[k] for c in chunks]) for k in first.groups})
     length = None if length_column is None else np.concatenate([c.length for c in chunks])
+    if with_order:
+        order = None if order_column is None else np.concatenate([c.order for c in chunks])
+        return data, length, order
     return data, length
 
 

@@ -301,6 +301,9 @@ def save_onnx(scorer: TaskScorer, path: str, num_fields: int, slots: int) -> Non
         torch.onnx.export(scorer, (example,), path, dynamo=False, opset_version=ONNX_OPSET,
                           input_names=["ids"], output_names=["prob"],
                           dynamic_axes={"ids": {0: "batch", 2: "slots"}, "prob": {0: "batch"}})
+    import onnx
+
+    onnx.checker.check_model(onnx.load(path), full_check=True)  # a well-formed, type-checked graph
 
 
 def _need_onnx() -> None:
@@ -424,6 +427,7 @@ def export_model(model: nn.Module, out_dir: str, fields: List[Dict[str, Any]], t
                 errs = _self_check(scorer, ref, sample, files, t)
             doc: Dict[str, Any] = {
                 "files": {f: f"{t}/{FILES[f]}" for f in files},
+                "bytes": {f: os.path.getsize(p) for f, p in files.items()},
                 "output": "probability: sigmoid of the task's head (CTR: p(click); CVR / play rate: the "
                           "predicted value in [0, 1])",
                 "max_abs_error_vs_trained_model": errs,

@@ -14,7 +14,9 @@ click * play rate); length is --length-column, or 1 for every impression when th
 none (then view time@k is the expected number of completed plays in the top k, and gamma has
 no effect). Policies:
 
-    logged      the order of the rows in the file (within each group)
+    logged      the logged display order: ascending --order-column (FEA_ORDER, the position, by
+                default for the authors' TFRecord; missing or negative positions last), else the
+                order of the rows in the file
     ctr_only    pCTR alone (the same model's CTR head)
     rank_score  pCTR^alpha * pCVR^beta * length^gamma
     oracle      the true play_rate * length (an upper bound)
@@ -55,32 +57,49 @@ def _gain(a: float, b: float) -> Optional[float]:
     return None if not b or not np.isfinite(a) or not np.isfinite(b) else (a - b) / b * 100.0
 
 
-def _test_split(run: Run, length_column: Optional[str]):
+def _test_split(run: Run, length_column: Optional[str], order_column: Optional[str]):
     import ncs.data as D
     from ..train.runner import load_data
 
     full = load_data(run.cfg)
     s = run.cfg["data"]["split"]
     test_idx = D.split_index(full, by=s["by"], fractions=tuple(s["fractions"]), seed=s["seed"])[2]
-    length = None
-    if length_column is not None:
+    length = order = None
+    if length_column is not None or order_column is not None:
         d = run.cfg["data"]
         path = d.get("path")
         if d["kind"] == "synthetic" or not isinstance(path, str):
-            raise ServeError(f"--length-column: the run's data ({d['kind']}) is not one file to read "
-                             f"{length_column!r} from; pass --data FILE")
+            what = "--length-column" if length_column is not None else "--order-column"
+            raise ServeError(f"{what}: the run's data ({d['kind']}) is not one file to read the column from; "
+                             f"pass --data FILE")
         from .encode import iter_chunks
-        length = np.concatenate([c.length for c in iter_chunks(run, path, length_column=length_column)])
-        if len(length) != len(full):
-            raise ServeError(f"--length-column: {path} has {len(length)} rows, the run's data {len(full)}")
-        length = length[test_idx.numpy()]
-    return full.subset(test_idx), length, "the run's test split"
+        chunks = list(iter_chunks(run, path, length_column=length_column, order_column=order_column))
+        rows = sum(len(c.data) for c in chunks)
+        if rows != len(full):
+            raise ServeError(f"{path} has {rows} rows now, the run's data had {len(full)}")
+        idx = test_idx.numpy()
+        if length_column is not None:
+            length = np.concatenate([c.length for c in chunks])[idx]
+        if order_column is not None:
+            order = np.concatenate([c.order for c in chunks])[idx]
+    return full.subset(test_idx), length, order, "the run's test split"
+
+
+def _order_column(run: Run, data: Optional[str], order_column: Optional[str]) -> Optional[str]:
+    """'auto': FEA_ORDER (the display position) for the authors' TFRecord, else file order."""
+    if order_column in (None, "", "file", "none"):
+        return None
+    if order_column != "auto":
+        return order_column
+    from .encode import file_kind
+    kind = file_kind(data) if data is not None else run.cfg["data"]["kind"]
+    return "FEA_ORDER" if kind == "tfrecord" else None
 
 
 def replay(run_dir: str, data: Optional[str] = None, kinds: Optional[Sequence[str]] = None,
            rank: Sequence[float] = (1.0, 1.0, 1.0), length_column: Optional[str] = None,
            ks: Sequence[int] = (1, 3, 5), group: str = "request", batch_size: int = 8192,
-           device: str = "cpu") -> Dict[str, Any]:
+           device: str = "cpu", order_column: Optional[str] = "auto") -> Dict[str, Any]:
     from ..train.runner import resolve_device
 
     run = open_run(run_dir)
@@ -93,11 +112,13 @@ def replay(run_dir: str, data: Optional[str] = None, kinds: Optional[Sequence[st
         run.choose_kind(None)  # the 'no trained model' error
         kinds = run.trained_kinds()
     dev = resolve_device(device)
+    order_column = _order_column(run, data, order_column)
     if data is None:
-        ds, length, what = _test_split(run, length_column)
+        ds, length, order, what = _test_split(run, length_column, order_column)
     else:
         from .encode import encode_all
-        ds, length = encode_all(run, data, length_column=length_column, need_labels=True)
+        ds, length, order = encode_all(run, data, length_column=length_column, need_labels=True,
+                                       order_column=order_column, with_order=True)
         what = f"every row of {data}"
     from .encode import _check_ids
     _check_ids(run, ds, "--data ids")
@@ -116,7 +137,10 @@ def replay(run_dir: str, data: Optional[str] = None, kinds: Optional[Sequence[st
         "ctr_task": ctr, "cvr_task": cvr,
         "value": f"{label} (play rate) x length",
         "length": length_column or "1 for every impression (the data has no length column)",
-        "logged": view_time_at_k(groups, np.zeros(len(ds)), value, ks),
+        "logged_order": (f"{order_column} ascending (missing last), then file order" if order_column
+                         else "the order of the rows in the file"),
+        "logged": view_time_at_k(groups, np.zeros(len(ds)) if order is None else
+                                 np.where(np.isnan(order), -np.inf, -order), value, ks),
         "oracle": view_time_at_k(groups, value, value, ks),
         "models": {},
     }
@@ -137,7 +161,8 @@ def replay_table(res: Dict[str, Any]) -> str:
     ks = res["k"]
     head = f"{'policy':<24}" + "".join(f"{'VT@' + str(k):>11}" for k in ks)
     lines = [f"view time at k (mean over {res['groups']} {res['group']} groups, {res['rows']} rows; "
-             f"value = {res['value']}, length = {res['length']})", head, "-" * len(head)]
+             f"value = {res['value']}, length = {res['length']}; logged order = {res['logged_order']})",
+             head, "-" * len(head)]
 
     def row(name, vals):
         return f"{name:<24}" + "".join(f"{vals[k]:>11.4f}" for k in ks)
