@@ -412,7 +412,7 @@ def test_tfrecord_chunks_match_the_reader(tmp_path):
               for f in full.fields]
     cfg = {"tasks": [], "models": [], "data": {"kind": "tfrecord", "options": {"max_len": 4}}}
     r = Run("sample", cfg, fields, vocab)
-    chunks = list(iter_chunks(r, str(part), chunk_rows=120, length_column="FEA_DURATION"))
+    chunks = list(iter_chunks(r, str(part), chunk_rows=120, length_column="FEA_DURATION", order_column="FEA_ORDER"))
     assert [c.start for c in chunks] == [0, 120, 240, 360, 480]
     ids = torch.cat([c.data.ids for c in chunks])
     vid = D.LT4REC_FIELDS.index("FEA_VID")
@@ -423,6 +423,12 @@ def test_tfrecord_chunks_match_the_reader(tmp_path):
     assert torch.equal(torch.cat([c.data.labels["conversion"] for c in chunks]), full.labels["conversion"])
     length = np.concatenate([c.length for c in chunks])
     assert len(length) == 500 and length.min() >= 0 and length.max() > 1
+    order = np.concatenate([c.order for c in chunks])
+    assert np.nanmin(order) == 0 and np.nanmax(order) >= 9 and np.isnan(order).any()  # "-1": missing
+    with pytest.raises(ServeError, match="FEA_NOPE"):
+        list(iter_chunks(r, str(part), chunk_rows=120, order_column="FEA_NOPE"))
+    with pytest.raises(ServeError, match="--length-column.*FEA_NOPE"):
+        list(iter_chunks(r, str(part), chunk_rows=120, length_column="FEA_NOPE"))
 
 
 def test_predict_stream_parquet_and_rank(trained, tmp_path):

@@ -288,8 +288,12 @@ def _tfrecord_chunks(run: Run, path: str, chunk_rows: int, length_column: Option
                                  f"has no numeric first value (got {v[:1]!r})") from None
         return _lengths(path, length_column, vals, row0)
 
-    def orders_of(payloads: List[bytes]) -> np.ndarray:
-        return _orders([(D.parse_example(p).get(order_column) or [None])[0] for p in payloads])
+    def orders_of(payloads: List[bytes], row0: int) -> np.ndarray:
+        exs = [D.parse_example(p) for p in payloads]
+        if exs and not any(order_column in ex for ex in exs):
+            raise ServeError(f"--order-column: {path}: no record of {row0}..{row0 + len(exs) - 1} has a feature "
+                             f"{order_column!r}")
+        return _orders([(ex.get(order_column) or [None])[0] for ex in exs])
 
     row0 = 0
     with tempfile.TemporaryDirectory(prefix="ncs-encode-") as tmpdir:
@@ -304,7 +308,7 @@ def _tfrecord_chunks(run: Run, path: str, chunk_rows: int, length_column: Option
                 raise D.DataError(_fix_message(str(e), tmp, path, start, "record")) from None
             _check_sizes(run, data, path)
             return Chunk(start, data, lengths_of(payloads, start) if length_column else None,
-                         orders_of(payloads) if order_column else None)
+                         orders_of(payloads, start) if order_column else None)
 
         pending: List[bytes] = []
         for payload in D.iter_tfrecord(path, skip_corrupt=skip):
