@@ -330,8 +330,14 @@ def test_bad_inputs_are_clear_errors(trained, tmp_path, capsys):
 def test_exported_model_rejects_bad_ids(trained, tmp_path):
     _, run_dir, _, _ = trained
     d = tmp_path / "x"
-    E.export_run(str(run_dir), str(d), kind="layer", tasks=["ctr"], formats=["torchscript"])
+    E.export_run(str(run_dir), str(d), kind="layer", tasks=["ctr"])
     m = torch.jit.load(str(d / "ctr" / "model.pt"))
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(d / "ctr" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert sess.run(None, {"ids": np.zeros((3, 4, 5), np.int64)})[0].shape == (3,)
+    for bad in (np.zeros((2, 3, 3), np.int64), np.zeros((2, 4), np.int64), np.zeros((2, 4, 3), np.int32)):
+        with pytest.raises(Exception, match="INVALID_ARGUMENT"):
+            sess.run(None, {"ids": bad})
     vocab = [f["vocab_size"] for f in json.loads((d / "fields.json").read_text())]
     ok = torch.zeros(2, 4, 3, dtype=torch.int64)
     assert m(ok).shape == (2,)
@@ -519,3 +525,27 @@ def test_replay_logged_order_column(trained):
     with pytest.raises(ServeError, match="missing columns \\['pos'\\]"):
         replay(str(run_dir), data=str(data), order_column="pos")
     np.testing.assert_array_equal(_orders([b"3", "-1", None, "x", 0]), [3.0, np.nan, np.nan, np.nan, 0.0])
+
+
+@pytest.mark.parametrize("pooling,pad_included", [("mean", False), ("mean", True), ("sum", False), ("sum", True)])
+@pytest.mark.parametrize("kind", KINDS)
+def test_plain_network_equals_predict(kind, pooling, pad_included):
+    """Every kind and pooling option, untrained weights and random masks: plain net = predict."""
+    from ncs.models import build_model
+    vocab = [5, 3, 7]
+    model = build_model(kind, vocab, ("ctr", "cvr"), {"embed_dim": 3, "hidden": [9, 5], "pooling": pooling,
+                                                    "pad_included": pad_included}, backend="torch").eval()
+    g = torch.Generator().manual_seed(1)
+    if kind == "connection":
+        for task in model.tasks:
+            for layer in model.tower.layers:
+                layer.set_mask(task, torch.rand(layer.weight.shape, generator=g) < 0.5)
+    ids = torch.stack([torch.randint(-1, v, (40, 4), generator=g) for v in vocab], 1)
+    ids[:5] = -1  # rows whose fields have no value at all
+    with torch.no_grad():
+        ref = model.predict(ids)
+        for task in model.tasks:
+            net = E.task_network(model, task)
+            torch.testing.assert_close(net(ids), ref[task], rtol=0, atol=1e-5)
+            scorer = torch.jit.script(E.TaskScorer(net, vocab))
+            torch.testing.assert_close(scorer(ids), torch.sigmoid(ref[task]), rtol=0, atol=1e-6)
