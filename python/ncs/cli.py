@@ -266,6 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--k", help="--replay: comma-separated k (default 1,3,5)")
     e.add_argument("--group", default="request", help="--replay: the group whose impressions are ranked")
     e.add_argument("--batch-size", type=int, default=8192, help="--replay: scoring batch size")
+    e.add_argument("--ctr-model", help="--replay: take pCTR from this kind for every model (Table 3: single)")
     e.add_argument("--order-column", default="auto",
                    help="--replay: the logged position column, or 'file' (default: FEA_ORDER for TFRecord, else file order)")
     common(e)

@@ -505,6 +505,15 @@ def test_replay_on_a_trained_run(trained, capsys):
     assert res3["rows"] == res2["rows"] and res3["logged"][1] > 10 * res2["logged"][1]  # lengths 30..300
     with pytest.raises(ServeError, match="--k"):
         replay(str(run_dir), ks=[0])
+    # the paper's Table 3 pairing: single's pCTR with each model's pCVR
+    mixed = replay(str(run_dir), data=str(data), ks=[1, 2], ctr_model="single", length_column="length")
+    plain = replay(str(run_dir), data=str(data), ks=[1, 2], length_column="length")
+    assert mixed["ctr_model"] == "single"
+    assert mixed["models"]["single"] == plain["models"]["single"]
+    for kind in KINDS:
+        assert mixed["models"][kind]["ctr_only"] == plain["models"]["single"]["ctr_only"]
+    from ncs.serve.replay import replay_table
+    assert "single_ctr*connection_cvr 1,1,1" in replay_table(mixed)
 
 
 def test_replay_logged_order_column(trained):

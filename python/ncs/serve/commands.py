@@ -6,6 +6,7 @@
     ncs data encode FILE --run R --out ids.safetensors
     ncs eval --replay --run R [--data FILE] [--model KIND] [--rank a,b,g] [--length-column COL]
                 [--k 1,3,5] [--group request] [--order-column COL|file]
+                [--ctr-model KIND]
 """
 from __future__ import annotations
 
@@ -69,7 +70,8 @@ def cmd_replay(args) -> int:
         raise ServeError(f"--k: expected comma-separated positive integers, got {args.k!r}") from None
     res = replay(args.run, data=args.data, kinds=_csv(args.model), rank=parse_rank(args.rank or "1,1,1"),
                  length_column=args.length_column, ks=ks, group=args.group, batch_size=args.batch_size,
-                 device=args.device or "cpu", order_column=args.order_column)
+                 device=args.device or "cpu", order_column=args.order_column,
+                 ctr_model=args.ctr_model)
     print(json.dumps(json_safe(res), indent=2))
     if not getattr(args, "quiet", False):
         print(replay_table(res), file=sys.stderr)

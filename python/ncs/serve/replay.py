@@ -17,8 +17,9 @@ no effect). Policies:
     logged      the logged display order: ascending --order-column (FEA_ORDER, the position, by
                 default for the authors' TFRecord; missing or negative positions last), else the
                 order of the rows in the file
-    ctr_only    pCTR alone (the same model's CTR head)
-    rank_score  pCTR^alpha * pCVR^beta * length^gamma
+    ctr_only    pCTR alone (the same model's CTR head, or ctr_model's)
+    rank_score  pCTR^alpha * pCVR^beta * length^gamma; pCTR from ctr_model when given (the
+                paper's Table 3 pairs single_ctr with each model's CVR), else the same model's
     oracle      the true play_rate * length (an upper bound)
 
 Ties keep the logged order. This needs no online traffic, but it only re-ranks what was shown:
@@ -99,7 +100,8 @@ def _order_column(run: Run, data: Optional[str], order_column: Optional[str]) ->
 def replay(run_dir: str, data: Optional[str] = None, kinds: Optional[Sequence[str]] = None,
            rank: Sequence[float] = (1.0, 1.0, 1.0), length_column: Optional[str] = None,
            ks: Sequence[int] = (1, 3, 5), group: str = "request", batch_size: int = 8192,
-           device: str = "cpu", order_column: Optional[str] = "auto") -> Dict[str, Any]:
+           device: str = "cpu", order_column: Optional[str] = "auto",
+           ctr_model: Optional[str] = None) -> Dict[str, Any]:
     from ..train.runner import resolve_device
 
     run = open_run(run_dir)
@@ -144,11 +146,18 @@ def replay(run_dir: str, data: Optional[str] = None, kinds: Optional[Sequence[st
         "oracle": view_time_at_k(groups, value, value, ks),
         "models": {},
     }
+    fixed_ctr = None
+    if ctr_model is not None:  # the paper's Table 3: e.g. single_ctr * connection_cvr * length
+        ctr_model = run.choose_kind(ctr_model)
+        m, _ = run.model(ctr_model, dev)
+        fixed_ctr = score(m, ds.ids, [ctr], batch_size, dev)[ctr]
+        res["ctr_model"] = ctr_model
     for kind in kinds:
         model, _ = run.model(kind, dev)
         p = score(model, ds.ids, run.task_names, batch_size, dev)
-        ctr_only = view_time_at_k(groups, p[ctr].astype(np.float64), value, ks)
-        ranked = view_time_at_k(groups, rank_score(p[ctr], p[cvr], length, rank), value, ks)
+        pctr = p[ctr] if fixed_ctr is None else fixed_ctr
+        ctr_only = view_time_at_k(groups, pctr.astype(np.float64), value, ks)
+        ranked = view_time_at_k(groups, rank_score(pctr, p[cvr], length, rank), value, ks)
         res["models"][kind] = {
             "ctr_only": ctr_only, "rank_score": ranked,
             "gain_vs_logged_pct": {k: _gain(ranked[k], res["logged"][k]) for k in ks},
@@ -168,10 +177,15 @@ def replay_table(res: Dict[str, Any]) -> str:
         return f"{name:<24}" + "".join(f"{vals[k]:>11.4f}" for k in ks)
 
     lines.append(row("logged order", res["logged"]))
+    a, b, g = (res["rank"][x] for x in ("alpha", "beta", "gamma"))
+    fixed = res.get("ctr_model")
+    if fixed:
+        lines.append(row(f"{fixed} ctr only", next(iter(res["models"].values()))["ctr_only"]))
     for kind, m in res["models"].items():
-        lines.append(row(f"{kind} ctr only", m["ctr_only"]))
-        a, b, g = (res["rank"][x] for x in ("alpha", "beta", "gamma"))
-        lines.append(row(f"{kind} rank {a:g},{b:g},{g:g}", m["rank_score"]))
+        if not fixed:
+            lines.append(row(f"{kind} ctr only", m["ctr_only"]))
+        name = f"{fixed}_ctr*{kind}_cvr" if fixed else f"{kind} rank"
+        lines.append(row(f"{name} {a:g},{b:g},{g:g}", m["rank_score"]))
     lines.append(row("oracle", res["oracle"]))
     return "\n".join(lines)
 
