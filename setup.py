@@ -131,8 +131,12 @@ setup(
     include_package_data=False,
     install_requires=["numpy", "safetensors", "pyyaml", "tqdm", "matplotlib", "pyarrow"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis", "google-crc32c", "optuna==5.0.0"],
+        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis", "google-crc32c", "optuna==5.0.0",
+                 "onnx==1.23.2", "onnxruntime==1.32.0"],
         "tune": ["optuna==5.0.0"],
+        # ncs export --formats onnx (and its onnxruntime self-check); the legacy TorchScript-based
+        # exporter (dynamo=False) that ncs uses needs no onnxscript
+        "export": ["onnx==1.23.2", "onnxruntime==1.32.0"],
         "fast-crc": ["google-crc32c"],
         "triton": ["triton"],
     },

@@ -6,6 +6,7 @@
     ncs data stats FILE [--skip-corrupt]
     ncs demo [--out DIR] [--rows N]
     ncs tune --config FILE --trials N --out DIR [--models all] [--seeds K] [--metric M]
+    ncs export / predict / data encode / eval --replay   (serving: see ncs/serve/commands.py)
 
 Every user error (bad config, missing file, corrupt data) is one line on stderr and a non-zero
 exit code (2), never a traceback.
@@ -123,6 +124,9 @@ def cmd_eval(args) -> int:
     from .train.runner import load_model, resolve_device
     from .train.stages import ModelTrainer  # noqa: F401  (evaluate logic lives on the trainer)
 
+    if getattr(args, "replay", False):
+        from .serve.commands import cmd_replay
+        return cmd_replay(args)
     run_dir = args.run
     cfg_path = os.path.join(run_dir, "config.yaml")
     if not os.path.isfile(cfg_path):
@@ -263,6 +267,16 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a run's trained models")
     e.add_argument("--run", required=True, help="run directory")
     e.add_argument("--data", help="a config YAML (its test split) or a data file (all rows)")
+    e.add_argument("--replay", action="store_true", help="view time at k of rank-score orderings (docs/SERVING.md)")
+    e.add_argument("--model", help="--replay: comma-separated model kinds (default: every trained one)")
+    e.add_argument("--rank", help="--replay: alpha,beta,gamma of Eq. 3 (default 1,1,1)")
+    e.add_argument("--length-column", help="--replay: the video length column (default: length 1)")
+    e.add_argument("--k", help="--replay: comma-separated k (default 1,3,5)")
+    e.add_argument("--group", default="request", help="--replay: the group whose impressions are ranked")
+    e.add_argument("--batch-size", type=int, default=8192, help="--replay: scoring batch size")
+    e.add_argument("--ctr-model", help="--replay: take pCTR from this kind for every model (Table 3: single)")
+    e.add_argument("--order-column", default="auto",
+                   help="--replay: the logged position column, or 'file' (default: FEA_ORDER for TFRecord, else file order)")
     common(e)
     e.set_defaults(func=cmd_eval)
 
@@ -278,6 +292,33 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("file")
     ds.add_argument("--skip-corrupt", action="store_true", help="skip and count corrupt records and bad rows instead of failing")
     ds.set_defaults(func=cmd_data_stats)
+    from .serve import commands as serve_cmds
+    de = dsub.add_parser("encode", help="encode a file with a run's vocabulary (the exported models' input)")
+    de.add_argument("file")
+    de.add_argument("--run", required=True, help="run directory")
+    de.add_argument("--out", required=True, help="output .safetensors")
+    de.set_defaults(func=serve_cmds.cmd_data_encode)
+
+    x = sub.add_parser("export", help="per-task TorchScript / ONNX models of a run (docs/SERVING.md)")
+    x.add_argument("--run", required=True, help="run directory")
+    x.add_argument("--out", required=True, help="export directory")
+    x.add_argument("--model", help="model kind (default: connection if trained)")
+    x.add_argument("--tasks", help="comma-separated tasks (default: all)")
+    x.add_argument("--formats", default="torchscript,onnx", help="comma-separated subset of torchscript,onnx")
+    x.add_argument("--compact", action="store_true", help="drop neurons whose connections are all masked")
+    x.add_argument("--quiet", "-q", action="store_true", help="no log lines")
+    x.set_defaults(func=serve_cmds.cmd_export)
+
+    pr = sub.add_parser("predict", help="score a data file with a run's model (CSV / Parquet out)")
+    pr.add_argument("--run", required=True, help="run directory")
+    pr.add_argument("--data", required=True, help="data file (as for ncs eval --data)")
+    pr.add_argument("--out", required=True, help="scores.csv or scores.parquet")
+    pr.add_argument("--model", help="model kind (default: connection if trained)")
+    pr.add_argument("--batch-size", type=int, default=8192, help="scoring batch size")
+    pr.add_argument("--rank", help="alpha,beta,gamma: add rank_score = pCTR^a * pCVR^b * length^g (Eq. 3)")
+    pr.add_argument("--length-column", help="the video length column for --rank (default: length 1)")
+    common(pr)
+    pr.set_defaults(func=serve_cmds.cmd_predict)
 
     tu = sub.add_parser("tune", help="the same Optuna search for every model on the validation split, then "
                                      "the best configs' test metrics over seeds (docs/TUNE.md)")
