@@ -212,7 +212,7 @@ def test_resume_before_the_config_was_written_simply_starts(full, tmp_path):
 
 def _nan_at(monkeypatch, step):
     from ncs.train import stages
-    real = stages.multitask_loss
+    real = stages.mixed_loss
     n = {"i": 0}
 
     def loss(*a, **k):
@@ -220,7 +220,7 @@ def _nan_at(monkeypatch, step):
         n["i"] += 1
         return (out * float("nan") if n["i"] == step else out), parts
 
-    monkeypatch.setattr(stages, "multitask_loss", loss)
+    monkeypatch.setattr(stages, "mixed_loss", loss)
 
 
 def test_nonfinite_loss_stops_naming_stage_epoch_step(tmp_path, monkeypatch, capsys):
@@ -251,9 +251,9 @@ def test_nonfinite_gradient_alone_is_caught(tmp_path, monkeypatch):
     real = stages.Optimizers.step
     n = {"i": 0}
 
-    def step(self, masks):
+    def step(self, *a, **k):
         n["i"] += 1
-        return real(self, masks)
+        return real(self, *a, **k)
 
     monkeypatch.setattr(stages.Optimizers, "step", step)
     real_backward = torch.Tensor.backward
