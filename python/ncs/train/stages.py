@@ -112,6 +112,7 @@ class ModelTrainer:
         self.in_features = {n: m.in_features for n, m in self.layers.items()}
         self.mask_hist: Dict[str, List[Dict[str, torch.Tensor]]] = {}
         self.init: Optional[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]] = None
+        self.dist = None  # ncs.distributed.DataParallel of a torchrun run (set by the runner)
         self.pos: Dict[str, Any] = {
             "stage": "warmup" if kind == "connection" else "baseline",
             "epoch": 0, "task_index": 0, "round": 0, "step": 0,
@@ -209,19 +210,28 @@ class ModelTrainer:
         if self.progress:
             from tqdm import tqdm
             bar = tqdm(total=len(batches), desc=desc, leave=False, dynamic_ncols=True)
+        dist = self.dist
         for i, (task, idx) in enumerate(batches):
+            if dist is not None:  # this rank's slice of the global batch
+                idx = dist.shard(self.train, task, idx)
             ids, tg, sp = self.train.batch(idx)
             self.opt.zero_grad()
             if task is None:
-                loss, _ = mixed_loss(self.kind, model(ids), tg, sp, self.tasks, self.gamma, self.alpha)
+                loss, parts = mixed_loss(self.kind, model(ids), tg, sp, self.tasks, self.gamma, self.alpha)
+                if dist is not None:
+                    loss = dist.mixed_loss(self.kind, parts, self.tasks)
                 masks: Dict[torch.Tensor, torch.Tensor] = {}
             else:
                 t = self.task_cfg[task]
                 loss = task_loss(t["loss"], model(ids, task), tg[task], None, self.gamma, self.alpha)
                 if weighted:
                     loss = loss * t["weight"]
+                if dist is not None:
+                    loss = dist.task_loss(loss)
                 masks = self._task_masks(task)
             loss.backward()
+            if dist is not None:
+                dist.reduce_gradients(model)
             self.opt.step(masks)
             total += loss.detach()
             self.pos["step"] += 1
@@ -232,6 +242,8 @@ class ModelTrainer:
                 bar.update()
         if bar is not None:
             bar.close()
+        if dist is not None:  # the global batches' losses
+            total = dist.sum(total)
         return float((total / max(1, len(batches))).item())
 
     @torch.no_grad()
