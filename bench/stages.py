@@ -54,6 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fields", type=int, default=20, help="--data random: number of fields F")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--tiny", action="store_true", help="tiny model and batches")
+    p.add_argument("--embedding-step", default="sparse_adam",
+                   help="comma list of optim.embedding_step values to compare (sparse_adam, fused)")
+    p.add_argument("--repeats", type=int, default=1, help="measure every (backend, embedding step) this many times, "
+                   "interleaved; the table shows the median")
     p.add_argument("--json", default=None, help="write results here; 'auto' = bench/results/<date>_<hardware>_stages.json")
     args = p.parse_args(argv)
     for name in ("batch", "steps", "rows"):
@@ -75,7 +79,48 @@ def _config(args, device: str, backend: str) -> dict:
     }
     if args.tiny:
         given["model"] = {"embed_dim": 8, "hidden": [16, 8]}
+    step = getattr(args, "embedding_step_one", None) or args.embedding_step.split(",")[0]
+    if step != "sparse_adam":
+        given["optim"] = {"embedding_step": step}
     return resolve_config(given)
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def dense_mlp_bound(args, dev: torch.device, cfg: dict, reps: int = None) -> Dict[str, float]:
+    """The bound: a bare nn.Linear MLP of the model's shapes (cross width F*F + F*d -> hidden ->
+    one logit per task), forward + backward of a batch of the same size, no embeddings, no cross,
+    no masks, no optimizer. samples/s of the median of `reps` timed steps (after 2 untimed)."""
+    F_ = 4 if args.tiny else args.fields
+    d = cfg["model"]["embed_dim"]
+    widths = [F_ * F_ + F_ * d] + list(cfg["model"]["hidden"])
+    layers = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    layers.append(torch.nn.Linear(widths[-1], len(cfg["tasks"])))
+    mlp = torch.nn.Sequential(*layers).to(dev)
+    x = torch.randn(args.batch, widths[0], device=dev)
+    y = torch.rand(args.batch, len(cfg["tasks"]), device=dev)
+    reps = reps or max(3, args.steps)
+    times = []
+    for i in range(2 + reps):
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        mlp.zero_grad(set_to_none=True)
+        torch.nn.functional.binary_cross_entropy_with_logits(mlp(x), y).backward()
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= 2:
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    med = times[len(times) // 2]
+    return {"widths": widths, "seconds_per_step": med, "samples_per_s": args.batch / med}
 
 
 def random_data(rows: int, num_fields: int, vocab: int = 10_000, seed: int = 0):

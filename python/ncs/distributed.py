@@ -193,6 +193,44 @@ class DataParallel:
                 off += k
         for p in sparse:
             p.grad = self._gather_sparse(p.grad)
+        # optim.embedding_step fused: the tables' pooled gradients wait in their sinks
+        for m in model.modules():
+            sink = getattr(m, "fused_sink", None)
+            if sink is not None:
+                self._gather_sink(sink, m.bag.weight)
+
+    def _gather_rows(self, parts: Sequence[Optional[torch.Tensor]], like: torch.Tensor) -> Optional[torch.Tensor]:
+        """All-gather one tensor per rank (rows may differ in count, None = absent) -> the
+        concatenation in rank order, None when every rank had None."""
+        t = parts[0]
+        n = torch.tensor([-1 if t is None else t.shape[0]], dtype=torch.int64, device=self.device)
+        counts = [torch.zeros_like(n) for _ in range(self.world_size)]
+        self._collective("all_gather", torch.distributed.all_gather, counts, n)
+        c = [int(x.item()) for x in counts]
+        if max(c) < 0:
+            return None
+        m = max(max(c), 0)
+        pad = torch.zeros((m,) + tuple(like.shape[1:]), dtype=like.dtype, device=like.device)
+        if t is not None:
+            pad[:t.shape[0]] = t
+        got = [torch.empty_like(pad) for _ in range(self.world_size)]
+        self._collective("all_gather", torch.distributed.all_gather, got, pad)
+        return torch.cat([g[:max(k, 0)] for g, k in zip(got, c)])
+
+    def _gather_sink(self, sink, weight: torch.Tensor) -> None:
+        """The global batch's (rows, pooled gradient) of a fused table, in rank order = the
+        one-process bag order, so the fused step sums each row exactly as one process does."""
+        got = sink.take()
+        rows, grad = (None, None) if got is None else got
+        L = torch.tensor([-1 if rows is None else rows.shape[1]], dtype=torch.int64, device=self.device)
+        Ls = [torch.zeros_like(L) for _ in range(self.world_size)]
+        self._collective("all_gather", torch.distributed.all_gather, Ls, L)
+        width = max(int(x.item()) for x in Ls)
+        if width < 0:
+            return
+        rows = self._gather_rows([rows], torch.zeros((0, width), dtype=torch.int64, device=weight.device))
+        grad = self._gather_rows([grad], torch.zeros((0, weight.shape[1]), dtype=weight.dtype, device=weight.device))
+        sink.add(rows, grad)
 
     def _gather_sparse(self, g: torch.Tensor) -> torch.Tensor:
         g = g.coalesce()

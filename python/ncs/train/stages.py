@@ -59,8 +59,12 @@ class Optimizers:
         betas = tuple(o["betas"])
         self.dense = nk.MaskedAdam(model.dense_parameters(), lr=o["lr"], betas=betas, eps=o["eps"],
                                    weight_decay=o["weight_decay"], mode=o["mode"], backend=backend)
-        self.sparse = torch.optim.SparseAdam(model.embedding_parameters(), lr=o["embedding_lr"] or o["lr"],
-                                             betas=betas, eps=o["eps"])
+        if o.get("embedding_step", "sparse_adam") == "fused":
+            from ncs_kernels.embedding_adam import attach_fused_step
+            self.sparse = attach_fused_step(model, lr=o["embedding_lr"] or o["lr"], betas=betas, eps=o["eps"])
+        else:
+            self.sparse = torch.optim.SparseAdam(model.embedding_parameters(), lr=o["embedding_lr"] or o["lr"],
+                                                 betas=betas, eps=o["eps"])
 
     def zero_grad(self) -> None:
         self.dense.zero_grad(set_to_none=True)
