@@ -194,12 +194,33 @@ class GradSink:
         self.pending = []
 
 
+def pooled_lookup(weight: torch.Tensor, rows: torch.Tensor, mode: str, padding_idx: Optional[int]) -> torch.Tensor:
+    """F.embedding_bag(rows, weight, mode=mode, padding_idx=padding_idx) as one index_select
+    (+ a sum over the L slots and the mean's division): on the CPU, ATen's embedding_bag
+    forward also builds offset2bag / bag_size / max_indices and zero-fills its output, which
+    at B*F = 82k single-id bags costs several times the gather itself. Padding slots are zeroed
+    (masked_fill, exact); an empty bag pools to 0, as EmbeddingBag's."""
+    bags, L = rows.shape
+    flat = rows.reshape(-1)
+    emb = weight.index_select(0, flat)
+    if padding_idx is not None:
+        valid = flat != padding_idx
+        emb.masked_fill_(~valid.unsqueeze(1), 0)
+    if L == 1:
+        return emb  # mean of one value (or of none: 0) is the value itself
+    out = emb.view(bags, L, weight.shape[1]).sum(1)
+    if mode == "mean":
+        cnt = valid.view(bags, L).sum(1) if padding_idx is not None else torch.full((bags,), L, device=rows.device)
+        out = out / cnt.clamp_min(1).to(out.dtype).unsqueeze(1)
+    return out
+
+
 class _EmbeddingBagSink(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, rows, mode, padding_idx, sink):
         ctx.sink = sink
         ctx.save_for_backward(rows)
-        return torch.nn.functional.embedding_bag(rows, weight, mode=mode, padding_idx=padding_idx)
+        return pooled_lookup(weight, rows, mode, padding_idx)
 
     @staticmethod
     def backward(ctx, grad):

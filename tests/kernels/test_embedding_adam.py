@@ -77,7 +77,12 @@ def test_forward_equals_embedding_bag():
     for mode in ("mean", "sum"):
         want = torch.nn.functional.embedding_bag(rows, w, mode=mode, padding_idx=pad)
         got = EA.embedding_bag(torch.nn.Parameter(w.clone()), rows, mode, pad, EA.GradSink())
-        assert torch.equal(got, want)
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+        assert torch.equal(got[1], torch.zeros(d))  # an empty bag (every slot padding)
+    for L in (1, 4):  # no padding_idx
+        rows = torch.randint(0, V, (8, L))
+        want = torch.nn.functional.embedding_bag(rows, w, mode="mean")
+        torch.testing.assert_close(EA.pooled_lookup(w, rows, "mean", None), want, rtol=1e-6, atol=1e-7)
 
 
 # the Triton kernel computes in fp32 registers: fp64 tables are for the reference and cpu

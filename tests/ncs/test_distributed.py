@@ -154,3 +154,60 @@ def test_a_dead_rank_is_named_not_a_hang(tmp_path):
     procs[1].communicate(timeout=30)
     assert procs[0].returncode == 7, (out0, err0[-2000:])
     assert "rank 1" in out0 and "heartbeat" in out0, out0
+
+
+STEPS = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, sys.argv[1])
+    from _tiny import tiny_data
+    from ncs import distributed as D
+    from ncs.config import resolve_config
+    from ncs.train import batches as B
+    from ncs.train.stages import ModelTrainer
+    torch.set_num_threads(1)
+    dp = D.init("cpu")
+    data = tiny_data(300, [13, 7, 29])
+    cpu = torch.device("cpu")
+    worst = 0.0
+    for step in ("sparse_adam", "fused"):
+        for kind in ("connection", "single", "esmm"):
+            cfg = resolve_config({"models": [kind], "device": "cpu", "model": {"embed_dim": 4, "hidden": [8, 4]},
+                                  "optim": {"embedding_step": step, "lr": 0.01}})
+            split = B.prepare_split(data, cfg["tasks"], "click", cpu)
+            # 3 mixed batches (the last one short: 300 = 2 * 128 + 44), then 2 cvr task batches
+            bt = B.mixed_batches(split, 128, 0, "mixed", 0) + B.task_batches(split, "cvr", 32, 0, "t", 0)[:2]
+            trs = []
+            for use_dp in (True, False):
+                tr = ModelTrainer(kind, cfg, data.fields, split, split, cpu, "/nonexistent")
+                tr.dist = dp if use_dp else None
+                loss = tr.train_epoch(bt, True, "x")
+                trs.append((tr, loss))
+            (a, la), (b, lb) = trs
+            assert abs(la - lb) <= 1e-5 * abs(lb) + 1e-7, (step, kind, la, lb)
+            for (n, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+                worst = max(worst, float((p - q).abs().max()) if p.numel() else 0.0)
+            dp.check_same(f"{step} {kind} parameters", D.tensors_digest(a.model.state_dict()))
+    print("WORST", worst)
+    dp.close()
+""")
+
+
+def test_two_rank_steps_equal_one_process_steps(tmp_path):
+    """Mixed (Eq. 2, ESMM) and task batches, sparse and fused embedding steps: after 2-rank steps
+    every parameter equals the one-process steps' (up to reduction order) and is bit-identical
+    across the ranks."""
+    port = _free_port()
+    script = tmp_path / "steps.py"
+    script.write_text(STEPS)
+    procs = []
+    for r in range(2):
+        env = _env()
+        env.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   NCS_DIST_TIMEOUT="60")
+        procs.append(subprocess.Popen([sys.executable, str(script), os.path.dirname(os.path.abspath(__file__))],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-3000:]
+    worst = float(outs[0][0].split("WORST")[1])
+    assert worst < 1e-5, worst
