@@ -56,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--tiny", action="store_true", help="tiny model and batches")
     p.add_argument("--embedding-step", default="sparse_adam",
                    help="comma list of optim.embedding_step values to compare (sparse_adam, fused)")
+    p.add_argument("--compile", choices=("none", "default", "reduce-overhead", "max-autotune"), default="none",
+                   help="torch.compile the model's forward (reduce-overhead = CUDA graphs on a GPU); "
+                        "the optimizers and the fused embedding step stay eager")
     p.add_argument("--repeats", type=int, default=1, help="measure every (backend, embedding step) this many times, "
                    "interleaved; the table shows the median")
     p.add_argument("--json", default=None, help="write results here; 'auto' = bench/results/<date>_<hardware>_stages.json")
@@ -189,6 +192,10 @@ def run_backend(backend: str, args, device: str, data, out: Dict, save=lambda: N
     need = warm + steps
     with tempfile.TemporaryDirectory() as ckpt:
         trainer = ModelTrainer("connection", cfg, data.fields, split, split, dev, ckpt)
+        if getattr(args, "compile", "none") != "none":
+            t0 = time.perf_counter()
+            trainer.model.forward = torch.compile(trainer.model.forward, mode=args.compile, dynamic=False)
+            out["compile"] = {"mode": args.compile, "wrapped_s": time.perf_counter() - t0}
         some_weight = next(iter(trainer.layers.values())).weight
         out["resolved_backend"] = nk._backends.resolve(backend, some_weight)
         out["layers"] = {n: [m.out_features, m.in_features] for n, m in trainer.layers.items()}

@@ -194,18 +194,22 @@ class GradSink:
         self.pending = []
 
 
-def pooled_lookup(weight: torch.Tensor, rows: torch.Tensor, mode: str, padding_idx: Optional[int]) -> torch.Tensor:
+def pooled_lookup(weight: torch.Tensor, rows: torch.Tensor, mode: str, padding_idx: Optional[int],
+                  padding_row_is_zero: bool = False) -> torch.Tensor:
     """F.embedding_bag(rows, weight, mode=mode, padding_idx=padding_idx) as one index_select
     (+ a sum over the L slots and the mean's division): on the CPU, ATen's embedding_bag
     forward also builds offset2bag / bag_size / max_indices and zero-fills its output, which
     at B*F = 82k single-id bags costs several times the gather itself. Padding slots are zeroed
-    (masked_fill, exact); an empty bag pools to 0, as EmbeddingBag's."""
+    (masked_fill, exact; skipped when the caller guarantees weight[padding_idx] == 0, as
+    ncs.models.FieldEmbeddings does: its padding row is zeroed and never updated); an empty bag
+    pools to 0, as EmbeddingBag's."""
     bags, L = rows.shape
     flat = rows.reshape(-1)
     emb = weight.index_select(0, flat)
-    if padding_idx is not None:
+    if padding_idx is not None and not (padding_row_is_zero and L == 1):
         valid = flat != padding_idx
-        emb.masked_fill_(~valid.unsqueeze(1), 0)
+        if not padding_row_is_zero:
+            emb.masked_fill_(~valid.unsqueeze(1), 0)
     if L == 1:
         return emb  # mean of one value (or of none: 0) is the value itself
     out = emb.view(bags, L, weight.shape[1]).sum(1)
@@ -217,22 +221,22 @@ def pooled_lookup(weight: torch.Tensor, rows: torch.Tensor, mode: str, padding_i
 
 class _EmbeddingBagSink(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, weight, rows, mode, padding_idx, sink):
+    def forward(ctx, weight, rows, mode, padding_idx, sink, padding_row_is_zero):
         ctx.sink = sink
         ctx.save_for_backward(rows)
-        return pooled_lookup(weight, rows, mode, padding_idx)
+        return pooled_lookup(weight, rows, mode, padding_idx, padding_row_is_zero)
 
     @staticmethod
     def backward(ctx, grad):
         (rows,) = ctx.saved_tensors
         ctx.sink.add(rows, grad.contiguous())
-        return None, None, None, None, None
+        return None, None, None, None, None, None
 
 
 def embedding_bag(weight: torch.Tensor, rows: torch.Tensor, mode: str, padding_idx: Optional[int],
-                  sink: GradSink) -> torch.Tensor:
+                  sink: GradSink, padding_row_is_zero: bool = False) -> torch.Tensor:
     """F.embedding_bag(rows, weight, mode, padding_idx) [bags, d]; backward feeds `sink`."""
-    return _EmbeddingBagSink.apply(weight, rows, mode, padding_idx, sink)
+    return _EmbeddingBagSink.apply(weight, rows, mode, padding_idx, sink, padding_row_is_zero)
 
 
 # ----------------------------------------------------------------------------- optimizer

@@ -123,7 +123,7 @@ class FieldEmbeddings(nn.Module):
         if self.fused_sink is not None:
             from ncs_kernels.embedding_adam import embedding_bag
             return embedding_bag(self.bag.weight, rows.reshape(b * f, l), self.bag.mode, self.pad_row,
-                                 self.fused_sink).view(b, f, self.embed_dim)
+                                 self.fused_sink, padding_row_is_zero=True).view(b, f, self.embed_dim)
         return self.bag(rows.reshape(b * f, l)).view(b, f, self.embed_dim)
 
 

@@ -79,6 +79,13 @@ def test_forward_equals_embedding_bag():
         got = EA.embedding_bag(torch.nn.Parameter(w.clone()), rows, mode, pad, EA.GradSink())
         torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
         assert torch.equal(got[1], torch.zeros(d))  # an empty bag (every slot padding)
+    w[pad] = 0  # a zero padding row (FieldEmbeddings'): the masked_fill may be skipped
+    for L in (1, 3):
+        rows = _ids(9, L, V, pad, True, L)
+        for mode in ("mean", "sum"):
+            want = torch.nn.functional.embedding_bag(rows, w, mode=mode, padding_idx=pad)
+            torch.testing.assert_close(EA.pooled_lookup(w, rows, mode, pad, padding_row_is_zero=True), want,
+                                       rtol=1e-6, atol=1e-7)
     for L in (1, 4):  # no padding_idx
         rows = torch.randint(0, V, (8, L))
         want = torch.nn.functional.embedding_bag(rows, w, mode="mean")
