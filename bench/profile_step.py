@@ -79,7 +79,28 @@ def main(argv=None) -> int:
                  f"{a.steps} steps, {a.threads} threads, load {S.load_average()}")
     lines.append(f"# step: {rows / dt:,.0f} samples/s under the profiler; bare dense MLP fwd+bwd "
                  f"{mlp['samples_per_s']:,.0f} samples/s (same run)")
-    lines.append(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.limit))
+    ka = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in ka)
+    by = {e.key: e for e in ka}
+
+    def tot(*keys, self_time=False):
+        return sum((by[k].self_cpu_time_total if self_time else by[k].cpu_time_total) for k in keys if k in by)
+
+    groups = [
+        ("GEMMs (mm, addmm, addmm_, bmm, baddbmm_; self)",
+         tot("aten::mm", "aten::addmm", "aten::addmm_", "aten::bmm", "aten::baddbmm_", self_time=True)),
+        ("embedding step (SparseAdam or RowwiseSparseAdam .step; total)",
+         tot("Optimizer.step#SparseAdam.step", "Optimizer.step#RowwiseSparseAdam.step")),
+        ("MaskedAdam .step (total)", tot("Optimizer.step#MaskedAdam.step")),
+        ("embedding lookup forward (aten::embedding_bag or the fused index_select path; total)",
+         tot("aten::embedding_bag", "_EmbeddingBagSink")),
+        ("ReLU fwd/bwd (clamp_min, threshold_backward; self)", tot("aten::clamp_min", "aten::threshold_backward",
+                                                                   self_time=True)),
+    ]
+    lines.append("# summary (ms over the profiled steps; total self CPU %.0f ms):" % (total / 1e3))
+    for name, us in groups:
+        lines.append(f"#   {name}: {us / 1e3:.0f} ms ({100 * us / total:.1f} %)")
+    lines.append(ka.table(sort_by="self_cpu_time_total", row_limit=a.limit))
     text = "\n".join(lines)
     print(text)
     if a.out:
