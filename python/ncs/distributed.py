@@ -105,26 +105,35 @@ class DataParallel:
             pass
 
     def _peer_report(self) -> str:
-        now = time.time()
+        """Which peers stopped: a recorded failure, or a heartbeat that does not move for
+        STALE_S seconds (a bounded wait: a live rank beats every HEARTBEAT_S)."""
+        def read(key):
+            return self.store.get(key).decode() if self.store.check([key]) else None
+
+        peers = [r for r in range(self.world_size) if r != self.rank]
+        try:
+            first = {r: read(f"hb/{r}") for r in peers}
+            deadline = time.time() + STALE_S
+            while True:
+                failed = {r: read(f"failed/{r}") for r in peers}
+                if any(failed.values()) or time.time() >= deadline:
+                    break
+                time.sleep(0.25)
+            now = {r: read(f"hb/{r}") for r in peers}
+        except Exception:
+            return "the rendezvous store is unreachable (rank 0 or the torchrun agent stopped)"
         dead: List[str] = []
-        for r in range(self.world_size):
-            if r == self.rank:
-                continue
-            try:
-                if self.store.check([f"failed/{r}"]):
-                    dead.append(f"rank {r} failed ({self.store.get(f'failed/{r}').decode()})")
-                    continue
-                if not self.store.check([f"hb/{r}"]):
-                    dead.append(f"rank {r} never reported a heartbeat")
-                    continue
-                age = now - float(self.store.get(f"hb/{r}").decode())
-                if age > STALE_S:
-                    dead.append(f"rank {r} stopped (no heartbeat for {age:.0f} s)")
-            except Exception:
-                dead.append("the rendezvous store is unreachable (rank 0 or the torchrun agent stopped)")
-                break
-        return "; ".join(dead) if dead else "no rank reported a failure; a rank is alive but did not join " \
-                                            f"within the {self.timeout_s:.0f} s timeout"
+        for r in peers:
+            if failed.get(r):
+                dead.append(f"rank {r} failed ({failed[r]})")
+            elif now[r] is None:
+                dead.append(f"rank {r} never reported a heartbeat")
+            elif now[r] == first[r] and time.time() >= deadline:
+                dead.append(f"rank {r} stopped (no heartbeat for {time.time() - float(now[r]):.0f} s)")
+        if dead:
+            return "; ".join(dead)
+        return f"no rank reported a failure; every rank is alive but one did not join within the " \
+               f"{self.timeout_s:.0f} s timeout"
 
     def _collective(self, what: str, fn, *args, **kw):
         try:
