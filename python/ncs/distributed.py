@@ -57,7 +57,7 @@ class DistributedError(RuntimeError):
 
 
 HEARTBEAT_S = 1.0
-STALE_S = 5.0
+STALE_S = float(os.environ.get("NCS_DIST_STALE", "5"))  # seconds without a heartbeat = stopped
 
 
 def env_world_size() -> int:

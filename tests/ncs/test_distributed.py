@@ -147,7 +147,7 @@ def test_a_dead_rank_is_named_not_a_hang(tmp_path):
     for r in range(2):
         env = _env()
         env.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                   NCS_DIST_TIMEOUT="6", WAIT="1")
+                   NCS_DIST_TIMEOUT="6", NCS_DIST_STALE="3", WAIT="1")
         procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     out0, err0 = procs[0].communicate(timeout=90)
