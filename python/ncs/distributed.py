@@ -156,6 +156,14 @@ class DataParallel:
         nl = int(local.numel())
         self._row_weight = torch.tensor(nl / n if n else 0.0, dtype=torch.float32, device=self.device)
         self._weights = {}
+        if nl == 0 and n > 0:
+            # fewer rows than ranks (an epoch's last batch): this rank runs the batch's first row
+            # with weight 0, so every rank runs the same graph (same parameters with gradients,
+            # same collectives) and adds exactly zero; that row is in the batch anyway, so the
+            # set of embedding rows updated is the one-process set
+            if task is None:
+                self._weights = {t: self._row_weight for t in split.spaces}
+            return idx[:1]
         if task is None:
             for t, space in split.spaces.items():
                 if space is None:

@@ -170,12 +170,15 @@ STEPS = textwrap.dedent("""
     cpu = torch.device("cpu")
     worst = 0.0
     for step in ("sparse_adam", "fused"):
-        for kind in ("connection", "single", "esmm"):
+        for kind in ("connection", "single", "esmm", "mmoe"):
             cfg = resolve_config({"models": [kind], "device": "cpu", "model": {"embed_dim": 4, "hidden": [8, 4]},
                                   "optim": {"embedding_step": step, "lr": 0.01}})
             split = B.prepare_split(data, cfg["tasks"], "click", cpu)
-            # 3 mixed batches (the last one short: 300 = 2 * 128 + 44), then 2 cvr task batches
-            bt = B.mixed_batches(split, 128, 0, "mixed", 0) + B.task_batches(split, "cvr", 32, 0, "t", 0)[:2]
+            # 3 mixed batches (the last one short: 300 = 2 * 128 + 44), 2 cvr task batches, and
+            # a 1-row batch of each kind (fewer rows than ranks: rank 1 adds a zero-weight row)
+            mixed = B.mixed_batches(split, 128, 0, "mixed", 0)
+            cvr = B.task_batches(split, "cvr", 32, 0, "t", 0)
+            bt = mixed + cvr[:2] + [(None, mixed[0][1][:1]), ("cvr", cvr[0][1][:1])]
             trs = []
             for use_dp in (True, False):
                 tr = ModelTrainer(kind, cfg, data.fields, split, split, cpu, "/nonexistent")
