@@ -54,6 +54,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fields", type=int, default=20, help="--data random: number of fields F")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--tiny", action="store_true", help="tiny model and batches")
+    p.add_argument("--embedding-step", default="sparse_adam",
+                   help="comma list of optim.embedding_step values to compare (sparse_adam, fused)")
+    p.add_argument("--compile", choices=("none", "default", "reduce-overhead", "max-autotune"), default="none",
+                   help="torch.compile the model's forward (reduce-overhead = CUDA graphs on a GPU); "
+                        "the optimizers and the fused embedding step stay eager")
+    p.add_argument("--repeats", type=int, default=1, help="measure every (backend, embedding step) this many times, "
+                   "interleaved; the table shows the median")
     p.add_argument("--json", default=None, help="write results here; 'auto' = bench/results/<date>_<hardware>_stages.json")
     args = p.parse_args(argv)
     for name in ("batch", "steps", "rows"):
@@ -75,7 +82,55 @@ def _config(args, device: str, backend: str) -> dict:
     }
     if args.tiny:
         given["model"] = {"embed_dim": 8, "hidden": [16, 8]}
+    step = getattr(args, "embedding_step_one", None) or args.embedding_step.split(",")[0]
+    if step != "sparse_adam":
+        given["optim"] = {"embedding_step": step}
     return resolve_config(given)
+
+
+def load_average() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def dense_mlp_bound(args, dev: torch.device, cfg: dict, reps: int = None) -> Dict[str, float]:
+    """The bound: a bare nn.Linear MLP of the model's shapes (cross width F*F + F*d -> hidden ->
+    one logit per task), forward + backward of a batch of the same size, no embeddings, no cross,
+    no masks, no optimizer. samples/s of the median of `reps` timed steps (after 2 untimed)."""
+    F_ = 4 if args.tiny else args.fields
+    d = cfg["model"]["embed_dim"]
+    widths = [F_ * F_ + F_ * d] + list(cfg["model"]["hidden"])
+    layers = []
+    for a, b in zip(widths[:-1], widths[1:]):
+        layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
+    layers.append(torch.nn.Linear(widths[-1], len(cfg["tasks"])))
+    mlp = torch.nn.Sequential(*layers).to(dev)
+    y = torch.rand(args.batch, len(cfg["tasks"]), device=dev)
+    reps = reps or max(3, args.steps)
+    out = {"widths": widths}
+    # input_grad: also dL/dx of the first layer, which the real step needs for the embeddings
+    # (one more GEMM of the widest layer); the bound of the ratio is the plain fwd+bwd
+    for key, need_dx in (("", False), ("input_grad_", True)):
+        x = torch.randn(args.batch, widths[0], device=dev, requires_grad=need_dx)
+        times = []
+        for i in range(2 + reps):
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            mlp.zero_grad(set_to_none=True)
+            x.grad = None
+            torch.nn.functional.binary_cross_entropy_with_logits(mlp(x), y).backward()
+            if dev.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 2:
+                times.append(time.perf_counter() - t0)
+        times.sort()
+        med = times[len(times) // 2]
+        out[key + "seconds_per_step"] = med
+        out[key + "samples_per_s"] = args.batch / med
+    return out
 
 
 def random_data(rows: int, num_fields: int, vocab: int = 10_000, seed: int = 0):
@@ -137,6 +192,10 @@ def run_backend(backend: str, args, device: str, data, out: Dict, save=lambda: N
     need = warm + steps
     with tempfile.TemporaryDirectory() as ckpt:
         trainer = ModelTrainer("connection", cfg, data.fields, split, split, dev, ckpt)
+        if getattr(args, "compile", "none") != "none":
+            t0 = time.perf_counter()
+            trainer.model.forward = torch.compile(trainer.model.forward, mode=args.compile, dynamic=False)
+            out["compile"] = {"mode": args.compile, "wrapped_s": time.perf_counter() - t0}
         some_weight = next(iter(trainer.layers.values())).weight
         out["resolved_backend"] = nk._backends.resolve(backend, some_weight)
         out["layers"] = {n: [m.out_features, m.in_features] for n, m in trainer.layers.items()}
@@ -183,26 +242,60 @@ def run_backend(backend: str, args, device: str, data, out: Dict, save=lambda: N
 STAGES = ("warmup", "masks", "joint", "evaluate")
 
 
-def format_table(results: List[Dict]) -> str:
-    """samples/s per stage; in brackets the ratio to the torch backend's row (> 1 = faster)."""
-    def rate(r, s):
-        return (r.get(s) or {}).get("samples_per_s")
+TRAIN_STAGES = ("warmup", "masks", "joint")
 
-    lines = [f"{'backend':<16}" + "".join(f"{s + ' samples/s':>22}" for s in STAGES)]
-    base = next((r for r in results if r["backend"] == "torch" and "error" not in r), None)
+
+def _median(xs):
+    xs = sorted(x for x in xs if x is not None)
+    return xs[len(xs) // 2] if xs else None
+
+
+def summarize(results: List[Dict]) -> List[Dict]:
+    """Median over repeats per (backend, embedding step): samples/s per stage, the bare dense
+    MLP bound measured next to it, and each training stage's ratio to that bound."""
+    groups: Dict = {}
     for r in results:
-        name = r["backend"] + ("->" + r["resolved_backend"] if "resolved_backend" in r else "")
+        groups.setdefault((r["backend"], r.get("embedding_step", "sparse_adam")), []).append(r)
+    out = []
+    for (be, step), rs in groups.items():
+        ok = [r for r in rs if "error" not in r]
+        row = {"backend": be, "embedding_step": step, "repeats": len(ok),
+               "resolved_backend": next((r["resolved_backend"] for r in ok if "resolved_backend" in r), None)}
+        for s in STAGES:
+            row[s] = _median([(r.get(s) or {}).get("samples_per_s") for r in ok])
+        row["dense_mlp"] = _median([(r.get("dense_mlp") or {}).get("samples_per_s") for r in ok])
+        row["dense_mlp_input_grad"] = _median([(r.get("dense_mlp") or {}).get("input_grad_samples_per_s") for r in ok])
+        for s in TRAIN_STAGES:
+            # per repeat: stage rate / the bound measured right before it; then the median
+            row[f"{s}_ratio"] = _median([
+                (r.get(s) or {}).get("samples_per_s") / r["dense_mlp"]["samples_per_s"]
+                for r in ok if (r.get(s) or {}).get("samples_per_s") and (r.get("dense_mlp") or {}).get("samples_per_s")])
+        row["errors"] = [r["error"] for r in rs if "error" in r]
+        out.append(row)
+    return out
+
+
+def format_table(results: List[Dict]) -> str:
+    """samples/s per stage (median over repeats); in brackets the ratio to the bare dense MLP
+    bound (fwd+bwd of nn.Linear layers of the same shapes) measured in the same run."""
+    lines = [f"{'backend / embedding step':<28}" + "".join(f"{s + ' samples/s':>24}" for s in STAGES)
+             + f"{'dense MLP bound':>18}{'(+ input grad)':>16}"]
+    for r in summarize(results):
+        name = r["backend"] + ("->" + r["resolved_backend"] if r.get("resolved_backend") else "") \
+            + " / " + r["embedding_step"]
         cells = []
         for s in STAGES:
-            v = rate(r, s)
-            if v is None:
-                cells.append("-".rjust(22))
-                continue
-            b = rate(base, s) if base is not None and base is not r else None
-            cells.append((f"{v:,.0f}" + (f" ({v / b:.2f}x)" if b else "")).rjust(22))
-        lines.append(f"{name:<16}" + "".join(cells))
-        if "error" in r:
-            lines.append(f"  ERROR {r['error'][:150]}")
+            v = r.get(s)
+            ratio = r.get(f"{s}_ratio")
+            cells.append(("-" if v is None else f"{v:,.0f}" + (f" ({ratio:.2f}x)" if ratio else "")).rjust(24))
+        bound = r.get("dense_mlp")
+        b2 = r.get("dense_mlp_input_grad")
+        lines.append(f"{name:<28}" + "".join(cells) + ("-" if bound is None else f"{bound:,.0f}").rjust(18)
+                     + ("-" if b2 is None else f"{b2:,.0f}").rjust(16))
+        for e in r["errors"]:
+            lines.append(f"  ERROR {e[:150]}")
+    lines.append("(x) = stage samples/s / the dense MLP bound measured just before it, median over repeats; "
+                 "target >= 0.85x")
     return "\n".join(lines)
 
 
@@ -257,16 +350,26 @@ def main(argv=None) -> int:
         print(f"# {doc['env']['device_name']} | batch {args.batch} | {args.steps} timed steps per stage "
               f"(+{args.warmup_steps} warm-up) | {len(data.fields)} fields, {args.rows} {args.data} rows", flush=True)
         save = (lambda: _write(path, doc)) if path else (lambda: None)
-        for be in [b.strip() for b in args.backends.split(",") if b.strip()]:
-            out: Dict = {"backend": be}
-            doc["results"].append(out)
-            try:
-                run_backend(be, args, device, data, out, save)
-            except _Stopped:
-                raise
-            except Exception as e:  # one backend failing must not hide the other's numbers
-                out["error"] = f"{type(e).__name__}: {e}"[:500]
-            save()
+        doc["load_average_start"] = load_average()
+        steps = [s.strip() for s in args.embedding_step.split(",") if s.strip()]
+        for rep in range(args.repeats):
+            for be in [b.strip() for b in args.backends.split(",") if b.strip()]:
+                for step in steps:
+                    out: Dict = {"backend": be, "embedding_step": step, "repeat": rep}
+                    doc["results"].append(out)
+                    try:
+                        args.embedding_step_one = step
+                        cfg = _config(args, device, be)
+                        out["dense_mlp"] = dense_mlp_bound(args, torch.device(device), cfg)
+                        run_backend(be, args, device, data, out, save)
+                    except _Stopped:
+                        raise
+                    except Exception as e:  # one backend failing must not hide the other's numbers
+                        out["error"] = f"{type(e).__name__}: {e}"[:500]
+                    out["load_average"] = load_average()
+                    save()
+        doc["summary"] = summarize(doc["results"])
+        doc["load_average_end"] = load_average()
         doc["complete"] = True
     except (_Stopped, KeyboardInterrupt) as e:
         doc["stopped"] = f"interrupted ({e or 'KeyboardInterrupt'})"
@@ -278,6 +381,8 @@ def main(argv=None) -> int:
             _write(path, doc)
             print(f"# wrote {path}", file=sys.stderr)
     print(format_table(doc["results"]))
+    print(f"# load average (1, 5, 15 min) at the start {doc.get('load_average_start')}, "
+          f"at the end {doc.get('load_average_end')}")
     if any("error" in r for r in doc["results"]):
         status = status or 1
     return status

@@ -38,6 +38,10 @@ void masked_adam_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor&
                           at::Tensor& exp_avg_sq, const c10::optional<at::Tensor>& packed, int64_t step,
                           double lr, double beta1, double beta2, double eps, double weight_decay,
                           bool decoupled);
+// fused embedding-bag backward + row-wise sparse Adam (csrc/cpu/embedding_adam.cpp)
+void embedding_rowwise_adam_cpu(at::Tensor& weight, at::Tensor& exp_avg, at::Tensor& exp_avg_sq,
+                                const at::Tensor& rows, const at::Tensor& grad, int64_t step, double lr, double beta1,
+                                double beta2, double eps, bool mean, int64_t padding_idx);
 
 #ifdef NCS_WITH_CUDA
 // ---- CUDA (csrc/cuda_backend.cpp, kernels in csrc/cuda/*.cu) --------------------------------

@@ -57,6 +57,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("param"), py::arg("grad"), py::arg("exp_avg"), py::arg("exp_avg_sq"), py::arg("packed"),
         py::arg("step"), py::arg("lr"), py::arg("beta1"), py::arg("beta2"), py::arg("eps"),
         py::arg("weight_decay"), py::arg("decoupled"));
+  m.def("embedding_rowwise_adam_cpu",
+        [](at::Tensor weight, at::Tensor exp_avg, at::Tensor exp_avg_sq, const at::Tensor& rows,
+           const at::Tensor& grad, int64_t step, double lr, double beta1, double beta2, double eps, bool mean,
+           int64_t padding_idx) {
+          ncs::embedding_rowwise_adam_cpu(weight, exp_avg, exp_avg_sq, rows, grad, step, lr, beta1, beta2, eps, mean,
+                                          padding_idx);
+        },
+        "fused embedding-bag backward + row-wise sparse Adam, in place", py::arg("weight"), py::arg("exp_avg"),
+        py::arg("exp_avg_sq"), py::arg("rows"), py::arg("grad"), py::arg("step"), py::arg("lr"), py::arg("beta1"),
+        py::arg("beta2"), py::arg("eps"), py::arg("mean"), py::arg("padding_idx"));
 
 #ifdef NCS_WITH_CUDA
   m.def("apply_mask_cuda", &ncs::apply_mask_cuda, py::arg("weight"), py::arg("packed"));

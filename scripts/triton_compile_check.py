@@ -24,13 +24,14 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from ncs_kernels.triton import embedding_adam as EA  # noqa: E402
 from ncs_kernels.triton import masked_adam as MA  # noqa: E402
 from ncs_kernels.triton import masked_linear as ML  # noqa: E402
 
 # bytes of shared memory one block may use (opt-in maximum): H100/H200 and A100
 SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}
 # scalar (non-pointer) integer arguments are not 16-divisible in general
-NOT_DIVISIBLE = {"M", "P", "R", "K", "WORDS", "FF", "B", "N", "NUMEL", "SPLITS", "ROWS_PER_SPLIT", "K_TILES"}
+NOT_DIVISIBLE = {"D", "M", "P", "R", "K", "WORDS", "FF", "B", "N", "NUMEL", "SPLITS", "ROWS_PER_SPLIT", "K_TILES"}
 
 
 def compile_kernel(fn, signature, constants, arch, num_warps, num_stages):
@@ -86,6 +87,15 @@ def variants(quick):
         for l2, dec in (((False, True),) if quick else ((False, False), (True, False), (False, True))):
             yield (f"adam_flat {dt} L2={l2} DECOUPLED={dec}", MA._adam_flat_kernel, flat_sig,
                    dict(L2_DECAY=l2, DECOUPLED=dec, BLOCK=4096), 4, 3)
+
+        # fused embedding backward + row-wise Adam (the table in fp32 or 16-bit, fp32 registers)
+        emb_sig = dict(w_ptr=ptr, m_ptr=ptr, v_ptr=ptr, g_ptr=ptr, uniq_ptr="*i64", offs_ptr="*i64",
+                       bag_ptr="*i64", div_ptr="*fp32", D="i32", omb1="fp32", omb2="fp32", eps="fp32",
+                       neg_step="fp32")
+        for mean in (True, False):
+            for block, warps in ((64, 1), (256, 4)):
+                yield (f"rowwise_adam {dt} MEAN={mean} BLOCK_D={block}", EA._rowwise_adam_kernel, emb_sig,
+                       dict(MEAN=mean, BLOCK_D=block), warps, 3)
 
 
 def int32_offset_problem(ttir: str) -> str:

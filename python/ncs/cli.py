@@ -68,7 +68,11 @@ def cmd_train(args) -> int:
         cfg_path = os.path.join(out, "config.yaml")
     cfg = load_config(cfg_path, _overrides(args))
     t0 = time.perf_counter()
-    results = run(cfg, out, resume=args.resume, progress=_progress_enabled(args), log=_logger(args))
+    rank0 = os.environ.get("RANK", "0") == "0"  # torchrun: only rank 0 reports
+    results = run(cfg, out, resume=args.resume, progress=_progress_enabled(args) and rank0,
+                  log=_logger(args) if rank0 else (lambda msg: None))
+    if not rank0:
+        return 0
     print(results_table(results, cfg["tasks"]))
     print(f"run directory: {out} ({time.perf_counter() - t0:.1f} s)")
     return 0
@@ -359,10 +363,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .config import ConfigError
     from .train.checkpoint import CheckpointError
     from .train.runner import RunError
+    from .distributed import DistributedError
 
     from .train.guards import NonFiniteError
 
-    user_errors = [UserError, ConfigError, RunError, CheckpointError, NonFiniteError, FileNotFoundError]
+    user_errors = [UserError, ConfigError, RunError, CheckpointError, NonFiniteError, FileNotFoundError,
+                   DistributedError]
     try:
         from .data import DataError
         user_errors.append(DataError)

@@ -257,6 +257,10 @@ SCHEMA: Dict[str, Any] = {
         "embedding_optimizer": _Leaf(_choice("sparse_adam"), "sparse_adam",
                                      "row-wise Adam on sparse gradients: only rows seen in a batch do work"),
         "embedding_lr": _Leaf(_float(0.0, lo_open=True, optional=True), None, "null: same as lr"),
+        "embedding_step": _Leaf(_choice("sparse_adam", "fused"), "sparse_adam",
+                                "how the embedding step is computed (same update): sparse_adam = nn.EmbeddingBag's "
+                                "sparse gradient + torch.optim.SparseAdam; fused = the pooled gradient kept by the "
+                                "backward, one fused row-wise Adam kernel (ncs_kernels.embedding_adam, fbgemm TBE style)"),
     },
     "train": {
         "batch_size": _Leaf(_int(1), 4096, "training batch size"),

@@ -103,6 +103,9 @@ class FieldEmbeddings(nn.Module):
         offsets = torch.tensor([0] + vocab[:-1], dtype=torch.int64).cumsum(0)
         self.register_buffer("offsets", offsets.view(1, -1, 1), persistent=False)
         self.reset_parameters()
+        # optim.embedding_step fused: the trainer sets a GradSink here; the backward then keeps
+        # the pooled gradient for the fused row-wise Adam (ncs_kernels.embedding_adam)
+        self.fused_sink = None
 
     def reset_parameters(self) -> None:
         nn.init.normal_(self.bag.weight, 0.0, self.init_std)
@@ -117,6 +120,10 @@ class FieldEmbeddings(nn.Module):
             rows = ids.clamp_min(0) + self.offsets
         else:
             rows = torch.where(ids >= 0, ids + self.offsets, torch.full_like(ids, self.pad_row))
+        if self.fused_sink is not None:
+            from ncs_kernels.embedding_adam import embedding_bag
+            return embedding_bag(self.bag.weight, rows.reshape(b * f, l), self.bag.mode, self.pad_row,
+                                 self.fused_sink, padding_row_is_zero=True).view(b, f, self.embed_dim)
         return self.bag(rows.reshape(b * f, l)).view(b, f, self.embed_dim)
 
 

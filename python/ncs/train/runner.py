@@ -160,16 +160,75 @@ def run(cfg: Dict[str, Any], out: str, resume: bool = False, progress: bool = Fa
     threads = torch.get_num_threads()
     if cfg["threads"] is not None:
         torch.set_num_threads(cfg["threads"])
+    from .. import distributed as Dist
+    dp = Dist.init(cfg["device"])  # None unless launched by torchrun with WORLD_SIZE > 1
     try:
         with lock_run_dir(out, log, error=RunError):  # a second run on `out` is a RunError naming the pid
-            return _run(cfg, out, resume, progress, log, stop_after_checkpoints, data)
+            if dp is None:
+                return _run(cfg, out, resume, progress, log, stop_after_checkpoints, data)
+            return _run_data_parallel(dp, cfg, out, resume, progress, log, stop_after_checkpoints, data)
+    except BaseException as e:
+        if dp is not None:
+            dp.record_failure(e)
+        raise
     finally:
+        if dp is not None:
+            dp.close()
         torch.set_num_threads(threads)
 
 
-def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data) -> Dict[str, Any]:
+DIST_FILE = "distributed.json"
+
+
+def _run_data_parallel(dp, cfg, out, resume, progress, log, stop_after_checkpoints, data) -> Dict[str, Any]:
+    """A torchrun rank (ncs.distributed): rank 0 runs in `out`; every other rank in a private
+    scratch directory (seeded with the run's config and checkpoints on resume), removed at the end."""
+    import shutil
+    import tempfile
+
+    from ..distributed import check_batch
+    check_batch(dp.world_size, int(cfg["train"]["batch_size"]))
+    _check_run_dir(cfg, out, resume)  # every rank, before any writes: the same error everywhere
+    if resume:
+        prev = _run_world_size(out)
+        if prev is not None and prev != dp.world_size:
+            raise RunError(f"--resume: {out} was trained with world size {prev}, now {dp.world_size}; resume with "
+                           f"torchrun --nproc_per_node {prev} (or {'without torchrun' if prev == 1 else 'the same'})")
+    dp.barrier()
+    if dp.rank == 0:
+        os.makedirs(out, exist_ok=True)
+        atomic_write_json(os.path.join(out, DIST_FILE), {"world_size": dp.world_size, "backend": dp.backend})
+        return _run(cfg, out, resume, progress, log, stop_after_checkpoints, data, dist=dp)
+    scratch = tempfile.mkdtemp(prefix=f"ncs-rank{dp.rank}-")
+    try:
+        if resume:
+            shutil.copy2(os.path.join(out, "config.yaml"), os.path.join(scratch, "config.yaml"))
+            if os.path.isdir(os.path.join(out, "checkpoints")):
+                shutil.copytree(os.path.join(out, "checkpoints"), os.path.join(scratch, "checkpoints"))
+        return _run(cfg, scratch, resume, False, lambda msg: None, stop_after_checkpoints, data, dist=dp)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _run_world_size(out: str) -> Optional[int]:
+    """The world size a run directory was trained with: distributed.json, else 1 if it has
+    checkpoints (a one-process run), else None (nothing trained yet)."""
+    path = os.path.join(out, DIST_FILE)
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            return int(json.load(f)["world_size"])
+    ckpts = os.path.join(out, "checkpoints")
+    if os.path.isdir(ckpts) and any(f.endswith(".safetensors") for f in os.listdir(ckpts)):
+        return 1
+    return None
+
+
+def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data, dist=None) -> Dict[str, Any]:
     os.makedirs(out, exist_ok=True)
     _check_run_dir(cfg, out, resume)
+    if dist is None and resume and (_run_world_size(out) or 1) != 1:
+        raise RunError(f"--resume: {out} was trained with world size {_run_world_size(out)}, now 1; resume with "
+                       f"torchrun --nproc_per_node {_run_world_size(out)}")
     device = resolve_device(cfg["device"])
     if cfg["backend"] != "auto":
         from ncs_kernels._backends import why_unavailable
@@ -214,15 +273,24 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data) -> Dict[
             raise StopTraining(f"stopped after {count['n']} checkpoints (in {kind})")
 
     ckpt_dir = os.path.join(out, "checkpoints")
-    results: Dict[str, Any] = {"models": {}, "stages": {}}
+    results: Dict[str, Any] = {"models": {}, "stages": {}, "world_size": 1 if dist is None else dist.world_size}
+    digests: Dict[str, Any] = {}
     curves: Dict[str, Any] = {}
     for kind in cfg["models"]:
         trainer = ModelTrainer(kind, cfg, data.fields, tr, va, device, ckpt_dir, progress=progress,
                                on_checkpoint=on_checkpoint, log=log)
+        trainer.dist = dist
         if resume and trainer.restore():
             log(f"{kind}: resumed at stage {trainer.pos['stage']}, epoch {trainer.pos['epoch']}, "
                 f"round {trainer.pos['round']}")
         trainer.run()
+        if dist is not None:  # every rank must hold the same weights (and masks), bit for bit
+            from ..distributed import masks_digest, tensors_digest
+            digests[kind] = {"parameters": dist.check_same(f"{kind}: the trained parameters",
+                                                           tensors_digest(trainer.model.state_dict()))[0]}
+            if kind == "connection":
+                digests[kind]["masks"] = dist.check_same("connection: the kept masks",
+                                                         masks_digest(trainer.selected_masks()))
         metrics = trainer.evaluate(te)
         results["models"][kind] = metrics
         results["stages"][kind] = trainer.stage_summary()
@@ -233,7 +301,11 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data) -> Dict[
         log(f"{kind}: test " + " ".join(f"{k} {v:.5f}" for k, v in metrics.items()
                                         if isinstance(v, float) and not k.endswith("_rows")))
     results["config"] = {"models": cfg["models"], "tasks": [t["name"] for t in tasks], "device": str(device),
-                         "backend": cfg["backend"], "backends_available": nk.backends()}
+                         "backend": cfg["backend"], "backends_available": nk.backends(),
+                         "world_size": results["world_size"]}
+    if dist is not None:
+        atomic_write_json(os.path.join(out, DIST_FILE), {"world_size": dist.world_size, "backend": dist.backend,
+                                                         "sha256": digests})
     atomic_write_json(os.path.join(out, "metrics.json"), json_safe(results))
     atomic_write_json(os.path.join(out, "curves.json"), json_safe(curves))
     try:

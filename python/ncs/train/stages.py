@@ -68,8 +68,12 @@ class Optimizers:
         self.dense = nk.MaskedAdam(model.dense_parameters(), lr=o["lr"], betas=betas, eps=o["eps"],
                                    weight_decay=o["weight_decay"], mode=o["mode"], backend=backend,
                                    moments=o.get("moments", "shared"), tasks=[t["name"] for t in cfg["tasks"]])
-        self.sparse = torch.optim.SparseAdam(model.embedding_parameters(), lr=o["embedding_lr"] or o["lr"],
-                                             betas=betas, eps=o["eps"])
+        if o.get("embedding_step", "sparse_adam") == "fused":
+            from ncs_kernels.embedding_adam import attach_fused_step
+            self.sparse = attach_fused_step(model, lr=o["embedding_lr"] or o["lr"], betas=betas, eps=o["eps"])
+        else:
+            self.sparse = torch.optim.SparseAdam(model.embedding_parameters(), lr=o["embedding_lr"] or o["lr"],
+                                                 betas=betas, eps=o["eps"])
 
     def zero_grad(self) -> None:
         self.dense.zero_grad(set_to_none=True)
@@ -122,6 +126,7 @@ class ModelTrainer:
         self.in_features = {n: m.in_features for n, m in self.layers.items()}
         self.mask_hist: Dict[str, List[Dict[str, torch.Tensor]]] = {}
         self.init: Optional[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]] = None
+        self.dist = None  # ncs.distributed.DataParallel of a torchrun run (set by the runner)
         self.pos: Dict[str, Any] = {
             "stage": "warmup" if kind == "connection" else "baseline",
             "epoch": 0, "task_index": 0, "round": 0, "step": 0,
@@ -221,19 +226,28 @@ class ModelTrainer:
             from tqdm import tqdm
             bar = tqdm(total=len(batches), desc=desc, leave=False, dynamic_ncols=True)
         guard = NonFiniteGuard(self, desc)  # train.on_nonfinite (guards.py)
+        dist = self.dist
         for i, (task, idx) in enumerate(batches):
+            if dist is not None:  # this rank's slice of the global batch
+                idx = dist.shard(self.train, task, idx)
             ids, tg, sp = self.train.batch(idx)
             self.opt.zero_grad()
             if task is None:
-                loss, _ = mixed_loss(self.kind, model(ids), tg, sp, self.tasks, self.gamma, self.alpha)
+                loss, parts = mixed_loss(self.kind, model(ids), tg, sp, self.tasks, self.gamma, self.alpha)
+                if dist is not None:
+                    loss = dist.mixed_loss(self.kind, parts, self.tasks)
                 masks: Dict[torch.Tensor, torch.Tensor] = {}
             else:
                 t = self.task_cfg[task]
                 loss = task_loss(t["loss"], model(ids, task), tg[task], None, self.gamma, self.alpha)
                 if weighted:
                     loss = loss * t["weight"]
+                if dist is not None:
+                    loss = dist.task_loss(loss)
                 masks = self._task_masks(task)
             loss.backward()
+            if dist is not None:
+                dist.reduce_gradients(model)
             if guard.ok(i, loss):
                 self.opt.step(masks, task)
                 total += loss.detach()
@@ -246,6 +260,8 @@ class ModelTrainer:
         if bar is not None:
             bar.close()
         guard.finish()
+        if dist is not None:  # the global batches' losses
+            total = dist.sum(total)
         return float((total / max(1, len(batches) - guard.skipped)).item())
 
     @torch.no_grad()

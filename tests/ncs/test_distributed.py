@@ -1,0 +1,216 @@
+"""Data-parallel training (ncs.distributed): 2 gloo ranks under torchrun vs one process."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from ncs import distributed as D
+from ncs.config import resolve_config
+from ncs.train import runner
+from ncs.train.runner import RunError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+CFG = """\
+models: [connection]
+device: cpu
+threads: 1
+data: {kind: synthetic, rows: 500, seed: 3}
+model: {embed_dim: 4, hidden: [8, 4]}
+train: {batch_size: 64}
+stages: {warmup: {epochs: 1}, masks: {rounds: 2, epochs_per_round: 1}, joint: {epochs: 1}}
+"""
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "python"), ROOT, env.get("PYTHONPATH", "")])
+    env["OMP_NUM_THREADS"] = "1"
+    return env
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(n, *args, timeout=120):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port",
+           str(_free_port()), "-m", "ncs", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout, cwd=ROOT)
+
+
+def test_two_gloo_ranks_match_one_process(tmp_path):
+    import yaml
+
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text(CFG)
+    out2 = tmp_path / "r2"
+    p = _torchrun(2, "train", "--config", str(cfg_path), "--out", str(out2))
+    assert p.returncode == 0, p.stderr[-3000:]
+    # the one-process run, same global batch
+    cfg = resolve_config(yaml.safe_load(CFG))
+    one = runner.run(cfg, str(tmp_path / "r1"))
+    two = json.loads((out2 / "metrics.json").read_text())
+    assert two["world_size"] == 2 and two["config"]["world_size"] == 2 and one["world_size"] == 1
+    for k, v in one["models"]["connection"].items():
+        assert two["models"]["connection"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    # the ranks' masks are bit-identical (their digests, written by rank 0)
+    dist = json.loads((out2 / "distributed.json").read_text())
+    hashes = dist["sha256"]["connection"]["masks"]
+    assert len(hashes) == 2 and hashes[0] == hashes[1]
+    # ... and equal to the masks file rank 0 wrote
+    import ncs_kernels as nk
+    masks, _ = nk.load_masks(str(out2 / "masks.safetensors"))
+    assert D.masks_digest(masks) == hashes[0]
+    # only rank 0 wrote: nothing of another rank's scratch directory in the run directory
+    assert sorted(os.listdir(out2 / "checkpoints")) == sorted(os.listdir(tmp_path / "r1" / "checkpoints"))
+    # resume with a different world size: a clear one-line error
+    with pytest.raises(RunError, match="world size 2, now 1"):
+        runner.run(cfg, str(out2), resume=True)
+
+
+def test_world_size_must_divide_the_batch():
+    with pytest.raises(D.DistributedError, match="train.batch_size: 100 is not divisible by the world size 3"):
+        D.check_batch(3, 100)
+    D.check_batch(4, 100)
+
+
+def test_env_world_size(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert D.env_world_size() == 1 and D.init("cpu") is None
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(D.DistributedError, match="WORLD_SIZE"):
+        D.env_world_size()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(D.DistributedError, match="torchrun"):
+        D.init("cpu")
+
+
+def test_shard_weights_make_the_global_loss():
+    """Each rank's scaled loss sums to the global batch's Eq. 2 loss (clicked-rows CVR mean)."""
+    from ncs.losses import multitask_loss
+    from ncs.train.batches import SplitTensors
+
+    g = torch.Generator().manual_seed(0)
+    n = 37
+    click = torch.rand(n, generator=g) < 0.3
+    split = SplitTensors(torch.zeros(n, 1, 1, dtype=torch.int64), {}, {"ctr": None, "cvr": click},
+                         {}, torch.device("cpu"))
+    tasks = [{"name": "ctr", "loss": "bce", "weight": 1.0}, {"name": "cvr", "loss": "mse", "weight": 0.7}]
+    logits = {t: torch.randn(n, generator=g) for t in ("ctr", "cvr")}
+    targets = {"ctr": click.float(), "cvr": torch.rand(n, generator=g)}
+    idx = torch.randperm(n, generator=g)[:29]
+    want, _ = multitask_loss({k: v[idx] for k, v in logits.items()}, {k: v[idx] for k, v in targets.items()},
+                             {"ctr": None, "cvr": click[idx]}, tasks)
+    for world in (2, 3, 5):
+        got = 0.0
+        for r in range(world):
+            dp = object.__new__(D.DataParallel)
+            dp.rank, dp.world_size, dp.device = r, world, torch.device("cpu")
+            loc = dp.shard(split, None, idx)
+            _, parts = multitask_loss({k: v[loc] for k, v in logits.items()}, {k: v[loc] for k, v in targets.items()},
+                                      {"ctr": None, "cvr": click[loc]}, tasks)
+            got = got + dp.mixed_loss("connection", parts, tasks)
+        assert float(got) == pytest.approx(float(want), rel=1e-6)
+
+
+DEAD = textwrap.dedent("""
+    import os, sys, time, torch
+    from ncs import distributed as D
+    dp = D.init("cpu")
+    if dp.rank == 1:
+        time.sleep(0.5)
+        os._exit(3)          # dies without a word
+    time.sleep(float(os.environ["WAIT"]))
+    try:
+        dp.sum(torch.ones(3))
+    except D.DistributedError as e:
+        print("ERR", e)
+        sys.exit(7)
+    print("no error")
+""")
+
+
+def test_a_dead_rank_is_named_not_a_hang(tmp_path):
+    port = _free_port()
+    script = tmp_path / "dead.py"
+    script.write_text(DEAD)
+    procs = []
+    for r in range(2):
+        env = _env()
+        env.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   NCS_DIST_TIMEOUT="6", NCS_DIST_STALE="3", WAIT="1")
+        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    out0, err0 = procs[0].communicate(timeout=90)
+    procs[1].communicate(timeout=30)
+    assert procs[0].returncode == 7, (out0, err0[-2000:])
+    assert "rank 1" in out0 and "heartbeat" in out0, out0
+
+
+STEPS = textwrap.dedent("""
+    import sys, torch
+    sys.path.insert(0, sys.argv[1])
+    from _tiny import tiny_data
+    from ncs import distributed as D
+    from ncs.config import resolve_config
+    from ncs.train import batches as B
+    from ncs.train.stages import ModelTrainer
+    torch.set_num_threads(1)
+    dp = D.init("cpu")
+    data = tiny_data(300, [13, 7, 29])
+    cpu = torch.device("cpu")
+    worst = 0.0
+    for step in ("sparse_adam", "fused"):
+        for kind in ("connection", "single", "esmm", "mmoe"):
+            cfg = resolve_config({"models": [kind], "device": "cpu", "model": {"embed_dim": 4, "hidden": [8, 4]},
+                                  "optim": {"embedding_step": step, "lr": 0.01}})
+            split = B.prepare_split(data, cfg["tasks"], "click", cpu)
+            # 3 mixed batches (the last one short: 300 = 2 * 128 + 44), 2 cvr task batches, and
+            # a 1-row batch of each kind (fewer rows than ranks: rank 1 adds a zero-weight row)
+            mixed = B.mixed_batches(split, 128, 0, "mixed", 0)
+            cvr = B.task_batches(split, "cvr", 32, 0, "t", 0)
+            bt = mixed + cvr[:2] + [(None, mixed[0][1][:1]), ("cvr", cvr[0][1][:1])]
+            trs = []
+            for use_dp in (True, False):
+                tr = ModelTrainer(kind, cfg, data.fields, split, split, cpu, "/nonexistent")
+                tr.dist = dp if use_dp else None
+                loss = tr.train_epoch(bt, True, "x")
+                trs.append((tr, loss))
+            (a, la), (b, lb) = trs
+            assert abs(la - lb) <= 1e-5 * abs(lb) + 1e-7, (step, kind, la, lb)
+            for (n, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+                worst = max(worst, float((p - q).abs().max()) if p.numel() else 0.0)
+            dp.check_same(f"{step} {kind} parameters", D.tensors_digest(a.model.state_dict()))
+    print("WORST", worst)
+    dp.close()
+""")
+
+
+def test_two_rank_steps_equal_one_process_steps(tmp_path):
+    """Mixed (Eq. 2, ESMM) and task batches, sparse and fused embedding steps: after 2-rank steps
+    every parameter equals the one-process steps' (up to reduction order) and is bit-identical
+    across the ranks."""
+    port = _free_port()
+    script = tmp_path / "steps.py"
+    script.write_text(STEPS)
+    procs = []
+    for r in range(2):
+        env = _env()
+        env.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                   NCS_DIST_TIMEOUT="60")
+        procs.append(subprocess.Popen([sys.executable, str(script), os.path.dirname(os.path.abspath(__file__))],
+                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-3000:]
+    worst = float(outs[0][0].split("WORST")[1])
+    assert worst < 1e-5, worst
