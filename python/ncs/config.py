@@ -130,6 +130,7 @@ def _dict_any(path, v):
 
 
 MODEL_KINDS = ("single", "layer", "connection")
+BALANCE_METHODS = ("fixed", "uncertainty", "pcgrad")
 LOSSES = ("bce", "focal", "mse")
 BACKEND_NAMES = ("auto", "torch", "cpu", "triton", "cuda")
 
@@ -223,6 +224,13 @@ SCHEMA: Dict[str, Any] = {
     "loss": {
         "focal_gamma": _Leaf(_float(0.0), 2.0, "focal loss gamma"),
         "focal_alpha": _Leaf(_float(0.0, 1.0, optional=True), 0.25, "focal loss alpha (null: no alpha)"),
+        "balance": _Leaf(_choice(*BALANCE_METHODS), "fixed",
+                         "how task losses are combined on shared parameters (docs/TRAINER.md): fixed: "
+                         "omega_k of Eq. 2; uncertainty: Kendall et al. 2018, learned log-variances "
+                         "(MSE tasks: 0.5 exp(-s) L + 0.5 s, BCE/focal tasks: exp(-s) L + 0.5 s, each times "
+                         "omega_k); pcgrad: Yu et al. 2020, a task's gradient on the shared parameters is "
+                         "projected off every other task's gradient it conflicts with"),
+        "balance_lr": _Leaf(_float(0.0, lo_open=True), 0.01, "uncertainty: Adam learning rate of the log-variances"),
     },
     "optim": {
         "lr": _Leaf(_float(0.0, lo_open=True), 1e-4, "Adam learning rate of the MLPs and heads"),
@@ -240,10 +248,23 @@ SCHEMA: Dict[str, Any] = {
         "batch_size": _Leaf(_int(1), 4096, "training batch size"),
         "eval_batch_size": _Leaf(_int(1), 16384, "evaluation batch size"),
         "log_every": _Leaf(_int(1), 50, "steps between loss read-backs (.item()) for the progress bar"),
+        "diagnostics_batches": _Leaf(_int(0), 2,
+                                     "gradient diagnostics after every epoch: per task, the gradient norm on "
+                                     "each shared parameter group and the cosine between tasks, on this many "
+                                     "fixed training batches (0: off)"),
     },
     "stages": {
+        "subset": _Leaf(_choice("first", "random"), "first",
+                        "which training rows warmup.data_fraction / masks.data_fraction keep: the first rows "
+                        "in data order (the earliest, for time-ordered logs) or a seeded random subset"),
+        "rewind": _Leaf(_choice("all", "mlp"), "all",
+                        "what the rewinds (each mask round, the joint stage) restore to the warmup snapshot: "
+                        "all: every weight and optimizer state (Algorithm 1); mlp: the MLP and heads only, "
+                        "the embeddings keep training across rounds and into the joint stage"),
         "warmup": {
             "epochs": _Leaf(_int(0), 1, "N_warm: epochs of mixed batches, Eq. 2, every weight"),
+            "data_fraction": _Leaf(_float(0.0, 1.0, lo_open=True), 1.0,
+                                   "fraction of the training rows warmup sees (stages.subset says which)"),
         },
         "masks": {
             "rounds": _Leaf(_int(1), 4, "n: pruning rounds"),
@@ -251,6 +272,8 @@ SCHEMA: Dict[str, Any] = {
             "prune_fraction": _Leaf(_float(0.0, 1.0, lo_open=True, hi_open=True, optional=True), None,
                                     "q per round; null: q = 1 - r^(1/n)"),
             "epochs_per_round": _Leaf(_int(1), 1, "training epochs of the task per round"),
+            "data_fraction": _Leaf(_float(0.0, 1.0, lo_open=True), 1.0,
+                                   "fraction of the training rows the mask rounds see (stages.subset says which)"),
             "scope": _Leaf(_choice("global", "layer"), "global", "rank magnitudes over all masked layers or per layer"),
             "count_rounding": _Leaf(_choice("round", "floor"), "round",
                                     "pruned count = round-half-up(q * survivors) or floor(q * survivors)"),
@@ -263,7 +286,16 @@ SCHEMA: Dict[str, Any] = {
             "early_stopping": _Leaf(_bool, False, "stop when the validation metric stops improving"),
             "patience": _Leaf(_int(1), 1, "epochs without improvement before stopping"),
             "metric": _Leaf(_str(optional=True), None,
-                            "validation metric for early stopping, e.g. cvr_mse; null: the last task's main metric"),
+                            "select: metric: the validation metric that picks the epoch, e.g. cvr_mse; null: the "
+                            "last task's main metric"),
+            "select": _Leaf(_choice("per_task", "metric", "last"), "per_task",
+                            "which epoch's weights are served (joint stage and baselines): per_task: each task "
+                            "its own best validation epoch (early stopping ends when no task improved for "
+                            "`patience` epochs); metric: one epoch for all tasks, the best by joint.metric; "
+                            "last: the last epoch (no early stopping)"),
+            "embeddings": _Leaf(_choice("train", "freeze"), "train",
+                                "freeze: the joint stage leaves the embeddings at their rewound (warmup) values "
+                                "and trains the MLP and heads only"),
         },
     },
     "baselines": {
@@ -312,6 +344,10 @@ def _cross_checks(cfg: Dict[str, Any]) -> None:
     d = cfg["data"]
     if d["kind"] != "synthetic" and not d["path"]:
         raise ConfigError(f"data.path: expected a file path for data.kind={d['kind']!r}, got null")
+    js = cfg["stages"]["joint"]
+    if js["select"] == "last" and js["early_stopping"]:
+        raise ConfigError("stages.joint.select: 'last' serves the last epoch, so early_stopping must be false; "
+                          "use select per_task or metric with early stopping")
     metric = cfg["stages"]["joint"]["metric"]
     if metric is not None:
         valid = set()

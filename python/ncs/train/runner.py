@@ -230,8 +230,11 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data) -> Dict[
 
 
 def save_model(trainer: ModelTrainer, path: str, fields: List[dict]) -> None:
-    tensors = {f"model/{k}": v for k, v in trainer.model.state_dict().items()}
-    save_tensors(path, tensors, {"kind": trainer.kind, "tasks": trainer.names, "fields": fields}, sidecar=False)
+    """The served model: "model/..." weights, and with per-task selection "task/<t>/model/..."
+    for every task whose best validation epoch differs (load_model rebuilds the per-task predictor)."""
+    tensors, meta = trainer.served_tensors()
+    save_tensors(path, tensors, {"kind": trainer.kind, "tasks": trainer.names, "fields": fields, **meta},
+                 sidecar=False)
 
 
 def load_model(run_dir: str, kind: str, cfg: Dict[str, Any], device: torch.device):
@@ -243,7 +246,20 @@ def load_model(run_dir: str, kind: str, cfg: Dict[str, Any], device: torch.devic
     from ..data.types import FieldSpec
     fields = [FieldSpec(f["name"], f["vocab_size"], f["max_len"]) for f in doc["fields"]]
     model = build_model(kind, fields, doc["tasks"], cfg["model"], backend=cfg["backend"]).to(device)
-    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items()})
+    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
+    own = {t for t in doc["tasks"] if any(k.startswith(f"task/{t}/model/") for k in tensors)}
+    if own:  # per-task selection: task t predicts with its own best epoch's weights
+        from .protocol import PerTaskModel
+        per = {}
+        for t in doc["tasks"]:
+            if t in own:
+                m = build_model(kind, fields, doc["tasks"], cfg["model"], backend=cfg["backend"]).to(device)
+                pre = f"task/{t}/model/"
+                m.load_state_dict({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)})
+                per[t] = m
+            else:
+                per[t] = model
+        model = PerTaskModel(per, doc["tasks"])
     return model, fields
 
 
