@@ -68,7 +68,7 @@ def _axpy(a: torch.Tensor, c: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a + c * b (sparse: on the union of the rows)."""
     if a.is_sparse:
         rows, A, Bm = _union_rows(a, b)
-        return torch.sparse_coo_tensor(rows.unsqueeze(0), A + c * Bm, a.shape).coalesce()
+        return torch.sparse_coo_tensor(rows.unsqueeze(0), A + c * Bm, a.shape, check_invariants=False).coalesce()
     return a + c * b
 
 
@@ -243,7 +243,8 @@ class Balancer:
                     self.last[task][i] = parts["dense"].clone()
                 else:
                     shape = doc["sparse_shapes"][f"{task}/{i}"]
-                    self.last[task][i] = torch.sparse_coo_tensor(parts["indices"], parts["values"], shape).coalesce()
+                    self.last[task][i] = torch.sparse_coo_tensor(parts["indices"], parts["values"], shape,
+                                                                check_invariants=False).coalesce()
 
 
 # ------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ Run directory:
   checkpoints/         <kind>.safetensors (+ .json copy of its metadata), connection_init.safetensors,
                        <kind>_best.safetensors (early stopping)
   models/<kind>.safetensors   final weights (+ masks for connection)
-  metrics.json         {"models": {kind: test metrics}, "stages": {kind: stage summary}}
+  metrics.json         {"models": {kind: test metrics}, "valid": {kind: validation metrics of the
+                       served model (tuning reads these, never the test ones)}, "stages": {kind: stage summary}}
   masks.safetensors    the connection model's kept masks (nk.save_masks); masks.json their stats
   rounds.json, rounds.csv   the mask-generation rounds table
   curves.json          per epoch / round: training loss and validation metrics
@@ -210,6 +211,7 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data) -> Dict[
         trainer.run()
         metrics = trainer.evaluate(te)
         results["models"][kind] = metrics
+        results.setdefault("valid", {})[kind] = trainer.evaluate(va)  # the served model on validation
         results["stages"][kind] = trainer.stage_summary()
         curves[kind] = trainer.pos["curves"]
         save_model(trainer, os.path.join(out, "models", f"{kind}.safetensors"), fields)

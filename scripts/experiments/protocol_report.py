@@ -1,0 +1,121 @@
+#!/usr/bin/env python3
+"""Aggregate issue 10's protocol study (grids protocol_real / protocol_synth of grids.py).
+
+    python scripts/experiments/protocol_report.py --runs runs/exp --grid protocol_real \
+        --json docs/results/protocol_real.json --md docs/results/protocol_real.md
+
+Per variant and model, over the seeds: validation (the served model; what tuning reads) and
+test CVR MSE and CTR AUC, mean ± std; per seed against Single_Task of the same seed and
+variant: the CVR MSE gain (single - model) / single in %, the CTR AUC difference, and in how
+many seeds the model's CVR MSE is lower. `--pick` prints the variant chosen on VALIDATION: the
+lowest mean validation connection-vs-single CVR MSE gain... i.e. the best connection CVR gain
+among variants whose validation CTR AUC is within 0.002 of Single_Task's (test is never read
+for the choice).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+PAPER = {"single": "Single_Task", "layer": "Layer_Share", "connection": "Connection_Share",
+         "shared_bottom": "SharedBottom", "mmoe": "MMoE", "ple": "PLE", "esmm": "ESMM"}
+
+
+def _ms(xs: List[float]) -> Dict[str, float]:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    if not xs:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
+    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
+
+
+def collect(runs: Path, grid: str) -> Dict[str, Dict[int, Dict[str, Any]]]:
+    """{variant: {seed: metrics.json}}"""
+    out: Dict[str, Dict[int, Dict[str, Any]]] = {}
+    for tags in sorted((runs / grid).glob("*.tags.json")):
+        t = json.loads(tags.read_text())
+        m = runs / grid / t["run_id"] / "metrics.json"
+        if m.is_file():
+            out.setdefault(t["variant"], {})[int(t["seed"])] = json.loads(m.read_text())
+    return out
+
+
+def aggregate(data: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict[str, Any]:
+    res: Dict[str, Any] = {}
+    for variant, seeds in data.items():
+        kinds = sorted({k for m in seeds.values() for k in m["models"]}, key=lambda k: list(PAPER).index(k))
+        rv: Dict[str, Any] = {}
+        for kind in kinds:
+            row: Dict[str, Any] = {}
+            for split, key in (("valid", "valid"), ("test", "models")):
+                mse = [m[key][kind]["cvr_mse"] for m in seeds.values() if kind in m.get(key, {})]
+                auc = [m[key][kind]["ctr_auc"] for m in seeds.values() if kind in m.get(key, {})]
+                gain, dauc, wins = [], [], 0
+                for m in seeds.values():
+                    if kind in m.get(key, {}) and "single" in m.get(key, {}):
+                        b, x = m[key]["single"], m[key][kind]
+                        gain.append((b["cvr_mse"] - x["cvr_mse"]) / b["cvr_mse"] * 100)
+                        dauc.append(x["ctr_auc"] - b["ctr_auc"])
+                        wins += x["cvr_mse"] < b["cvr_mse"]
+                row[split] = {"cvr_mse": _ms(mse), "ctr_auc": _ms(auc), "cvr_gain_pct": _ms(gain),
+                              "ctr_auc_diff": _ms(dauc), "cvr_wins": wins, "seeds": len(mse)}
+            rv[kind] = row
+        res[variant] = rv
+    return res
+
+
+def pick(agg: Dict[str, Any], tol: float = 0.002) -> Dict[str, Any]:
+    """The variant with the best mean VALIDATION connection CVR gain over Single_Task among those
+    whose mean validation CTR AUC difference is >= -tol (fallback: best gain overall)."""
+    ok = {v: a for v, a in agg.items() if "connection" in a and a["connection"]["valid"]["ctr_auc_diff"]["mean"] >= -tol}
+    pool = ok or {v: a for v, a in agg.items() if "connection" in a}
+    best = max(pool, key=lambda v: pool[v]["connection"]["valid"]["cvr_gain_pct"]["mean"])
+    return {"variant": best, "ctr_constraint_met_on_valid": bool(ok), "candidates": sorted(ok)}
+
+
+def markdown(agg: Dict[str, Any], split: str) -> str:
+    lines = [f"| variant | model | {split} CVR MSE | {split} CTR AUC | CVR gain vs Single | CTR AUC diff | CVR wins |",
+             "|---|---|---|---|---|---|---|"]
+    for variant, rv in agg.items():
+        for kind, row in rv.items():
+            r = row[split]
+            f = lambda d, p: "-" if d["n"] == 0 else f"{d['mean']:.{p}f} ± {d['std']:.{p}f}"  # noqa: E731
+            gain = "-" if kind == "single" else f"{r['cvr_gain_pct']['mean']:+.2f} % ± {r['cvr_gain_pct']['std']:.2f}"
+            diff = "-" if kind == "single" else f"{r['ctr_auc_diff']['mean']:+.4f} ± {r['ctr_auc_diff']['std']:.4f}"
+            wins = "-" if kind == "single" else f"{r['cvr_wins']}/{r['seeds']}"
+            lines.append(f"| {variant} | {PAPER.get(kind, kind)} | {f(r['cvr_mse'], 5)} | {f(r['ctr_auc'], 4)} | "
+                         f"{gain} | {diff} | {wins} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", default="runs/exp")
+    p.add_argument("--grid", required=True)
+    p.add_argument("--json")
+    p.add_argument("--md")
+    p.add_argument("--split", default="test", choices=("valid", "test"))
+    p.add_argument("--pick", action="store_true")
+    a = p.parse_args(argv)
+    agg = aggregate(collect(Path(a.runs), a.grid))
+    if not agg:
+        print(f"--runs: no finished runs of grid {a.grid} under {a.runs}", file=sys.stderr)
+        return 2
+    out = {"grid": a.grid, "variants": agg, "pick_on_valid": pick(agg)}
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1, allow_nan=True))
+    md = f"Validation (served models):\n\n{markdown(agg, 'valid')}\n\nTest:\n\n{markdown(agg, 'test')}\n"
+    if a.md:
+        Path(a.md).write_text(md)
+    print(md if not a.pick else "")
+    if a.pick:
+        print(json.dumps(out["pick_on_valid"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
