@@ -293,6 +293,10 @@ SCHEMA: Dict[str, Any] = {
                             "its own best validation epoch (early stopping ends when no task improved for "
                             "`patience` epochs); metric: one epoch for all tasks, the best by joint.metric; "
                             "last: the last epoch (no early stopping)"),
+            "alternate": _Leaf(_choice("cover", "cycle"), "cover",
+                               "task batches of the joint stage: cover: round-robin until every space is "
+                               "covered once (a small space, e.g. CVR's clicked rows, runs out early); cycle: "
+                               "smaller spaces are gone over again so every task takes as many steps as the largest"),
             "embeddings": _Leaf(_choice("train", "freeze"), "train",
                                 "freeze: the joint stage leaves the embeddings at their rewound (warmup) values "
                                 "and trains the MLP and heads only"),

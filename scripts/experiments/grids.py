@@ -90,12 +90,13 @@ TODAY_REAL = {
     "loss": {"balance": "fixed"},
     "stages": {"subset": "first", "rewind": "all", "warmup": {"data_fraction": 1.0},
                "masks": {"data_fraction": 1.0},
-               "joint": {"select": "last", "early_stopping": False, "embeddings": "train"}},
+               "joint": {"select": "last", "early_stopping": False, "embeddings": "train", "alternate": "cover"}},
 }
 # the synthetic "today" is configs/demo.yaml's: one epoch for all tasks, early stopping on cvr_mse
 TODAY_SYNTH = {**TODAY_REAL, "stages": {**TODAY_REAL["stages"],
                                         "joint": {"select": "metric", "metric": "cvr_mse", "early_stopping": True,
-                                                  "patience": 2, "embeddings": "train"}}}
+                                                  "patience": 2, "embeddings": "train",
+                                                  "alternate": "cover"}}}
 PER_TASK = {"stages": {"joint": {"select": "per_task", "early_stopping": True, "patience": 2}}}
 PROTOCOL_VARIANTS: Dict[str, Dict[str, Any]] = {
     "today": {},
@@ -110,6 +111,9 @@ PROTOCOL_VARIANTS: Dict[str, Dict[str, Any]] = {
                             "masks": {"data_fraction": 0.5}}},
     "freeze_emb": {"stages": {**PER_TASK["stages"], "joint": {**PER_TASK["stages"]["joint"], "embeddings": "freeze"}}},
     "rewind_mlp": {"stages": {**PER_TASK["stages"], "rewind": "mlp"}},
+    "cycle": {"stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
+    "cycle_uncertainty": {"loss": {"balance": "uncertainty"},
+                          "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
 }
 
 # --tiny: every grid in seconds (2 CPU cores): checks the plumbing, not the science.

@@ -314,3 +314,19 @@ def test_grad_diagnostics_match_a_manual_backward():
     cos = float((grads["ctr"] * grads["cvr"]).sum() / grads["ctr"].norm() / grads["cvr"].norm())
     assert e["cos"]["ctr&cvr"] == pytest.approx(cos, rel=1e-4, abs=1e-6)
     assert set(diag["groups"]) == {"embeddings", "all_shared"}   # towers are per task: not shared
+
+
+def test_cycled_alternation_gives_every_task_as_many_steps_as_the_largest():
+    from ncs.train.protocol import cycled_alternating_batches
+    sp = B.prepare_split(_data(100), _cfg()["tasks"], "click", torch.device("cpu"))
+    cover = B.alternating_batches(sp, ["ctr", "cvr"], 8, 0, "joint", 0)
+    cyc = cycled_alternating_batches(sp, ["ctr", "cvr"], 8, 0, "joint", 0)
+    n_ctr = sum(t == "ctr" for t, _ in cover)
+    assert sum(t == "cvr" for t, _ in cover) < n_ctr
+    assert [t for t, _ in cyc] == ["ctr", "cvr"] * n_ctr
+    assert [t for t, _ in cyc if t == "ctr"] == [t for t, _ in cover if t == "ctr"]
+    clicked = set(sp.space_index["cvr"].tolist())
+    cvr_rows = torch.cat([r for t, r in cyc if t == "cvr"]).tolist()
+    assert set(cvr_rows) == clicked                      # only the task's space, all of it
+    first = torch.cat([r for t, r in cover if t == "cvr"])
+    assert cvr_rows[:first.numel()] == first.tolist()    # the first pass is the plain order

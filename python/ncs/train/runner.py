@@ -16,7 +16,7 @@ Run directory:
   masks.safetensors    the connection model's kept masks (nk.save_masks); masks.json their stats
   rounds.json, rounds.csv   the mask-generation rounds table
   curves.json          per epoch / round: training loss and validation metrics
-  figures/masks.png, figures/curves.png
+  figures/masks.png, figures/curves.png, figures/diagnostics.png (gradient diagnostics)
 """
 from __future__ import annotations
 
@@ -226,6 +226,9 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data) -> Dict[
     try:
         from ..report import plot_curves
         plot_curves(curves, os.path.join(out, "figures", "curves.png"))
+        if any("grad" in r for v in curves.values() for r in v):
+            from ..report import plot_diagnostics
+            plot_diagnostics(curves, os.path.join(out, "figures", "diagnostics.png"))
     except ImportError as e:  # matplotlib missing: the numbers are still all there
         log(f"figures skipped ({e})")
     return results

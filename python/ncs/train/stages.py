@@ -44,7 +44,8 @@ from ..models import MultiTaskModel, build_model
 from . import batches as B
 from .checkpoint import (flatten_optimizer, load_tensors, rng_state, save_tensors, set_rng_state,
                          unflatten_optimizer)
-from .protocol import Balancer, PerTaskModel, diagnostic_rows, grad_diagnostics, subset_split
+from .protocol import (Balancer, PerTaskModel, cycled_alternating_batches, diagnostic_rows, grad_diagnostics,
+                       subset_split)
 from .pruning import mask_density, prune_round, select_round
 
 
@@ -521,10 +522,10 @@ class ModelTrainer:
             self.checkpoint()
         if pos["stage"] == "joint":
             self.freeze_embeddings = st["joint"]["embeddings"] == "freeze"
+            alternate = cycled_alternating_batches if st["joint"]["alternate"] == "cycle" else B.alternating_batches
             try:
                 self._epochs("joint", st["joint"]["epochs"], "joint epoch", early=True,
-                             batches_for=lambda e: B.alternating_batches(self.train, self.names, bs, self.seed,
-                                                                         "joint", e))
+                             batches_for=lambda e: alternate(self.train, self.names, bs, self.seed, "joint", e))
             finally:
                 self.freeze_embeddings = False
             self._early_finish()
