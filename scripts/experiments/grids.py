@@ -114,6 +114,12 @@ PROTOCOL_VARIANTS: Dict[str, Dict[str, Any]] = {
     "cycle": {"stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
     "cycle_uncertainty": {"loss": {"balance": "uncertainty"},
                           "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
+    "cycle_pcgrad": {"loss": {"balance": "pcgrad"},
+                     "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
+    "cycle_fraction0.5": {"stages": {"warmup": {"data_fraction": 0.5}, "masks": {"data_fraction": 0.5},
+                                     "joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
+    "cycle_joint8": {"stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle", "epochs": 8}},
+                     "baselines": {"epochs": 10}},
 }
 
 # --tiny: every grid in seconds (2 CPU cores): checks the plumbing, not the science.
@@ -175,7 +181,7 @@ def grid(name: str, tiny: bool = False) -> List[RunSpec]:
     elif name in ("protocol_real", "protocol_synth"):
         real = name == "protocol_real"
         seeds = REAL_SEEDS[:1] if tiny else REAL_SEEDS
-        variants = ["today", "per_task"] if tiny else list(PROTOCOL_VARIANTS)
+        variants = ["today", "per_task"] if tiny else (list(PROTOCOL_VARIANTS) if real else SYNTH_PROTOCOL_VARIANTS)
         runs = []
         for v in variants:
             for s in seeds:
@@ -211,8 +217,9 @@ def _deep(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
 # the protocol study's synthetic size: what 2 shared CPU cores afford for 5 seeds x every variant
 SYNTH_PROTOCOL = {
     "threads": 1,
-    "data": {"rows": 50_000, "conflict": 0.5, "cache_dir": None},
+    "data": {"rows": 20_000, "conflict": 0.5, "cache_dir": None},
 }
+SYNTH_PROTOCOL_VARIANTS = ["today", "per_task", "cycle", "cycle_pcgrad"]
 
 GRIDS = ("real", "real_splits", "real_ablation", "synth1m", "synth1m_ablation", "sweep", "ablation",
          "protocol_real", "protocol_synth")

@@ -8,8 +8,7 @@ Per variant and model, over the seeds: validation (the served model; what tuning
 test CVR MSE and CTR AUC, mean ± std; per seed against Single_Task of the same seed and
 variant: the CVR MSE gain (single - model) / single in %, the CTR AUC difference, and in how
 many seeds the model's CVR MSE is lower. `--pick` prints the variant chosen on VALIDATION: the
-lowest mean validation connection-vs-single CVR MSE gain... i.e. the best connection CVR gain
-among variants whose validation CTR AUC is within 0.002 of Single_Task's (test is never read
+best mean validation connection CVR gain over Single_Task among variants whose validation CTR AUC is within 0.002 of Single_Task's (test is never read
 for the choice).
 """
 from __future__ import annotations
@@ -68,11 +67,14 @@ def aggregate(data: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict[str, Any]:
     return res
 
 
-def pick(agg: Dict[str, Any], tol: float = 0.002) -> Dict[str, Any]:
+def pick(agg: Dict[str, Any], tol: float = 0.002, exclude=("today",)) -> Dict[str, Any]:
     """The variant with the best mean VALIDATION connection CVR gain over Single_Task among those
-    whose mean validation CTR AUC difference is >= -tol (fallback: best gain overall)."""
-    ok = {v: a for v, a in agg.items() if "connection" in a and a["connection"]["valid"]["ctr_auc_diff"]["mean"] >= -tol}
-    pool = ok or {v: a for v, a in agg.items() if "connection" in a}
+    whose mean validation CTR AUC difference is >= -tol (fallback: best gain overall). "today"
+    (the pre-issue-10 protocol, which serves the last epoch of every model, not each task's
+    best) is the reference, not a candidate."""
+    cand = {v: a for v, a in agg.items() if "connection" in a and v not in exclude}
+    ok = {v: a for v, a in cand.items() if a["connection"]["valid"]["ctr_auc_diff"]["mean"] >= -tol}
+    pool = ok or cand
     best = max(pool, key=lambda v: pool[v]["connection"]["valid"]["cvr_gain_pct"]["mean"])
     return {"variant": best, "ctr_constraint_met_on_valid": bool(ok), "candidates": sorted(ok)}
 
@@ -92,6 +94,66 @@ def markdown(agg: Dict[str, Any], split: str) -> str:
     return "\n".join(lines)
 
 
+def compact(agg: Dict[str, Any], variants: List[str] = None) -> str:
+    """One row per variant and model: validation (tuning) then test (reported) columns."""
+    lines = ["| variant | model | valid CVR gain | valid CTR AUC diff | test CVR MSE | test CVR gain (wins) | "
+             "test CTR AUC | test CTR AUC diff |", "|---|---|---|---|---|---|---|---|"]
+    for variant in variants or list(agg):
+        if variant not in agg:
+            continue
+        for kind, row in agg[variant].items():
+            v, t = row["valid"], row["test"]
+            ms = lambda d, p: "-" if d["n"] == 0 else f"{d['mean']:.{p}f} ± {d['std']:.{p}f}"  # noqa: E731
+            if kind == "single":
+                lines.append(f"| {variant} | {PAPER[kind]} | | | {ms(t['cvr_mse'], 5)} | | {ms(t['ctr_auc'], 4)} | |")
+                continue
+            lines.append(
+                f"| {variant} | {PAPER.get(kind, kind)} | {v['cvr_gain_pct']['mean']:+.2f} % | "
+                f"{v['ctr_auc_diff']['mean']:+.4f} | {ms(t['cvr_mse'], 5)} | "
+                f"{t['cvr_gain_pct']['mean']:+.2f} % ± {t['cvr_gain_pct']['std']:.2f} ({t['cvr_wins']}/{t['seeds']}) | "
+                f"{ms(t['ctr_auc'], 4)} | {t['ctr_auc_diff']['mean']:+.4f} ± {t['ctr_auc_diff']['std']:.4f} |")
+    return "\n".join(lines)
+
+
+def replace_block(doc: Path, name: str, text: str) -> None:
+    s = doc.read_text()
+    a, b = f"<!-- table:{name} -->", f"<!-- /table:{name} -->"
+    if a not in s or b not in s:
+        raise SystemExit(f"--doc: {doc} has no {a} ... {b} block")
+    i, j = s.index(a) + len(a), s.index(b)
+    doc.write_text(s[:i] + "\n" + text + "\n" + s[j:])
+
+
+def plot_gains(agg: Dict[str, Any], path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    variants = [v for v in agg if "connection" in agg[v]]
+    kinds = [k for k in PAPER if k != "single" and any(k in agg[v] for v in variants)]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * len(variants) + 1.8), sharey=True)
+    h = 0.8 / max(1, len(kinds))
+    for ax, metric, lab in ((axes[0], "cvr_gain_pct", "CVR MSE gain vs Single_Task (%), test"),
+                            (axes[1], "ctr_auc_diff", "CTR AUC - Single_Task's, test")):
+        for i, k in enumerate(kinds):
+            ys = [j + i * h for j in range(len(variants))]
+            m = [agg[v][k]["test"][metric]["mean"] if k in agg[v] else float("nan") for v in variants]
+            e = [agg[v][k]["test"][metric]["std"] if k in agg[v] else 0 for v in variants]
+            ax.barh(ys, m, height=h, xerr=e, label=PAPER.get(k, k), capsize=2)
+        ax.axvline(0, color="k", linewidth=0.7)
+        if metric == "ctr_auc_diff":
+            ax.axvline(-0.002, color="r", linewidth=0.7, linestyle="--")
+        ax.set_xlabel(lab)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_yticks([j + h * (len(kinds) - 1) / 2 for j in range(len(variants))])
+    axes[0].set_yticklabels(variants, fontsize=8)
+    axes[0].invert_yaxis()
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default="runs/exp")
@@ -100,6 +162,9 @@ def main(argv=None) -> int:
     p.add_argument("--md")
     p.add_argument("--split", default="test", choices=("valid", "test"))
     p.add_argument("--pick", action="store_true")
+    p.add_argument("--doc", help="replace the <!-- table:GRID --> block of this markdown file")
+    p.add_argument("--figure", help="bar chart of every variant's test gains (PNG)")
+    p.add_argument("--variants", help="comma-separated variants (and their order) for --doc / --figure")
     a = p.parse_args(argv)
     agg = aggregate(collect(Path(a.runs), a.grid))
     if not agg:
@@ -108,6 +173,13 @@ def main(argv=None) -> int:
     out = {"grid": a.grid, "variants": agg, "pick_on_valid": pick(agg)}
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=1, allow_nan=True))
+    order = a.variants.split(",") if a.variants else None
+    if order:
+        agg = {v: agg[v] for v in order if v in agg}
+    if a.doc:
+        replace_block(Path(a.doc), a.grid, compact(agg))
+    if a.figure:
+        plot_gains(agg, a.figure, f"{a.grid}: mean ± std over seeds (test split)")
     md = f"Validation (served models):\n\n{markdown(agg, 'valid')}\n\nTest:\n\n{markdown(agg, 'test')}\n"
     if a.md:
         Path(a.md).write_text(md)

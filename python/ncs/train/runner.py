@@ -252,18 +252,19 @@ def load_model(run_dir: str, kind: str, cfg: Dict[str, Any], device: torch.devic
     fields = [FieldSpec(f["name"], f["vocab_size"], f["max_len"]) for f in doc["fields"]]
     model = build_model(kind, fields, doc["tasks"], cfg["model"], backend=cfg["backend"]).to(device)
     model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
-    own = {t for t in doc["tasks"] if any(k.startswith(f"task/{t}/model/") for k in tensors)}
-    if own:  # per-task selection: task t predicts with its own best epoch's weights
+    src = doc.get("per_task_weights") or {}
+    if any(v != "model" for v in src.values()):
+        # per-task selection: task t predicts with its own best epoch's weights
         from .protocol import PerTaskModel
+        built: Dict[str, Any] = {"model": model}
         per = {}
         for t in doc["tasks"]:
-            if t in own:
+            pre = src.get(t, "model")
+            if pre not in built:
                 m = build_model(kind, fields, doc["tasks"], cfg["model"], backend=cfg["backend"]).to(device)
-                pre = f"task/{t}/model/"
-                m.load_state_dict({k[len(pre):]: v for k, v in tensors.items() if k.startswith(pre)})
-                per[t] = m
-            else:
-                per[t] = model
+                m.load_state_dict({k[len(pre) + 1:]: v for k, v in tensors.items() if k.startswith(pre + "/")})
+                built[pre] = m
+            per[t] = built[pre]
         model = PerTaskModel(per, doc["tasks"])
     return model, fields
 

@@ -408,17 +408,26 @@ class ModelTrainer:
 
     def served_tensors(self) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
         """What models/<kind>.safetensors holds: "model/..." = self.model (the last task's
-        snapshot), and with per-task selection "task/<t>/model/..." for each task whose best
-        epoch differs from it; meta["per_task_epochs"] = {task: epoch or None}."""
+        snapshot), and with per-task selection "task/<t>/model/..." for each other distinct
+        snapshot (t: the first task served by it); meta["per_task_epochs"] = {task: epoch or
+        None}, meta["per_task_weights"] = {task: the key prefix of its weights}."""
         tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
         meta: Dict[str, Any] = {}
         if self.served is not None:
             best = self.served_epochs
             primary = best[self.names[-1]]
             meta["per_task_epochs"] = best
+            src: Dict[str, str] = {}
+            first: Dict[Any, str] = {}
             for t in self.names:
-                if best[t] != primary:
+                if best[t] == primary:
+                    src[t] = "model"
+                    continue
+                if best[t] not in first:   # one copy per distinct snapshot
+                    first[best[t]] = t
                     tensors.update({f"task/{t}/model/{k}": v for k, v in self.served.models[t].state_dict().items()})
+                src[t] = f"task/{first[best[t]]}/model"
+            meta["per_task_weights"] = src
         return tensors, meta
 
     def predictor(self) -> torch.nn.Module:
