@@ -224,7 +224,7 @@ SCHEMA: Dict[str, Any] = {
     "loss": {
         "focal_gamma": _Leaf(_float(0.0), 2.0, "focal loss gamma"),
         "focal_alpha": _Leaf(_float(0.0, 1.0, optional=True), 0.25, "focal loss alpha (null: no alpha)"),
-        "balance": _Leaf(_choice(*BALANCE_METHODS), "fixed",
+        "balance": _Leaf(_choice(*BALANCE_METHODS), "pcgrad",
                          "how task losses are combined on shared parameters (docs/TRAINER.md): fixed: "
                          "omega_k of Eq. 2; uncertainty: Kendall et al. 2018, learned log-variances "
                          "(MSE tasks: 0.5 exp(-s) L + 0.5 s, BCE/focal tasks: exp(-s) L + 0.5 s, each times "
@@ -283,8 +283,10 @@ SCHEMA: Dict[str, Any] = {
         },
         "joint": {
             "epochs": _Leaf(_int(0), 2, "E: epochs of alternating task batches"),
-            "early_stopping": _Leaf(_bool, False, "stop when the validation metric stops improving"),
-            "patience": _Leaf(_int(1), 1, "epochs without improvement before stopping"),
+            "early_stopping": _Leaf(_bool, True,
+                                    "stop when no task's validation metric improved for `patience` epochs "
+                                    "(select: metric: when joint.metric did not)"),
+            "patience": _Leaf(_int(1), 2, "epochs without improvement before stopping"),
             "metric": _Leaf(_str(optional=True), None,
                             "select: metric: the validation metric that picks the epoch, e.g. cvr_mse; null: the "
                             "last task's main metric"),
@@ -293,7 +295,7 @@ SCHEMA: Dict[str, Any] = {
                             "its own best validation epoch (early stopping ends when no task improved for "
                             "`patience` epochs); metric: one epoch for all tasks, the best by joint.metric; "
                             "last: the last epoch (no early stopping)"),
-            "alternate": _Leaf(_choice("cover", "cycle"), "cover",
+            "alternate": _Leaf(_choice("cover", "cycle"), "cycle",
                                "task batches of the joint stage: cover: round-robin until every space is "
                                "covered once (a small space, e.g. CVR's clicked rows, runs out early); cycle: "
                                "smaller spaces are gone over again so every task takes as many steps as the largest"),
@@ -441,7 +443,7 @@ DEMO_CONFIG: Dict[str, Any] = {
     "stages": {
         "warmup": {"epochs": 1},
         "masks": {"rounds": 4, "final_density": 0.2},
-        "joint": {"epochs": 4, "early_stopping": True, "patience": 2, "metric": "cvr_mse"},
+        "joint": {"epochs": 4},
     },
 }
 
