@@ -23,8 +23,9 @@ from .masks import (
     unpack_mask,
     zeros_mask,
 )
-from .ops import cross_masked_linear, cross_width, feature_cross, masked_adam_step_, masked_linear
-from .optim import MaskedAdam, MaskedAdamW
+from .ops import (cross_masked_linear, cross_width, feature_cross, masked_adam_step_, masked_adam_task_step_,
+                  masked_linear)
+from .optim import MOMENTS, MaskedAdam, MaskedAdamW
 from . import reference
 
 __version__ = "0.1.0"
@@ -34,6 +35,7 @@ __all__ = [
     "pack_mask", "unpack_mask", "ones_mask", "zeros_mask", "popcount", "density", "overlap",
     "save_masks", "load_masks",
     "masked_linear", "cross_masked_linear", "feature_cross", "cross_width", "masked_adam_step_",
+    "masked_adam_task_step_",
     "MaskedLinear", "CrossMaskedLinear", "masked_modules", "model_task_masks",
     "MaskedAdam", "MaskedAdamW", "reference",
 ]

@@ -104,3 +104,56 @@ def masked_adam_step_(
     exp_avg.copy_(torch.where(keep, m_new, exp_avg))
     exp_avg_sq.copy_(torch.where(keep, v_new, exp_avg_sq))
     param.copy_(torch.where(keep, p_new.to(param.dtype), param))
+
+
+@torch.no_grad()
+def masked_adam_task_step_(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    packed: Optional[torch.Tensor],
+    task: int,
+    step: int,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+) -> None:
+    """One Adam/AdamW step of task `task` with per-task moments, in place.
+
+    exp_avg, exp_avg_sq: [T, N, K], one slice of moments per task; `step` is the task's own
+    1-based step count (bias correction). The step reads and writes only slice `task` of the
+    moments: every other slice is left bit-identical, and the result does not depend on them.
+    Within the slice, strict masking as in masked_adam_step_ (packed None: the whole slice and
+    every weight are updated). Written over the whole stack, with a per-slice selector, so that
+    it is an independent statement of what the fused backends do on the task's slice.
+    """
+    t_count = exp_avg.shape[0]
+    own = (torch.arange(t_count, device=exp_avg.device) == int(task)).view(t_count, 1, 1)
+    # the task's moments, broadcast from its slice only (the other slices are never read)
+    m_t = exp_avg.select(0, int(task))
+    v_t = exp_avg_sq.select(0, int(task))
+    g = grad.to(exp_avg.dtype)
+    p = param.to(exp_avg.dtype)
+    if weight_decay and not decoupled:
+        g = g + weight_decay * p
+    m_new = beta1 * m_t + (1 - beta1) * g
+    v_new = beta2 * v_t + (1 - beta2) * g * g
+    bc1 = 1 - beta1 ** step
+    bc2 = 1 - beta2 ** step
+    denom = (v_new / bc2).sqrt() + eps
+    p_new = p
+    if weight_decay and decoupled:
+        p_new = p_new * (1 - lr * weight_decay)
+    p_new = p_new - lr * (m_new / bc1) / denom
+    if packed is None:
+        keep = torch.ones_like(p, dtype=torch.bool)
+    else:
+        keep = unpack_mask(packed, param.shape[1])
+    keep_stack = own & keep.unsqueeze(0)
+    exp_avg.copy_(torch.where(keep_stack, m_new.unsqueeze(0), exp_avg))
+    exp_avg_sq.copy_(torch.where(keep_stack, v_new.unsqueeze(0), exp_avg_sq))
+    param.copy_(torch.where(keep, p_new.to(param.dtype), param))

@@ -29,7 +29,7 @@ from ncs_kernels.triton import masked_linear as ML  # noqa: E402
 # bytes of shared memory one block may use (opt-in maximum): H100/H200 and A100
 SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}
 # scalar (non-pointer) integer arguments are not 16-divisible in general
-NOT_DIVISIBLE = {"M", "P", "R", "K", "WORDS", "FF", "B", "N", "NUMEL", "SPLITS", "ROWS_PER_SPLIT"}
+NOT_DIVISIBLE = {"M", "P", "R", "K", "WORDS", "FF", "B", "N", "NUMEL", "SPLITS", "ROWS_PER_SPLIT", "K_TILES"}
 
 
 def compile_kernel(fn, signature, constants, arch, num_warps, num_stages):
@@ -72,12 +72,19 @@ def variants(quick):
         yield (f"apply_mask {dt}", ML._apply_mask_kernel,
                dict(w_ptr=ptr, p_ptr="*i32", out_ptr=ptr, N="i32", K="i32", WORDS="i32"),
                dict(BLOCK_N=16, BLOCK_K=256), 4, 3)
+        adam_scalars = {k: "fp32" for k in ("lr beta1 one_minus_beta1 beta2 one_minus_beta2 "
+                                            "bc1 bc2 eps weight_decay decay_factor").split()}
         adam_sig = dict(p_ptr=ptr, g_ptr=ptr, m_ptr=ptr, v_ptr=ptr, packed_ptr="*i32", N="i32", K="i32",
-                        WORDS="i32", **{k: "fp32" for k in ("lr beta1 one_minus_beta1 beta2 one_minus_beta2 "
-                                                               "bc1 bc2 eps weight_decay decay_factor").split()})
-        for has_mask, l2, dec in ((True, True, False), (True, False, True), (False, False, False)):
-            yield (f"masked_adam {dt} HAS_MASK={has_mask} L2={l2} DECOUPLED={dec}", MA._masked_adam_kernel, adam_sig,
-                   dict(HAS_MASK=has_mask, L2_DECAY=l2, DECOUPLED=dec, BLOCK_N=16, BLOCK_K=256), 4, 3)
+                        WORDS="i32", K_TILES="i32", **adam_scalars)
+        # tiles launch_config picks: K >= 256, a one-row weight, a narrow one
+        for (has_mask, l2, dec), (bn, bk) in zip(((True, True, False), (True, False, True), (True, False, False)),
+                                                 ((16, 256), (1, 256), (128, 32))):
+            yield (f"masked_adam {dt} HAS_MASK={has_mask} L2={l2} DECOUPLED={dec} {bn}x{bk}", MA._masked_adam_kernel,
+                   adam_sig, dict(HAS_MASK=has_mask, L2_DECAY=l2, DECOUPLED=dec, BLOCK_N=bn, BLOCK_K=bk), 4, 3)
+        flat_sig = dict(p_ptr=ptr, g_ptr=ptr, m_ptr=ptr, v_ptr=ptr, NUMEL="i32", **adam_scalars)
+        for l2, dec in (((False, True),) if quick else ((False, False), (True, False), (False, True))):
+            yield (f"adam_flat {dt} L2={l2} DECOUPLED={dec}", MA._adam_flat_kernel, flat_sig,
+                   dict(L2_DECAY=l2, DECOUPLED=dec, BLOCK=4096), 4, 3)
 
 
 def main(argv=None):

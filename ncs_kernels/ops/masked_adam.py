@@ -1,4 +1,6 @@
 """masked_adam_step_: one strict masked Adam/AdamW step for a weight shared by tasks, in place.
+masked_adam_task_step_: the same step with per-task moments stacked [T, N, K] (task t's step
+reads and writes slice t only).
 
 Where the current task's bit is 0, the weight and both moments stay exactly as they were.
 """
@@ -48,3 +50,46 @@ def masked_adam_step_(
         param, grad, exp_avg, exp_avg_sq, packed, int(step), float(lr), float(beta1), float(beta2),
         float(eps), float(weight_decay), bool(decoupled),
     )
+
+
+def masked_adam_task_step_(
+    param: torch.Tensor,
+    grad: torch.Tensor,
+    exp_avg: torch.Tensor,
+    exp_avg_sq: torch.Tensor,
+    packed: Optional[torch.Tensor],
+    task: int,
+    step: int,
+    lr: float,
+    beta1: float = 0.9,
+    beta2: float = 0.999,
+    eps: float = 1e-8,
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+    backend: str = "auto",
+) -> None:
+    """Adam/AdamW step of task `task` on a 2-D weight [N, K] with per-task moments.
+
+    exp_avg, exp_avg_sq: [T, N, K] contiguous, slice t holding task t's moments; task: 0 <= task < T;
+    step: the task's own 1-based step count. Only slice `task` is read and written (the other
+    tasks' moments stay bit-identical); strict masking under `packed` as in masked_adam_step_.
+
+    The fused path is the backend's masked_adam_step_ kernel run on exp_avg[task] and
+    exp_avg_sq[task]: the slice of a contiguous stack is itself a contiguous view (the data
+    pointer moved by task * N * K elements), so each backend's one-pass kernel reads and writes
+    the task's moments in place; nothing is copied or gathered. The reference,
+    ncs_kernels.reference.masked_adam_task_step_, states the same step over the whole stack.
+    """
+    check_tensor("param", param, ndim=2, dtypes=FLOAT_DTYPES)
+    want = (None,) + tuple(param.shape)
+    for name, t in (("exp_avg", exp_avg), ("exp_avg_sq", exp_avg_sq)):
+        check_tensor(name, t, ndim=3, dtypes=FLOAT_DTYPES)
+        if tuple(t.shape[1:]) != want[1:]:
+            raise ValueError(f"{name}: expected shape [tasks, {param.shape[0]}, {param.shape[1]}] (per-task "
+                             f"moments of param), got {tuple(t.shape)}")
+    if exp_avg_sq.shape[0] != exp_avg.shape[0]:
+        raise ValueError(f"exp_avg_sq: expected {exp_avg.shape[0]} task slices (as exp_avg), got {exp_avg_sq.shape[0]}")
+    if isinstance(task, bool) or not isinstance(task, int) or not 0 <= task < exp_avg.shape[0]:
+        raise ValueError(f"task: expected a task index in [0, {exp_avg.shape[0]}), got {task!r}")
+    masked_adam_step_(param, grad, exp_avg[task], exp_avg_sq[task], packed, step, lr, beta1, beta2, eps,
+                      weight_decay, decoupled, backend=backend)

@@ -240,6 +240,12 @@ SCHEMA: Dict[str, Any] = {
         "mode": _Leaf(_choice("strict", "leaky"), "strict",
                       "strict: a task's step leaves weights outside its mask (and their moments) unchanged; "
                       "leaky: plain Adam step (the authors' code)"),
+        "moments": _Leaf(_choice("shared", "per_task"), "shared",
+                         "Adam moments of the masked (shared) MLP weights. shared: one exp_avg/exp_avg_sq per "
+                         "weight, so the task with the larger gradients (CTR) dominates the second moment; "
+                         "per_task: each task's steps (mask generation, joint) use their own moments and step "
+                         "count, started at zero; mixed batches (warmup, baselines), biases and heads keep "
+                         "the shared ones"),
         "embedding_optimizer": _Leaf(_choice("sparse_adam"), "sparse_adam",
                                      "row-wise Adam on sparse gradients: only rows seen in a batch do work"),
         "embedding_lr": _Leaf(_float(0.0, lo_open=True, optional=True), None, "null: same as lr"),

@@ -55,13 +55,21 @@ class StopTraining(Exception):
 
 class Optimizers:
     """MaskedAdam over the dense parameters (MLP weights under the task's masks, biases and heads)
-    and SparseAdam over the embedding tables (only the rows of the batch do work)."""
+    and SparseAdam over the embedding tables (only the rows of the batch do work).
+
+    optim.moments per_task: the masked weights keep one Adam state per task (nk.MaskedAdam
+    moments="per_task"); step() passes the batch's task, so mask generation and joint steps use
+    the task's own moments, while mixed batches (task None: warmup, the baselines) use the shared
+    ones. The per-task state is not in the warmup snapshot, so every rewind starts it afresh."""
 
     def __init__(self, model: MultiTaskModel, cfg: dict, backend: str = "auto"):
         o = cfg["optim"]
         betas = tuple(o["betas"])
+        # optim.moments per_task: per-task Adam moments for the masked weights, indexed by task
+        # name (steps with task None, i.e. mixed batches, use the shared moments)
         self.dense = nk.MaskedAdam(model.dense_parameters(), lr=o["lr"], betas=betas, eps=o["eps"],
-                                   weight_decay=o["weight_decay"], mode=o["mode"], backend=backend)
+                                   weight_decay=o["weight_decay"], mode=o["mode"], backend=backend,
+                                   moments=o.get("moments", "shared"), tasks=[t["name"] for t in cfg["tasks"]])
         self.sparse = torch.optim.SparseAdam(model.embedding_parameters(), lr=o["embedding_lr"] or o["lr"],
                                              betas=betas, eps=o["eps"])
 
@@ -69,8 +77,9 @@ class Optimizers:
         self.dense.zero_grad(set_to_none=True)
         self.sparse.zero_grad(set_to_none=True)
 
-    def step(self, masks: Dict[torch.Tensor, torch.Tensor]) -> None:
-        self.dense.set_masks(masks)
+    def step(self, masks: Dict[torch.Tensor, torch.Tensor], task: Optional[str] = None) -> None:
+        """One update: `task` is the batch's task (None: a mixed batch), `masks` its masks."""
+        self.dense.set_masks(masks, task=task)
         self.dense.step()
         self.sparse.step()
 
@@ -258,7 +267,7 @@ class ModelTrainer:
             if self.freeze_embeddings:
                 for p in model.embedding_parameters():
                     p.grad = None
-            self.opt.step(masks)
+            self.opt.step(masks, task)
             if weighted:
                 bal.step()
             total += loss.detach()
