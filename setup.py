@@ -131,7 +131,8 @@ setup(
     include_package_data=False,
     install_requires=["numpy", "safetensors", "pyyaml", "tqdm", "matplotlib", "pyarrow"],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis", "google-crc32c"],
+        "test": ["pytest", "pytest-benchmark", "pytest-xdist", "hypothesis", "google-crc32c", "optuna==5.0.0"],
+        "tune": ["optuna==5.0.0"],
         "fast-crc": ["google-crc32c"],
         "triton": ["triton"],
     },

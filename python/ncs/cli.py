@@ -5,6 +5,7 @@
     ncs masks --run DIR
     ncs data stats FILE [--skip-corrupt]
     ncs demo [--out DIR] [--rows N]
+    ncs tune --config FILE --trials N --out DIR [--models all] [--seeds K] [--metric M]
 
 Every user error (bad config, missing file, corrupt data) is one line on stderr and a non-zero
 exit code (2), never a traceback.
@@ -230,6 +231,11 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_tune(args) -> int:
+    from .tune import main as tune_main
+    return tune_main(args, _overrides(args), _logger(args))
+
+
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     from .config import BACKEND_NAMES
@@ -245,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train the models of a config into a run directory")
     t.add_argument("--config", help="YAML config (see configs/)")
     t.add_argument("--out", required=True, help="run directory")
-    t.add_argument("--models", help="comma-separated subset of single,layer,connection")
+    t.add_argument("--models", help="comma-separated model kinds (single,layer,connection,shared_bottom,mmoe,ple,esmm) or all")
     t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoints")
     t.add_argument("--backend", choices=BACKEND_NAMES, help="ncs_kernels backend (default: the config's)")
     t.add_argument("--seed", type=int, help="override the config's seed")
@@ -271,10 +277,27 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--skip-corrupt", action="store_true", help="skip and count corrupt records instead of failing")
     ds.set_defaults(func=cmd_data_stats)
 
+    tu = sub.add_parser("tune", help="the same Optuna search for every model on the validation split, then "
+                                     "the best configs' test metrics over seeds (docs/TUNE.md)")
+    tu.add_argument("--config", required=True, help="YAML config: data, tasks and the centre of the search space")
+    tu.add_argument("--trials", type=int, required=True, help="trials per model (the same for every model)")
+    tu.add_argument("--out", required=True, help="study directory (rerun the same command to resume)")
+    tu.add_argument("--models", help="comma-separated model kinds or all (default: the config's models)")
+    tu.add_argument("--seeds", type=int, default=3, help="seeds of the final training of each best config")
+    tu.add_argument("--metric", help="validation objective, e.g. cvr_mse (default: the joint early-stopping metric)")
+    tu.add_argument("--ctr-auc-floor", type=float, help="trials below this validation CTR AUC are infeasible")
+    tu.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE samplers")
+    tu.add_argument("--no-final", action="store_true", help="search only; no final training on the best configs")
+    tu.add_argument("--backend", choices=BACKEND_NAMES, help="ncs_kernels backend (default: the config's)")
+    tu.add_argument("--seed", type=int, help="override the config's seed")
+    common(tu)
+    tu.set_defaults(func=cmd_tune)
+
     dm = sub.add_parser("demo", help="all stages and both baselines on built-in synthetic data")
     dm.add_argument("--out", help="run directory (default: a new temporary directory)")
     dm.add_argument("--rows", type=int, help="synthetic rows (default 20000)")
     dm.add_argument("--resume", action="store_true", help="continue a demo run in --out")
+    dm.add_argument("--models", help="comma-separated model kinds or all (default: the paper's three)")
     dm.add_argument("--backend", choices=BACKEND_NAMES, help="ncs_kernels backend")
     dm.add_argument("--seed", type=int, help="seed")
     common(dm)

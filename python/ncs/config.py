@@ -16,6 +16,8 @@ from typing import Any, Callable, Dict, List, Optional
 
 import yaml
 
+from .models import MODEL_KINDS, PAPER_KINDS, RUN_ORDER
+
 
 class ConfigError(ValueError):
     """A configuration file or value is wrong; the message names the key path."""
@@ -129,7 +131,6 @@ def _dict_any(path, v):
     return dict(v)
 
 
-MODEL_KINDS = ("single", "layer", "connection")
 BALANCE_METHODS = ("fixed", "uncertainty", "pcgrad")
 LOSSES = ("bce", "focal", "mse")
 BACKEND_NAMES = ("auto", "torch", "cpu", "triton", "cuda")
@@ -138,6 +139,8 @@ BACKEND_NAMES = ("auto", "torch", "cpu", "triton", "cuda")
 def _models(path, v):
     if isinstance(v, str):
         v = [s.strip() for s in v.split(",") if s.strip()]
+    if isinstance(v, (list, tuple)) and list(v) == ["all"]:
+        v = list(MODEL_KINDS)
     if not isinstance(v, (list, tuple)) or not v:
         _fail(path, f"a non-empty list of model kinds from {', '.join(MODEL_KINDS)}", v)
     for m in v:
@@ -146,7 +149,7 @@ def _models(path, v):
     if len(set(v)) != len(v):
         _fail(path, "no repeated model kinds", v)
     # run in a fixed order: the baselines first, so that a demo prints them as they finish
-    return [m for m in MODEL_KINDS if m in v]
+    return [m for m in RUN_ORDER if m in v]
 
 
 TASK_KEYS = {
@@ -195,7 +198,8 @@ SCHEMA: Dict[str, Any] = {
     "threads": _Leaf(_int(1, optional=True), None,
                      "torch CPU intra-op threads during the run; null: torch's default. Small models "
                      "on a busy CPU run far faster with 1 (no OpenMP barrier waits)"),
-    "models": _Leaf(_models, list(MODEL_KINDS), "which models to train"),
+    "models": _Leaf(_models, list(PAPER_KINDS),
+                    "which models to train, from " + ", ".join(MODEL_KINDS) + " (or all); see docs/TRAINER.md"),
     "data": {
         "kind": _Leaf(_choice("synthetic", "tfrecord", "csv", "parquet"), "synthetic", "reader"),
         "path": _Leaf(_str(optional=True), None, "file for tfrecord/csv/parquet (relative to the config file)"),
@@ -220,6 +224,16 @@ SCHEMA: Dict[str, Any] = {
                               "true: padding slots count as row 0 in the pooling (the authors' code); "
                               "false: padding is excluded"),
         "embedding_init_std": _Leaf(_float(0.0, lo_open=True), 0.05, "normal init of embedding rows"),
+        "task_embed_dim": _Leaf(_int(0), 0,
+                                "layer and connection models: width d_p of a private embedding table per task "
+                                "and field, concatenated to the shared one in that task's forward (STEM); "
+                                "0: embeddings fully shared (the paper)"),
+        "experts": _Leaf(_int(1, optional=True), None, "mmoe: number of experts; null: tasks + 1 (as many as ple's "
+                                                         "default 1 shared + 1 per task)"),
+        "shared_experts": _Leaf(_int(0), 1, "ple: shared experts per level"),
+        "task_experts": _Leaf(_int(0), 1, "ple: experts per task and level"),
+        "ple_levels": _Leaf(_int(1), 1, "ple: CGC levels; the bottom (hidden minus the last layer) is split "
+                                        "into this many contiguous chunks, one per level"),
     },
     "loss": {
         "focal_gamma": _Leaf(_float(0.0), 2.0, "focal loss gamma"),
@@ -360,6 +374,7 @@ def _cross_checks(cfg: Dict[str, Any]) -> None:
     if js["select"] == "last" and js["early_stopping"]:
         raise ConfigError("stages.joint.select: 'last' serves the last epoch, so early_stopping must be false; "
                           "use select per_task or metric with early stopping")
+    _model_checks(cfg)
     metric = cfg["stages"]["joint"]["metric"]
     if metric is not None:
         valid = set()
@@ -367,6 +382,26 @@ def _cross_checks(cfg: Dict[str, Any]) -> None:
             valid |= {f"{t['name']}_{m}" for m in metric_names(t)}
         if metric not in valid:
             raise ConfigError(f"stages.joint.metric: expected one of {', '.join(sorted(valid))}, got {metric!r}")
+
+
+def _model_checks(cfg: Dict[str, Any]) -> None:
+    m, tasks, models = cfg["model"], cfg["tasks"], cfg["models"]
+    if "ple" in models:
+        bottom = max(1, len(m["hidden"]) - 1)
+        if m["ple_levels"] > bottom:
+            raise ConfigError(f"model.ple_levels: expected at most {bottom} (the layers of model.hidden but the "
+                              f"last), got {m['ple_levels']}")
+        if m["shared_experts"] + m["task_experts"] < 1:
+            raise ConfigError("model.task_experts: expected shared_experts + task_experts >= 1, got 0")
+    if "esmm" in models:
+        t0 = tasks[0]
+        if t0["space"] != "all" or t0["loss"] == "mse":
+            raise ConfigError(f"tasks[0]: models esmm needs the click task first (space all, loss bce or focal), "
+                              f"got {t0['name']!r} (space {t0['space']}, loss {t0['loss']})")
+        for i, t in enumerate(tasks[1:], 1):
+            if t["space"] != "clicked":
+                raise ConfigError(f"tasks[{i}].space: models esmm needs every task after the first to be "
+                                  f"post-click (space clicked), got {t['space']!r} for {t['name']!r}")
 
 
 def metric_names(task: Dict[str, Any]) -> List[str]:

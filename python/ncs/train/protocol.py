@@ -32,7 +32,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.nn as nn
 
-from ..losses import task_loss
+from ..losses import mixed_loss, task_loss
 from . import batches as B
 
 
@@ -274,13 +274,14 @@ def diagnostic_rows(n: int, batches: int, batch_size: int, seed: int) -> torch.T
 
 def grad_diagnostics(model: nn.Module, split: B.SplitTensors, tasks: Sequence[dict], rows: torch.Tensor,
                      batch_size: int, weights: Mapping[str, float], task_forward: bool,
-                     gamma: float, alpha: Optional[float]) -> Dict[str, Any]:
+                     gamma: float, alpha: Optional[float], kind: str = "layer") -> Dict[str, Any]:
     """Per task k, the gradient of weights[k] * L_k summed over the fixed `rows` (in batches):
     its norm on every parameter group at least two tasks' gradients reach (the shared groups),
     and the cosine between each pair of tasks there, per group and over all shared groups.
 
     task_forward: the task's served network (model(ids, task): the connection model under its
-    mask) instead of the mixed network model(ids)[task]. Uses torch.autograd.grad: no .grad is
+    mask) instead of the mixed network model(ids) with L_k as losses.mixed_loss gives it for
+    model `kind` (Eq. 1 per task; ESMM: its all-impression terms). Uses torch.autograd.grad: no .grad is
     written, no optimizer is touched, no random numbers are drawn."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = param_groups(model)
@@ -289,11 +290,15 @@ def grad_diagnostics(model: nn.Module, split: B.SplitTensors, tasks: Sequence[di
     for start in range(0, int(rows.numel()), batch_size):
         idx = rows[start:start + batch_size].to(split.ids.device)
         ids, tg, sp = split.batch(idx)
-        mixed = None if task_forward else model(ids)
+        parts = None
+        if not task_forward:  # the mixed network: each task's L_k as training computes it (ESMM: its loss)
+            _, parts = mixed_loss(kind, model(ids), tg, sp, tasks, gamma, alpha)
         for t in tasks:
             n = t["name"]
-            logits = model(ids, n) if task_forward else mixed[n]
-            lk = weights[n] * task_loss(t["loss"], logits, tg[n], sp[n], gamma, alpha)
+            if task_forward:
+                lk = weights[n] * task_loss(t["loss"], model(ids, n), tg[n], sp[n], gamma, alpha)
+            else:
+                lk = weights[n] * parts[n]
             gs = torch.autograd.grad(lk, [p for _, p in params], retain_graph=not task_forward and n != names[-1],
                                      allow_unused=True)
             for i, g in enumerate(gs):

@@ -32,7 +32,7 @@ import ncs_kernels as nk
 
 from ..config import ConfigError, dump_config, load_config
 from ..metrics import json_safe
-from ..models import PAPER_NAMES, build_model, check_ids
+from ..models import PAPER_NAMES, RUN_ORDER, build_model, check_ids
 from . import batches as B
 from .checkpoint import atomic_write_json, load_tensors, save_tensors
 from .stages import ModelTrainer, StopTraining
@@ -310,7 +310,7 @@ def results_table(results: Dict[str, Any], tasks: List[dict]) -> str:
     def num(v, fmt):
         return format(v, fmt) if isinstance(v, (int, float)) and v == v else "-"
 
-    for kind in ("single", "layer", "connection"):
+    for kind in RUN_ORDER:
         if kind not in models:
             continue
         m = models[kind]

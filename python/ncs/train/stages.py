@@ -38,7 +38,7 @@ import torch
 import ncs_kernels as nk
 
 from ..config import baseline_epochs, main_metric, prune_fraction
-from ..losses import multitask_loss, task_loss
+from ..losses import mixed_loss, task_loss
 from ..metrics import task_metrics
 from ..models import MultiTaskModel, build_model
 from . import batches as B
@@ -249,8 +249,9 @@ class ModelTrainer:
             self.opt.zero_grad()
             bal.zero_grad()
             if task is None:
-                # loss: Eq. 2 with the fixed weights (the logged number, whatever loss.balance)
-                loss, parts = multitask_loss(model(ids), tg, sp, self.tasks, self.gamma, self.alpha)
+                # loss: Eq. 2 (ESMM: its loss) with the fixed weights (the logged number, whatever
+                # loss.balance); parts: each task's L_k, which loss.balance combines
+                loss, parts = mixed_loss(self.kind, model(ids), tg, sp, self.tasks, self.gamma, self.alpha)
                 masks: Dict[torch.Tensor, torch.Tensor] = {}
                 if params is not None:
                     bal.pcgrad_mixed_backward(parts, params)
@@ -460,7 +461,7 @@ class ModelTrainer:
         bs = self.cfg["train"]["batch_size"]
         rows = diagnostic_rows(len(self.train), nb, bs, self.seed)
         d = grad_diagnostics(self.model, self.train, self.tasks, rows, bs, self.balancer.effective_weights(),
-                             task_forward=(stage == "joint"), gamma=self.gamma, alpha=self.alpha)
+                             task_forward=(stage == "joint"), gamma=self.gamma, alpha=self.alpha, kind=self.kind)
         return d if d["groups"] else None
 
     def _epochs(self, stage: str, epochs: int, desc: str, early: bool,

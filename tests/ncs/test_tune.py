@@ -1,0 +1,119 @@
+"""`ncs tune`: the same search space and budget per model, validation-only objective, per-trial
+JSON, resume of a killed study, best configs written and trained over seeds."""
+import json
+import os
+
+import optuna  # the test extra installs it (setup.py: optuna==5.0.0)
+import pytest
+import yaml
+
+from ncs import cli
+from ncs.config import ConfigError, load_config, resolve_config
+from ncs.models import MODEL_KINDS
+from ncs.tune import overrides, space, trial_config, tune
+
+BASE = {
+    "seed": 0, "device": "cpu", "backend": "torch", "threads": 1,
+    "models": ["single", "connection"],
+    "data": {"kind": "synthetic", "rows": 300, "seed": 0, "split": {"fractions": [0.6, 0.2, 0.2]}},
+    "model": {"embed_dim": 4, "hidden": [8, 4]},
+    "optim": {"lr": 0.01},
+    "train": {"batch_size": 64, "eval_batch_size": 512},
+    "stages": {"warmup": {"epochs": 1}, "masks": {"rounds": 2},
+               "joint": {"epochs": 1, "early_stopping": True, "patience": 1}},
+}
+
+
+def _write_cfg(tmp_path, **over):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump({**BASE, **over}))
+    return str(p)
+
+
+def test_space_is_common_and_overrides_resolve():
+    base = resolve_config(BASE)
+    common = {"lr", "w0", "embed_dim"}
+    for kind in MODEL_KINDS:
+        sp = space(kind, base)
+        assert common <= set(sp), kind
+        assert sp["lr"] == {"type": "float", "low": 0.001, "high": 0.1, "log": True}
+        assert sp["embed_dim"]["choices"] == [2, 4, 8]
+    assert set(space("connection", base)) - common == {"warmup_epochs", "joint_epochs", "final_density",
+                                                      "task_embed_dim"}
+    assert set(space("single", base)) - common == {"epochs"}
+    # the largest number of passes is the same for the baselines and the connection model
+    assert space("single", base)["epochs"]["high"] == (space("connection", base)["warmup_epochs"]["high"]
+                                                      + space("connection", base)["joint_epochs"]["high"])
+    params = {"lr": 0.003, "w0": 0.4, "embed_dim": 8, "warmup_epochs": 2, "joint_epochs": 1,
+              "final_density": 0.3, "task_embed_dim": 2}
+    cfg = trial_config("connection", base, params)
+    assert cfg["models"] == ["connection"] and cfg["optim"]["lr"] == 0.003 and cfg["model"]["embed_dim"] == 8
+    assert [t["weight"] for t in cfg["tasks"]] == pytest.approx([0.4, 0.6])
+    assert cfg["stages"]["masks"]["final_density"] == 0.3 and cfg["model"]["task_embed_dim"] == 2
+    o = overrides("mmoe", base, {"lr": 0.01, "w0": 0.5, "embed_dim": 4, "epochs": 3, "experts": 3})
+    assert o["baselines"] == {"epochs": 3} and o["model"]["experts"] == 3
+
+
+def test_tune_two_trials_writes_trials_best_and_test_summary(tmp_path, capsys):
+    out = tmp_path / "t"
+    rc = cli.main(["tune", "--config", _write_cfg(tmp_path), "--trials", "2", "--out", str(out),
+                   "--seeds", "2", "--models", "single,connection", "-q"])
+    stdout, err = capsys.readouterr()
+    assert rc == 0, err
+    assert "Single_Task" in stdout and "Connection_Share" in stdout and "±" in stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metric"] == "cvr_mse" and summary["direction"] == "minimize"
+    for kind in ("single", "connection"):
+        r = summary["models"][kind]
+        assert r["trials_done"] == 2
+        recs = [json.loads((out / "trials" / kind / f"trial_{i:04d}.json").read_text()) for i in range(2)]
+        # the objective is the validation metric; the trials never see the test split
+        assert all(set(rec["valid"]) >= {"cvr_mse", "ctr_auc"} and rec["value"] == rec["valid"]["cvr_mse"]
+                   for rec in recs)
+        assert r["best_valid"] == min(rec["value"] for rec in recs)
+        best = load_config(str(out / "best" / f"{kind}.yaml"))
+        assert best["models"] == [kind] and best["optim"]["lr"] == pytest.approx(r["params"]["lr"])
+        t = r["test"]["cvr_mse"]
+        assert len(t["values"]) == 2 and t["std"] >= 0
+        for s in (0, 1):
+            m = json.loads((out / "final" / kind / f"seed{s}" / "metrics.json").read_text())
+            assert kind in m["models"]
+        assert not (out / "trials" / kind / "t0").exists()  # trial checkpoints are cleaned up
+    # no pickle: the study is a JSON-lines journal
+    with open(out / "study.journal", "r", encoding="utf-8") as f:
+        assert all(json.loads(line) for line in f if line.strip())
+
+
+def test_tune_resumes_a_killed_study(tmp_path):
+    base = resolve_config(dict(BASE, models=["single"]))
+    out = str(tmp_path / "t")
+    tune(base, out, 1, final=False)
+    # a trial cut short by a kill: RUNNING in the journal, with its params drawn
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(os.path.join(out, "study.journal")))
+    study = optuna.load_study(study_name="single", storage=storage)
+    tr = study.ask()
+    cut = {"lr": tr.suggest_float("lr", 0.001, 0.1, log=True), "w0": tr.suggest_float("w0", 0.1, 0.9),
+           "embed_dim": tr.suggest_categorical("embed_dim", [2, 4, 8]), "epochs": tr.suggest_int("epochs", 1, 4)}
+    logs = []
+    s = tune(base, out, 2, final=False, log=logs.append)
+    assert s["models"]["single"]["trials_done"] == 2  # the cut trial does not count; one new one ran
+    assert any("cut short" in m for m in logs)
+    study = optuna.load_study(study_name="single", storage=storage)
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(done) == 2 and done[-1].params == pytest.approx(cut)  # rerun with the same params
+    # a third run with the same budget does nothing more
+    s = tune(base, out, 2, final=False)
+    assert s["models"]["single"]["trials_done"] == 2
+    # another config in the same directory is refused
+    with pytest.raises(ConfigError, match="another config"):
+        tune(resolve_config(dict(BASE, models=["single"], optim={"lr": 0.02})), out, 2, final=False)
+
+
+def test_tune_user_errors_are_one_line(tmp_path, capsys):
+    cfg = _write_cfg(tmp_path)
+    for argv, needle in ((["--trials", "0"], "--trials: expected an integer >= 1"),
+                         (["--trials", "1", "--metric", "cvr_auc"], "--metric: expected one of")):
+        rc = cli.main(["tune", "--config", cfg, "--out", str(tmp_path / "x"), *argv])
+        _, err = capsys.readouterr()
+        lines = [x for x in err.splitlines() if x.strip()]
+        assert rc == 2 and len(lines) == 1 and needle in lines[0], err
