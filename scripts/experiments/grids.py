@@ -88,6 +88,8 @@ SYNTH1M_ABLATIONS = ["weights_0.5"]
 # ("today", spelled out so that later default changes do not move it). Tuned on validation only.
 TODAY_REAL = {
     "loss": {"balance": "fixed"},
+    "optim": {"moments": "shared"},
+    "model": {"task_embed_dim": 0},
     "stages": {"subset": "first", "rewind": "all", "warmup": {"data_fraction": 1.0},
                "masks": {"data_fraction": 1.0},
                "joint": {"select": "last", "early_stopping": False, "embeddings": "train", "alternate": "cover"}},
@@ -118,6 +120,10 @@ PROTOCOL_VARIANTS: Dict[str, Dict[str, Any]] = {
                      "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
     "cycle_fraction0.5": {"stages": {"warmup": {"data_fraction": 0.5}, "masks": {"data_fraction": 0.5},
                                      "joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
+    "cycle_pcgrad_moments": {"loss": {"balance": "pcgrad"}, "optim": {"moments": "per_task"},
+                             "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
+    "cycle_pcgrad_temb": {"loss": {"balance": "pcgrad"}, "model": {"task_embed_dim": 4},
+                          "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
     "cycle_joint8": {"stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle", "epochs": 8}},
                      "baselines": {"epochs": 10}},
 }
@@ -219,7 +225,7 @@ SYNTH_PROTOCOL = {
     "threads": 1,
     "data": {"rows": 20_000, "conflict": 0.5, "cache_dir": None},
 }
-SYNTH_PROTOCOL_VARIANTS = ["today", "per_task", "cycle", "cycle_pcgrad"]
+SYNTH_PROTOCOL_VARIANTS = ["today", "per_task", "cycle_pcgrad", "cycle_pcgrad_moments"]
 
 GRIDS = ("real", "real_splits", "real_ablation", "synth1m", "synth1m_ablation", "sweep", "ablation",
          "protocol_real", "protocol_synth")

@@ -252,14 +252,16 @@ def test_schedule_steps_follow_the_data_fraction(tmp_path):
     half, seventy = round(0.5 * n), round(0.7 * n)
     clicked70 = int(sp.spaces["cvr"][:seventy].sum())
     ceil = lambda a: -(-a // 8)  # noqa: E731
-    joint = len(B.alternating_batches(sp, ["ctr", "cvr"], 8, 1, "joint", 0))
+    from ncs.train.protocol import cycled_alternating_batches   # joint.alternate: cycle (the default)
+    joint = len(cycled_alternating_batches(sp, ["ctr", "cvr"], 8, 1, "joint", 0))
     expected = 2 * ceil(half) + 3 * (ceil(seventy) + ceil(clicked70)) + joint
     assert res["stages"]["connection"]["steps"] == expected
 
 
 def test_frozen_joint_embeddings_stay_at_the_warmup_snapshot(tmp_path):
     out = str(tmp_path / "f")
-    run(_cfg(models=["connection"], stages={"joint": {"epochs": 2, "embeddings": "freeze", "select": "last"}}),
+    run(_cfg(models=["connection"], stages={"joint": {"epochs": 2, "embeddings": "freeze", "select": "last",
+                                                                   "early_stopping": False}}),
         out, data=_data())
     from ncs.train.checkpoint import load_tensors
     init, _ = load_tensors(os.path.join(out, "checkpoints", "connection_init.safetensors"))
