@@ -124,6 +124,9 @@ PROTOCOL_VARIANTS: Dict[str, Dict[str, Any]] = {
                              "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
     "cycle_pcgrad_temb": {"loss": {"balance": "pcgrad"}, "model": {"task_embed_dim": 4},
                           "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
+    # the chosen protocol (the defaults since issue 10) with every model, competitors included
+    "defaults_all": {"models": ["all"], "loss": {"balance": "pcgrad"},
+                     "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
     "cycle_joint8": {"stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle", "epochs": 8}},
                      "baselines": {"epochs": 10}},
 }
