@@ -254,7 +254,7 @@ SCHEMA: Dict[str, Any] = {
         "mode": _Leaf(_choice("strict", "leaky"), "strict",
                       "strict: a task's step leaves weights outside its mask (and their moments) unchanged; "
                       "leaky: plain Adam step (the authors' code)"),
-        "moments": _Leaf(_choice("shared", "per_task"), "shared",
+        "moments": _Leaf(_choice("shared", "per_task"), "per_task",
                          "Adam moments of the masked (shared) MLP weights. shared: one exp_avg/exp_avg_sq per "
                          "weight, so the task with the larger gradients (CTR) dominates the second moment; "
                          "per_task: each task's steps (mask generation, joint) use their own moments and step "

@@ -125,7 +125,7 @@ PROTOCOL_VARIANTS: Dict[str, Dict[str, Any]] = {
     "cycle_pcgrad_temb": {"loss": {"balance": "pcgrad"}, "model": {"task_embed_dim": 4},
                           "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
     # the chosen protocol (the defaults since issue 10) with every model, competitors included
-    "defaults_all": {"models": ["all"], "loss": {"balance": "pcgrad"},
+    "defaults_all": {"models": ["all"], "loss": {"balance": "pcgrad"}, "optim": {"moments": "per_task"},
                      "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
     "cycle_joint8": {"stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle", "epochs": 8}},
                      "baselines": {"epochs": 10}},
@@ -228,7 +228,7 @@ SYNTH_PROTOCOL = {
     "threads": 1,
     "data": {"rows": 20_000, "conflict": 0.5, "cache_dir": None},
 }
-SYNTH_PROTOCOL_VARIANTS = ["today", "per_task", "cycle_pcgrad", "cycle_pcgrad_moments"]
+SYNTH_PROTOCOL_VARIANTS = ["today", "per_task", "cycle_pcgrad", "cycle_pcgrad_moments", "cycle_fraction0.5"]
 
 GRIDS = ("real", "real_splits", "real_ablation", "synth1m", "synth1m_ablation", "sweep", "ablation",
          "protocol_real", "protocol_synth")

@@ -164,6 +164,7 @@ def main(argv=None) -> int:
     p.add_argument("--pick", action="store_true")
     p.add_argument("--doc", help="replace the <!-- table:GRID --> block of this markdown file")
     p.add_argument("--figure", help="bar chart of every variant's test gains (PNG)")
+    p.add_argument("--marker", help="the block name for --doc (default: the grid name)")
     p.add_argument("--variants", help="comma-separated variants (and their order) for --doc / --figure")
     a = p.parse_args(argv)
     agg = aggregate(collect(Path(a.runs), a.grid))
@@ -177,7 +178,7 @@ def main(argv=None) -> int:
     if order:
         agg = {v: agg[v] for v in order if v in agg}
     if a.doc:
-        replace_block(Path(a.doc), a.grid, compact(agg))
+        replace_block(Path(a.doc), a.marker or a.grid, compact(agg))
     if a.figure:
         plot_gains(agg, a.figure, f"{a.grid}: mean ± std over seeds (test split)")
     md = f"Validation (served models):\n\n{markdown(agg, 'valid')}\n\nTest:\n\n{markdown(agg, 'test')}\n"
