@@ -20,6 +20,11 @@ smoke test):
             connection model only (its reference is the sweep's conflict-0.5 run of the same
             seed, which has the same config); "weights_05" changes the loss weights of every
             model, so it trains all three
+  protocol_real  issue 10's protocol study on the real sample: PROTOCOL_VARIANTS (each mechanism
+            alone and combined, over the pre-issue-10 protocol TODAY_REAL; defaults_all: the
+            chosen defaults with every model), seeds 0-4, all models of each run
+  protocol_synth  the same at 20,000 synthetic rows (conflict 0.5), the variants
+            SYNTH_PROTOCOL_VARIANTS, seeds 0-4
 """
 from __future__ import annotations
 
@@ -127,8 +132,6 @@ PROTOCOL_VARIANTS: Dict[str, Dict[str, Any]] = {
     # the chosen protocol (the defaults since issue 10) with every model, competitors included
     "defaults_all": {"models": ["all"], "loss": {"balance": "pcgrad"}, "optim": {"moments": "per_task"},
                      "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
-    "cycle_joint8": {"stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle", "epochs": 8}},
-                     "baselines": {"epochs": 10}},
 }
 
 # --tiny: every grid in seconds (2 CPU cores): checks the plumbing, not the science.

@@ -79,6 +79,21 @@ def pick(agg: Dict[str, Any], tol: float = 0.002, exclude=("today",)) -> Dict[st
     return {"variant": best, "ctr_constraint_met_on_valid": bool(ok), "candidates": sorted(ok)}
 
 
+def pick_over(aggs: Dict[str, Dict[str, Any]], tol: float = 0.002, exclude=("today", "defaults_all")) -> Dict[str, Any]:
+    """The protocol for the defaults, chosen on VALIDATION over several data sets: among the
+    variants run on every grid, those whose mean validation CTR AUC difference to Single_Task is
+    >= -tol on every grid; the best mean (over grids) validation CVR gain of Connection_Share
+    among them, or among all when none qualifies."""
+    common = set.intersection(*[{v for v, a in agg.items() if "connection" in a} for agg in aggs.values()]) - set(exclude)
+    score = {v: statistics.fmean(agg[v]["connection"]["valid"]["cvr_gain_pct"]["mean"] for agg in aggs.values())
+             for v in common}
+    ok = [v for v in common if all(agg[v]["connection"]["valid"]["ctr_auc_diff"]["mean"] >= -tol for agg in aggs.values())]
+    pool = ok or list(common)
+    best = max(pool, key=lambda v: score[v])
+    return {"variant": best, "ctr_constraint_met_on_valid": bool(ok), "mean_valid_cvr_gain_pct": score,
+            "grids": list(aggs)}
+
+
 def markdown(agg: Dict[str, Any], split: str) -> str:
     lines = [f"| variant | model | {split} CVR MSE | {split} CTR AUC | CVR gain vs Single | CTR AUC diff | CVR wins |",
              "|---|---|---|---|---|---|---|"]
@@ -157,16 +172,21 @@ def plot_gains(agg: Dict[str, Any], path: str, title: str) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default="runs/exp")
-    p.add_argument("--grid", required=True)
+    p.add_argument("--grid")
     p.add_argument("--json")
     p.add_argument("--md")
     p.add_argument("--split", default="test", choices=("valid", "test"))
     p.add_argument("--pick", action="store_true")
     p.add_argument("--doc", help="replace the <!-- table:GRID --> block of this markdown file")
     p.add_argument("--figure", help="bar chart of every variant's test gains (PNG)")
+    p.add_argument("--pick-over", help="comma-separated grids: choose the defaults on validation over all of them")
     p.add_argument("--marker", help="the block name for --doc (default: the grid name)")
     p.add_argument("--variants", help="comma-separated variants (and their order) for --doc / --figure")
     a = p.parse_args(argv)
+    if a.pick_over:
+        aggs = {g: aggregate(collect(Path(a.runs), g)) for g in a.pick_over.split(",")}
+        print(json.dumps(pick_over(aggs), indent=1))
+        return 0
     agg = aggregate(collect(Path(a.runs), a.grid))
     if not agg:
         print(f"--runs: no finished runs of grid {a.grid} under {a.runs}", file=sys.stderr)
