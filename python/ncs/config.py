@@ -131,6 +131,7 @@ def _dict_any(path, v):
     return dict(v)
 
 
+BALANCE_METHODS = ("fixed", "uncertainty", "pcgrad")
 LOSSES = ("bce", "focal", "mse")
 BACKEND_NAMES = ("auto", "torch", "cpu", "triton", "cuda")
 
@@ -239,6 +240,13 @@ SCHEMA: Dict[str, Any] = {
     "loss": {
         "focal_gamma": _Leaf(_float(0.0), 2.0, "focal loss gamma"),
         "focal_alpha": _Leaf(_float(0.0, 1.0, optional=True), 0.25, "focal loss alpha (null: no alpha)"),
+        "balance": _Leaf(_choice(*BALANCE_METHODS), "pcgrad",
+                         "how task losses are combined on shared parameters (docs/TRAINER.md): fixed: "
+                         "omega_k of Eq. 2; uncertainty: Kendall et al. 2018, learned log-variances "
+                         "(MSE tasks: 0.5 exp(-s) L + 0.5 s, BCE/focal tasks: exp(-s) L + 0.5 s, each times "
+                         "omega_k); pcgrad: Yu et al. 2020, a task's gradient on the shared parameters is "
+                         "projected off every other task's gradient it conflicts with"),
+        "balance_lr": _Leaf(_float(0.0, lo_open=True), 0.01, "uncertainty: Adam learning rate of the log-variances"),
     },
     "optim": {
         "lr": _Leaf(_float(0.0, lo_open=True), 1e-4, "Adam learning rate of the MLPs and heads"),
@@ -248,7 +256,7 @@ SCHEMA: Dict[str, Any] = {
         "mode": _Leaf(_choice("strict", "leaky"), "strict",
                       "strict: a task's step leaves weights outside its mask (and their moments) unchanged; "
                       "leaky: plain Adam step (the authors' code)"),
-        "moments": _Leaf(_choice("shared", "per_task"), "shared",
+        "moments": _Leaf(_choice("shared", "per_task"), "per_task",
                          "Adam moments of the masked (shared) MLP weights. shared: one exp_avg/exp_avg_sq per "
                          "weight, so the task with the larger gradients (CTR) dominates the second moment; "
                          "per_task: each task's steps (mask generation, joint) use their own moments and step "
@@ -270,10 +278,23 @@ SCHEMA: Dict[str, Any] = {
                               "a NaN/inf loss or gradient: error stops naming the stage, epoch and step "
                               "(the last checkpoint is the last good state); skip_batch skips that "
                               "batch's step and counts it (one host sync per step)"),
+        "diagnostics_batches": _Leaf(_int(0), 2,
+                                     "gradient diagnostics after every epoch: per task, the gradient norm on "
+                                     "each shared parameter group and the cosine between tasks, on this many "
+                                     "fixed training batches (0: off)"),
     },
     "stages": {
+        "subset": _Leaf(_choice("first", "random"), "first",
+                        "which training rows warmup.data_fraction / masks.data_fraction keep: the first rows "
+                        "in data order (the earliest, for time-ordered logs) or a seeded random subset"),
+        "rewind": _Leaf(_choice("all", "mlp"), "all",
+                        "what the rewinds (each mask round, the joint stage) restore to the warmup snapshot: "
+                        "all: every weight and optimizer state (Algorithm 1); mlp: the MLP and heads only, "
+                        "the embeddings keep training across rounds and into the joint stage"),
         "warmup": {
             "epochs": _Leaf(_int(0), 1, "N_warm: epochs of mixed batches, Eq. 2, every weight"),
+            "data_fraction": _Leaf(_float(0.0, 1.0, lo_open=True), 1.0,
+                                   "fraction of the training rows warmup sees (stages.subset says which)"),
         },
         "masks": {
             "rounds": _Leaf(_int(1), 4, "n: pruning rounds"),
@@ -281,6 +302,8 @@ SCHEMA: Dict[str, Any] = {
             "prune_fraction": _Leaf(_float(0.0, 1.0, lo_open=True, hi_open=True, optional=True), None,
                                     "q per round; null: q = 1 - r^(1/n)"),
             "epochs_per_round": _Leaf(_int(1), 1, "training epochs of the task per round"),
+            "data_fraction": _Leaf(_float(0.0, 1.0, lo_open=True), 1.0,
+                                   "fraction of the training rows the mask rounds see (stages.subset says which)"),
             "scope": _Leaf(_choice("global", "layer"), "global", "rank magnitudes over all masked layers or per layer"),
             "count_rounding": _Leaf(_choice("round", "floor"), "round",
                                     "pruned count = round-half-up(q * survivors) or floor(q * survivors)"),
@@ -290,10 +313,25 @@ SCHEMA: Dict[str, Any] = {
         },
         "joint": {
             "epochs": _Leaf(_int(0), 2, "E: epochs of alternating task batches"),
-            "early_stopping": _Leaf(_bool, False, "stop when the validation metric stops improving"),
-            "patience": _Leaf(_int(1), 1, "epochs without improvement before stopping"),
+            "early_stopping": _Leaf(_bool, True,
+                                    "stop when no task's validation metric improved for `patience` epochs "
+                                    "(select: metric: when joint.metric did not)"),
+            "patience": _Leaf(_int(1), 2, "epochs without improvement before stopping"),
             "metric": _Leaf(_str(optional=True), None,
-                            "validation metric for early stopping, e.g. cvr_mse; null: the last task's main metric"),
+                            "select: metric: the validation metric that picks the epoch, e.g. cvr_mse; null: the "
+                            "last task's main metric"),
+            "select": _Leaf(_choice("per_task", "metric", "last"), "per_task",
+                            "which epoch's weights are served (joint stage and baselines): per_task: each task "
+                            "its own best validation epoch (early stopping ends when no task improved for "
+                            "`patience` epochs); metric: one epoch for all tasks, the best by joint.metric; "
+                            "last: the last epoch (no early stopping)"),
+            "alternate": _Leaf(_choice("cover", "cycle"), "cycle",
+                               "task batches of the joint stage: cover: round-robin until every space is "
+                               "covered once (a small space, e.g. CVR's clicked rows, runs out early); cycle: "
+                               "smaller spaces are gone over again so every task takes as many steps as the largest"),
+            "embeddings": _Leaf(_choice("train", "freeze"), "train",
+                                "freeze: the joint stage leaves the embeddings at their rewound (warmup) values "
+                                "and trains the MLP and heads only"),
         },
     },
     "baselines": {
@@ -342,6 +380,10 @@ def _cross_checks(cfg: Dict[str, Any]) -> None:
     d = cfg["data"]
     if d["kind"] != "synthetic" and not d["path"]:
         raise ConfigError(f"data.path: expected a file path for data.kind={d['kind']!r}, got null")
+    js = cfg["stages"]["joint"]
+    if js["select"] == "last" and js["early_stopping"]:
+        raise ConfigError("stages.joint.select: 'last' serves the last epoch, so early_stopping must be false; "
+                          "use select per_task or metric with early stopping")
     _model_checks(cfg)
     metric = cfg["stages"]["joint"]["metric"]
     if metric is not None:
@@ -452,7 +494,7 @@ DEMO_CONFIG: Dict[str, Any] = {
     "stages": {
         "warmup": {"epochs": 1},
         "masks": {"rounds": 4, "final_density": 0.2},
-        "joint": {"epochs": 4, "early_stopping": True, "patience": 2, "metric": "cvr_mse"},
+        "joint": {"epochs": 4},
     },
 }
 

@@ -189,3 +189,51 @@ def plot_curves(curves: Dict[str, Any], path: str) -> str:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_diagnostics(curves: Dict[str, Any], path: str) -> str:
+    """The gradient diagnostics of curves.json (records with a "grad" entry): per model, each
+    task's gradient norm on the shared embeddings and on every shared layer by epoch (log
+    scale), and the cosine between the tasks' gradients per group (over all shared parameters
+    too). x axis: the epochs in training order (connection: warmup, then joint)."""
+    plt = _plt()
+    kinds = [k for k, v in curves.items() if any("grad" in r for r in v)]
+    if not kinds:
+        raise ValueError("curves: no gradient diagnostics to plot")
+    fig, axes = plt.subplots(len(kinds), 2, figsize=(12, 3.6 * len(kinds)), squeeze=False)
+    for row, kind in enumerate(kinds):
+        recs = [r for r in curves[kind] if "grad" in r]
+        xs = list(range(1, len(recs) + 1))
+        labels = [f"{r['stage'][0]}{r['epoch'] + 1}" for r in recs]
+        groups = [g for g in recs[-1]["grad"]["groups"]]
+        ax_n, ax_c = axes[row, 0], axes[row, 1]
+        styles = ["-", "--", ":", "-."]
+        for gi, g in enumerate(groups):
+            if g == "all_shared":
+                continue
+            tasks = list(recs[-1]["grad"]["groups"][g]["norm"])
+            for ti, t in enumerate(tasks):
+                ys = [r["grad"]["groups"].get(g, {}).get("norm", {}).get(t, float("nan")) for r in recs]
+                ax_n.plot(xs, ys, linestyle=styles[gi % len(styles)], marker="o", markersize=3,
+                          color=f"C{ti}", label=f"{t} {g}")
+        for gi, g in enumerate(groups):
+            pairs = list(recs[-1]["grad"]["groups"][g]["cos"])
+            for p in pairs:
+                ys = [r["grad"]["groups"].get(g, {}).get("cos", {}).get(p) for r in recs]
+                ax_c.plot(xs, [float("nan") if y is None else y for y in ys], marker="o", markersize=3,
+                          linewidth=2.5 if g == "all_shared" else 1.0, label=f"{p} {g}")
+        ax_n.set_yscale("log")
+        ax_n.set_title(f"{kind}: gradient norm per task on shared groups")
+        ax_c.set_title(f"{kind}: cosine between the tasks' gradients")
+        ax_c.axhline(0.0, color="k", linewidth=0.6)
+        for ax in (ax_n, ax_c):
+            ax.set_xticks(xs)
+            ax.set_xticklabels(labels, fontsize=7)
+            ax.set_xlabel("epoch (w = warmup, j = joint, t = train)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

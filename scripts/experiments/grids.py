@@ -20,6 +20,11 @@ smoke test):
             connection model only (its reference is the sweep's conflict-0.5 run of the same
             seed, which has the same config); "weights_05" changes the loss weights of every
             model, so it trains all three
+  protocol_real  issue 10's protocol study on the real sample: PROTOCOL_VARIANTS (each mechanism
+            alone and combined, over the pre-issue-10 protocol TODAY_REAL; defaults_all: the
+            chosen defaults with every model), seeds 0-4, all models of each run
+  protocol_synth  the same at 20,000 synthetic rows (conflict 0.5), the variants
+            SYNTH_PROTOCOL_VARIANTS, seeds 0-4
 """
 from __future__ import annotations
 
@@ -83,6 +88,52 @@ REAL_ABLATIONS = ["leaky", "scope_layer", "random_init", "select_last", "weights
 # At 1M rows, one seed: the loss-weight sensitivity point of Table 2 (all three models).
 SYNTH1M_ABLATIONS = ["weights_0.5"]
 
+# Issue 10's protocol study: the mechanisms of the trainer, one at a time and combined, every model
+# trained (the competitors too, when the build has them), on top of the PRE-issue-10 protocol
+# ("today", spelled out so that later default changes do not move it). Tuned on validation only.
+TODAY_REAL = {
+    "loss": {"balance": "fixed"},
+    "optim": {"moments": "shared"},
+    "model": {"task_embed_dim": 0},
+    "stages": {"subset": "first", "rewind": "all", "warmup": {"data_fraction": 1.0},
+               "masks": {"data_fraction": 1.0},
+               "joint": {"select": "last", "early_stopping": False, "embeddings": "train", "alternate": "cover"}},
+}
+# the synthetic "today" is configs/demo.yaml's: one epoch for all tasks, early stopping on cvr_mse
+TODAY_SYNTH = {**TODAY_REAL, "stages": {**TODAY_REAL["stages"],
+                                        "joint": {"select": "metric", "metric": "cvr_mse", "early_stopping": True,
+                                                  "patience": 2, "embeddings": "train",
+                                                  "alternate": "cover"}}}
+PER_TASK = {"stages": {"joint": {"select": "per_task", "early_stopping": True, "patience": 2}}}
+PROTOCOL_VARIANTS: Dict[str, Dict[str, Any]] = {
+    "today": {},
+    "per_task": PER_TASK,
+    "uncertainty": {**PER_TASK, "loss": {"balance": "uncertainty"}},
+    "uncertainty_lr0.05": {**PER_TASK, "loss": {"balance": "uncertainty", "balance_lr": 0.05}},
+    "pcgrad": {**PER_TASK, "loss": {"balance": "pcgrad"}},
+    "warmup1": {"stages": {**PER_TASK["stages"], "warmup": {"epochs": 1}}},
+    "fraction0.5": {"stages": {**PER_TASK["stages"], "warmup": {"data_fraction": 0.5},
+                               "masks": {"data_fraction": 0.5}}},
+    "one_pass": {"stages": {**PER_TASK["stages"], "warmup": {"epochs": 1, "data_fraction": 0.5},
+                            "masks": {"data_fraction": 0.5}}},
+    "freeze_emb": {"stages": {**PER_TASK["stages"], "joint": {**PER_TASK["stages"]["joint"], "embeddings": "freeze"}}},
+    "rewind_mlp": {"stages": {**PER_TASK["stages"], "rewind": "mlp"}},
+    "cycle": {"stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
+    "cycle_uncertainty": {"loss": {"balance": "uncertainty"},
+                          "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
+    "cycle_pcgrad": {"loss": {"balance": "pcgrad"},
+                     "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
+    "cycle_fraction0.5": {"stages": {"warmup": {"data_fraction": 0.5}, "masks": {"data_fraction": 0.5},
+                                     "joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
+    "cycle_pcgrad_moments": {"loss": {"balance": "pcgrad"}, "optim": {"moments": "per_task"},
+                             "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
+    "cycle_pcgrad_temb": {"loss": {"balance": "pcgrad"}, "model": {"task_embed_dim": 4},
+                          "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
+    # the chosen protocol (the defaults since issue 10) with every model, competitors included
+    "defaults_all": {"models": ["all"], "loss": {"balance": "pcgrad"}, "optim": {"moments": "per_task"},
+                     "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
+}
+
 # --tiny: every grid in seconds (2 CPU cores): checks the plumbing, not the science.
 TINY = {
     "threads": 1,
@@ -139,6 +190,16 @@ def grid(name: str, tiny: bool = False) -> List[RunSpec]:
         runs = [RunSpec("synth1m_ablation", f"{v}_seed0", "demo.yaml",
                         merge(merge(SYNTH_1M, {"seed": 0, "models": ["connection"]}), ABLATIONS[v]),
                         {"seed": 0, "variant": v}) for v in SYNTH1M_ABLATIONS]
+    elif name in ("protocol_real", "protocol_synth"):
+        real = name == "protocol_real"
+        seeds = REAL_SEEDS[:1] if tiny else REAL_SEEDS
+        variants = ["today", "per_task"] if tiny else (list(PROTOCOL_VARIANTS) if real else SYNTH_PROTOCOL_VARIANTS)
+        runs = []
+        for v in variants:
+            for s in seeds:
+                base = merge(TODAY_REAL if real else merge(SYNTH_PROTOCOL, TODAY_SYNTH), {"seed": s})
+                runs.append(RunSpec(name, f"{v}_seed{s}", "lt4rec_sample.yaml" if real else "demo.yaml",
+                                    _deep(base, PROTOCOL_VARIANTS[v]), {"seed": s, "variant": v}))
     elif name == "real_ablation":
         seeds = REAL_SEEDS[:1] if tiny else REAL_SEEDS
         variants = REAL_ABLATIONS[:1] if tiny else REAL_ABLATIONS
@@ -161,4 +222,16 @@ def grid(name: str, tiny: bool = False) -> List[RunSpec]:
     return runs
 
 
-GRIDS = ("real", "real_splits", "real_ablation", "synth1m", "synth1m_ablation", "sweep", "ablation")
+def _deep(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    return merge(base, over)
+
+
+# the protocol study's synthetic size: what 2 shared CPU cores afford for 5 seeds x every variant
+SYNTH_PROTOCOL = {
+    "threads": 1,
+    "data": {"rows": 20_000, "conflict": 0.5, "cache_dir": None},
+}
+SYNTH_PROTOCOL_VARIANTS = ["today", "per_task", "cycle_pcgrad", "cycle_pcgrad_moments", "cycle_fraction0.5"]
+
+GRIDS = ("real", "real_splits", "real_ablation", "synth1m", "synth1m_ablation", "sweep", "ablation",
+         "protocol_real", "protocol_synth")

@@ -23,6 +23,7 @@ threads: 1
 data: {kind: synthetic, rows: 500, seed: 3}
 model: {embed_dim: 4, hidden: [8, 4]}
 train: {batch_size: 64}
+loss: {balance: fixed}
 stages: {warmup: {epochs: 1}, masks: {rounds: 2, epochs_per_round: 1}, joint: {epochs: 1}}
 """
 

@@ -115,6 +115,7 @@ def test_select_round():
 def _trainer(tmp_path, mode="strict", **stages):
     cfg = _cfg(**stages)
     cfg["optim"]["mode"] = mode
+    cfg["optim"]["moments"] = "shared"   # these tests are about the shared moments (per_task: test_train_moments)
     data = _tiny_data()
     tr = B.prepare_split(data, cfg["tasks"], "click", torch.device("cpu"))
     return ModelTrainer("connection", cfg, data.fields, tr, tr, torch.device("cpu"), str(tmp_path)), tr

@@ -13,11 +13,12 @@ Run directory:
                        before, the fallback of a damaged one), connection_init.safetensors,
                        <kind>_best.safetensors (early stopping)
   models/<kind>.safetensors   final weights (+ masks for connection)
-  metrics.json         {"models": {kind: test metrics}, "stages": {kind: stage summary}}
+  metrics.json         {"models": {kind: test metrics}, "valid": {kind: validation metrics of the
+                       served model (tuning reads these, never the test ones)}, "stages": {kind: stage summary}}
   masks.safetensors    the connection model's kept masks (nk.save_masks); masks.json their stats
   rounds.json, rounds.csv   the mask-generation rounds table
   curves.json          per epoch / round: training loss and validation metrics
-  figures/masks.png, figures/curves.png
+  figures/masks.png, figures/curves.png, figures/diagnostics.png (gradient diagnostics)
 """
 from __future__ import annotations
 
@@ -188,6 +189,12 @@ def _run_data_parallel(dp, cfg, out, resume, progress, log, stop_after_checkpoin
 
     from ..distributed import check_batch
     check_batch(dp.world_size, int(cfg["train"]["batch_size"]))
+    if cfg["loss"]["balance"] != "fixed":
+        # PCGrad projects and uncertainty weighting rescales per-task gradients; done per rank
+        # before the all-reduce, neither would equal the one-process step, so refuse them
+        raise ConfigError(f"loss.balance: {cfg['loss']['balance']!r} is not supported under torchrun yet "
+                          f"(per-rank task gradients would be combined before the all-reduce); "
+                          f"set loss.balance: fixed for a distributed run")
     _check_run_dir(cfg, out, resume)  # every rank, before any writes: the same error everywhere
     if resume:
         prev = _run_world_size(out)
@@ -293,6 +300,7 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data, dist=Non
                                                          masks_digest(trainer.selected_masks()))
         metrics = trainer.evaluate(te)
         results["models"][kind] = metrics
+        results.setdefault("valid", {})[kind] = trainer.evaluate(va)  # the served model on validation
         results["stages"][kind] = trainer.stage_summary()
         curves[kind] = trainer.pos["curves"]
         save_model(trainer, os.path.join(out, "models", f"{kind}.safetensors"), fields)
@@ -311,14 +319,20 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data, dist=Non
     try:
         from ..report import plot_curves
         plot_curves(curves, os.path.join(out, "figures", "curves.png"))
+        if any("grad" in r for v in curves.values() for r in v):
+            from ..report import plot_diagnostics
+            plot_diagnostics(curves, os.path.join(out, "figures", "diagnostics.png"))
     except ImportError as e:  # matplotlib missing: the numbers are still all there
         log(f"figures skipped ({e})")
     return results
 
 
 def save_model(trainer: ModelTrainer, path: str, fields: List[dict]) -> None:
-    tensors = {f"model/{k}": v for k, v in trainer.model.state_dict().items()}
-    save_tensors(path, tensors, {"kind": trainer.kind, "tasks": trainer.names, "fields": fields}, sidecar=False)
+    """The served model: "model/..." weights, and with per-task selection "task/<t>/model/..."
+    for every task whose best validation epoch differs (load_model rebuilds the per-task predictor)."""
+    tensors, meta = trainer.served_tensors()
+    save_tensors(path, tensors, {"kind": trainer.kind, "tasks": trainer.names, "fields": fields, **meta},
+                 sidecar=False)
 
 
 def load_model(run_dir: str, kind: str, cfg: Dict[str, Any], device: torch.device):
@@ -330,7 +344,21 @@ def load_model(run_dir: str, kind: str, cfg: Dict[str, Any], device: torch.devic
     from ..data.types import FieldSpec
     fields = [FieldSpec(f["name"], f["vocab_size"], f["max_len"]) for f in doc["fields"]]
     model = build_model(kind, fields, doc["tasks"], cfg["model"], backend=cfg["backend"]).to(device)
-    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items()})
+    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
+    src = doc.get("per_task_weights") or {}
+    if any(v != "model" for v in src.values()):
+        # per-task selection: task t predicts with its own best epoch's weights
+        from .protocol import PerTaskModel
+        built: Dict[str, Any] = {"model": model}
+        per = {}
+        for t in doc["tasks"]:
+            pre = src.get(t, "model")
+            if pre not in built:
+                m = build_model(kind, fields, doc["tasks"], cfg["model"], backend=cfg["backend"]).to(device)
+                m.load_state_dict({k[len(pre) + 1:]: v for k, v in tensors.items() if k.startswith(pre + "/")})
+                built[pre] = m
+            per[t] = built[pre]
+        model = PerTaskModel(per, doc["tasks"])
     return model, fields
 
 

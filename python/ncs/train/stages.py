@@ -27,6 +27,7 @@ single / layer: mixed batches, Eq. 2, baseline_epochs(cfg) epochs (default warmu
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
@@ -44,6 +45,8 @@ from . import batches as B
 from .guards import NonFiniteGuard
 from .checkpoint import (flatten_optimizer, has_checkpoint, load_latest, load_tensors, rng_state, save_tensors,
                          set_rng_state, unflatten_optimizer)
+from .protocol import (Balancer, PerTaskModel, cycled_alternating_batches, diagnostic_rows, grad_diagnostics,
+                       subset_split)
 from .pruning import mask_density, prune_round, select_round
 
 
@@ -124,6 +127,10 @@ class ModelTrainer:
         self.opt = Optimizers(self.model, cfg, backend=cfg["backend"])
         self.layers = nk.masked_modules(self.model) if kind == "connection" else {}
         self.in_features = {n: m.in_features for n, m in self.layers.items()}
+        self.balancer = Balancer(cfg, device)
+        self.served: Optional[torch.nn.Module] = None   # per-task selection's predictor, once done
+        self.freeze_embeddings = False                   # stages.joint.embeddings: freeze, in joint
+        self._epoch_split: Optional[B.SplitTensors] = None  # a stage's data subset (data_fraction)
         self.mask_hist: Dict[str, List[Dict[str, torch.Tensor]]] = {}
         self.init: Optional[Tuple[Dict[str, torch.Tensor], Dict[str, Any]]] = None
         self.dist = None  # ncs.distributed.DataParallel of a torchrun run (set by the runner)
@@ -153,12 +160,14 @@ class ModelTrainer:
         tensors = self._model_tensors()
         ot, od = self.opt.flatten()
         tensors.update(ot)
+        bt, bd = self.balancer.state_tensors()
+        tensors.update(bt)
         for task, hist in self.mask_hist.items():
             for k, masks in enumerate(hist):
                 for layer, packed in masks.items():
                     tensors[f"maskhist/{task}/{k}/{layer}"] = packed
-        save_tensors(self.ckpt_path, tensors, {"kind": self.kind, "pos": self.pos, "optim": od, "rng": rng_state()},
-                     keep_previous=True)
+        save_tensors(self.ckpt_path, tensors, {"kind": self.kind, "pos": self.pos, "optim": od, "rng": rng_state(),
+                                               "balance": bd}, keep_previous=True)
         if self.on_checkpoint is not None:
             self.on_checkpoint(self.kind)
 
@@ -174,6 +183,7 @@ class ModelTrainer:
             raise RuntimeError(f"{self.ckpt_path}: checkpoint of model {doc.get('kind')!r}, expected {self.kind!r}")
         self.model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
         self.opt.load(tensors, doc["optim"])
+        self.balancer.load(tensors, doc.get("balance"), self.device)
         self.pos = doc["pos"]
         hist: Dict[str, Dict[int, Dict[str, torch.Tensor]]] = {}
         for key, v in tensors.items():
@@ -197,10 +207,20 @@ class ModelTrainer:
 
     @torch.no_grad()
     def rewind(self) -> None:
-        """Weights and optimizer state back to init, bit for bit; masks are left as they are."""
+        """Weights and optimizer state back to init, bit for bit; masks are left as they are.
+        stages.rewind = mlp: only the dense parameters (MLP, heads) and their optimizer; the
+        embeddings and their SparseAdam state go on from where they are."""
         if self.init is None:
             raise RuntimeError("rewind: no init snapshot (warmup has not finished)")
         tensors, doc = self.init
+        if self.cfg["stages"]["rewind"] == "mlp":
+            emb = {id(p) for p in self.model.embedding_parameters()}
+            for name, p in self.model.named_parameters():
+                if id(p) not in emb:
+                    p.copy_(tensors[f"model/{name}"])
+            from .checkpoint import unflatten_optimizer
+            self.opt.dense.load_state_dict(unflatten_optimizer("dense", tensors, doc["optim"]["dense"]))
+            return
         for name, p in self.model.named_parameters():
             p.copy_(tensors[f"model/{name}"])
         self.opt.load(tensors, doc["optim"])
@@ -226,30 +246,48 @@ class ModelTrainer:
             from tqdm import tqdm
             bar = tqdm(total=len(batches), desc=desc, leave=False, dynamic_ncols=True)
         guard = NonFiniteGuard(self, desc)  # train.on_nonfinite (guards.py)
-        dist = self.dist
+        dist = self.dist  # a torchrun run: this rank's slice of each global batch (ncs.distributed)
+        split = self._epoch_split if self._epoch_split is not None else self.train
+        bal = self.balancer
+        params = None
+        if bal.pcgrad and weighted:
+            params = [p for p in model.parameters() if p.requires_grad]
         for i, (task, idx) in enumerate(batches):
-            if dist is not None:  # this rank's slice of the global batch
-                idx = dist.shard(self.train, task, idx)
-            ids, tg, sp = self.train.batch(idx)
+            if dist is not None:
+                idx = dist.shard(split, task, idx)
+            ids, tg, sp = split.batch(idx)
             self.opt.zero_grad()
+            bal.zero_grad()
             if task is None:
+                # loss: Eq. 2 (ESMM: its loss) with the fixed weights (the logged number, whatever
+                # loss.balance); parts: each task's L_k, which loss.balance combines
                 loss, parts = mixed_loss(self.kind, model(ids), tg, sp, self.tasks, self.gamma, self.alpha)
-                if dist is not None:
+                if dist is not None:  # (the runner allows only loss.balance fixed under torchrun)
                     loss = dist.mixed_loss(self.kind, parts, self.tasks)
                 masks: Dict[torch.Tensor, torch.Tensor] = {}
+                if params is not None:
+                    bal.pcgrad_mixed_backward(parts, params)
+                else:
+                    (loss if bal.method == "fixed" else bal.combine(parts)).backward()
             else:
                 t = self.task_cfg[task]
-                loss = task_loss(t["loss"], model(ids, task), tg[task], None, self.gamma, self.alpha)
-                if weighted:
-                    loss = loss * t["weight"]
+                lk = task_loss(t["loss"], model(ids, task), tg[task], None, self.gamma, self.alpha)
+                loss = lk * t["weight"] if weighted else lk
                 if dist is not None:
                     loss = dist.task_loss(loss)
                 masks = self._task_masks(task)
-            loss.backward()
+                (bal.term(task, lk) if weighted and bal.method == "uncertainty" else loss).backward()
+                if params is not None:
+                    bal.pcgrad_task_step(task, params)
             if dist is not None:
                 dist.reduce_gradients(model)
+            if self.freeze_embeddings:
+                for p in model.embedding_parameters():
+                    p.grad = None
             if guard.ok(i, loss):
                 self.opt.step(masks, task)
+                if weighted:
+                    bal.step()
                 total += loss.detach()
             self.pos["step"] += 1
             if bar is not None:
@@ -268,7 +306,7 @@ class ModelTrainer:
     def evaluate(self, split: B.SplitTensors, task: Optional[str] = None) -> Dict[str, float]:
         """task=None: every task as served (connection: each under its own mask), over each task's
         space. task given: that task only, under its current mask, over its space."""
-        model = self.model
+        model = self.model if (task is not None or self.served is None) else self.served
         model.eval()
         eb = self.cfg["train"]["eval_batch_size"]
         if task is None:
@@ -298,38 +336,133 @@ class ModelTrainer:
     def _timed(self, stage: str, t0: float) -> None:
         self.pos["seconds"][stage] = self.pos["seconds"].get(stage, 0.0) + (time.perf_counter() - t0)
 
-    # ------------------------------------------------------------------ early stopping
-    def _early_metric(self) -> Tuple[str, bool]:
+    # ------------------------------------------------------------------ model selection
+    def _trackers(self) -> List[Tuple[str, str, bool, List[str]]]:
+        """(tracker id, validation metric, higher is better, tasks it selects for)."""
+        sel = self.cfg["stages"]["joint"]["select"]
+        if sel == "per_task":
+            out = []
+            for t in self.tasks:
+                m, hib = main_metric(t)
+                out.append((t["name"], f"{t['name']}_{m}", hib, [t["name"]]))
+            return out
         name = self.cfg["stages"]["joint"]["metric"]
         if name is None:
             t = self.tasks[-1]
             m, hib = main_metric(t)
-            return f"{t['name']}_{m}", hib
-        return name, name.endswith("_auc")
+            name, hib = f"{t['name']}_{m}", hib
+        else:
+            hib = name.endswith("_auc")
+        return [("all", name, hib, list(self.names))]
+
+    def _snapshot_path(self, epoch: int) -> str:
+        return os.path.join(self.ckpt_dir, f"{self.kind}_best_e{epoch}.safetensors")
 
     def _early_update(self, metrics: Dict[str, float], epoch: int) -> bool:
-        """Track the best validation epoch (saving its weights); True when training should stop."""
+        """Per tracker (one per task with select: per_task; one for all with select: metric),
+        track the best validation epoch; an epoch that is some tracker's new best saves its
+        weights (<kind>_best_e<epoch>.safetensors). True when early stopping should end the
+        stage: no tracker improved for `patience` epochs."""
         js = self.cfg["stages"]["joint"]
-        if not js["early_stopping"]:
+        if js["select"] == "last":
             return False
-        name, hib = self._early_metric()
-        v = metrics.get(name, float("nan"))
-        es = self.pos["early"] or {"metric": name, "best": None, "best_epoch": None, "bad": 0, "stopped": False}
-        better = v is not None and not math.isnan(v) and (
-            es["best"] is None or (v > es["best"] if hib else v < es["best"]))
-        if better:
-            es.update(best=v, best_epoch=epoch, bad=0)
-            save_tensors(self.best_path, self._model_tensors(), {"kind": self.kind, "epoch": epoch}, sidecar=False)
-        else:
-            es["bad"] += 1
-        es["stopped"] = es["bad"] >= js["patience"]
+        es = self.pos["early"]
+        if not es or "trackers" not in es:
+            es = {"select": js["select"], "stopped": False,
+                  "trackers": {tid: {"metric": name, "tasks": tasks, "best": None, "best_epoch": None, "bad": 0}
+                               for tid, name, _, tasks in self._trackers()}}
+        improved = False
+        for tid, name, hib, _ in self._trackers():
+            tr = es["trackers"][tid]
+            v = metrics.get(name, float("nan"))
+            better = v is not None and not math.isnan(v) and (
+                tr["best"] is None or (v > tr["best"] if hib else v < tr["best"]))
+            if better:
+                tr.update(best=v, best_epoch=epoch, bad=0)
+                improved = True
+            else:
+                tr["bad"] += 1
+        if improved:
+            save_tensors(self._snapshot_path(epoch), self._model_tensors(), {"kind": self.kind, "epoch": epoch},
+                         sidecar=False)
+        es["stopped"] = bool(js["early_stopping"]) and all(tr["bad"] >= js["patience"]
+                                                            for tr in es["trackers"].values())
+        es["best_epoch"] = {t: tr["best_epoch"] for tr in es["trackers"].values() for t in tr["tasks"]}
         self.pos["early"] = es
         return es["stopped"]
 
+    def _gc_snapshots(self) -> None:
+        """Delete snapshot files no task refers to any more (after the checkpoint that forgot them)."""
+        es = self.pos["early"]
+        keep = set()
+        if es and "trackers" in es:
+            keep = {self._snapshot_path(tr["best_epoch"]) for tr in es["trackers"].values()
+                    if tr["best_epoch"] is not None}
+        prefix = f"{self.kind}_best_e"
+        if not os.path.isdir(self.ckpt_dir):
+            return
+        for f in os.listdir(self.ckpt_dir):
+            path = os.path.join(self.ckpt_dir, f)
+            if f.startswith(prefix) and f.endswith(".safetensors") and path not in keep:
+                os.remove(path)
+
     def _early_finish(self) -> None:
-        if self.pos["early"] and self.pos["early"]["best_epoch"] is not None and os.path.isfile(self.best_path):
-            tensors, _ = load_tensors(self.best_path, self.device)
-            self.model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items()})
+        """Build the served predictor: each task's best-epoch snapshot (select: last, or no
+        best yet: the current weights). self.model gets the snapshot of the last task (the
+        one the old single-metric rule picked for), so its masks and weights stay a valid model."""
+        es = self.pos["early"]
+        if not es or "trackers" not in es:
+            self.served = None
+            return
+        best = {t: tr["best_epoch"] for tr in es["trackers"].values() for t in tr["tasks"]}
+        loaded: Dict[int, Dict[str, torch.Tensor]] = {}
+        for e in sorted({e for e in best.values() if e is not None}):
+            tensors, _ = load_tensors(self._snapshot_path(e), self.device)
+            loaded[e] = {k[len("model/"):]: v for k, v in tensors.items()}
+        current = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        modules: Dict[Any, torch.nn.Module] = {}
+        per_task: Dict[str, torch.nn.Module] = {}
+        for t in self.names:
+            e = best[t]
+            if e not in modules:
+                m = copy.deepcopy(self.model)
+                m.load_state_dict(loaded[e] if e is not None else current)
+                m.eval()
+                modules[e] = m
+            per_task[t] = modules[e]
+        primary = best[self.names[-1]]
+        if primary is not None:
+            self.model.load_state_dict(loaded[primary])
+        self.served = PerTaskModel(per_task, self.names)
+        self.served_epochs = best
+
+    def served_tensors(self) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
+        """What models/<kind>.safetensors holds: "model/..." = self.model (the last task's
+        snapshot), and with per-task selection "task/<t>/model/..." for each other distinct
+        snapshot (t: the first task served by it); meta["per_task_epochs"] = {task: epoch or
+        None}, meta["per_task_weights"] = {task: the key prefix of its weights}."""
+        tensors = {f"model/{k}": v for k, v in self.model.state_dict().items()}
+        meta: Dict[str, Any] = {}
+        if self.served is not None:
+            best = self.served_epochs
+            primary = best[self.names[-1]]
+            meta["per_task_epochs"] = best
+            src: Dict[str, str] = {}
+            first: Dict[Any, str] = {}
+            for t in self.names:
+                if best[t] == primary:
+                    src[t] = "model"
+                    continue
+                if best[t] not in first:   # one copy per distinct snapshot
+                    first[best[t]] = t
+                    tensors.update({f"task/{t}/model/{k}": v for k, v in self.served.models[t].state_dict().items()})
+                src[t] = f"task/{first[best[t]]}/model"
+            meta["per_task_weights"] = src
+        return tensors, meta
+
+    def predictor(self) -> torch.nn.Module:
+        """The model as served: per-task selection's predictor once training is done."""
+        return self.served if self.served is not None else self.model
 
     # ------------------------------------------------------------------ flows
     def run(self) -> None:
@@ -338,17 +471,37 @@ class ModelTrainer:
         else:
             self._run_baseline()
 
+    def diagnostics(self, stage: str) -> Optional[Dict[str, Any]]:
+        """Gradient diagnostics (protocol.grad_diagnostics) on train.diagnostics_batches fixed
+        training batches: the joint stage under each task's mask, the other stages through the
+        mixed network. None when off or when the model shares nothing."""
+        nb = self.cfg["train"]["diagnostics_batches"]
+        if nb == 0 or self.kind == "single":
+            return None
+        bs = self.cfg["train"]["batch_size"]
+        rows = diagnostic_rows(len(self.train), nb, bs, self.seed)
+        d = grad_diagnostics(self.model, self.train, self.tasks, rows, bs, self.balancer.effective_weights(),
+                             task_forward=(stage == "joint"), gamma=self.gamma, alpha=self.alpha, kind=self.kind)
+        return d if d["groups"] else None
+
     def _epochs(self, stage: str, epochs: int, desc: str, early: bool,
                 batches_for: Callable[[int], Sequence]) -> bool:
         """Train epochs pos["epoch"] .. epochs-1 of `stage` (batches_for(e) gives epoch e's
-        batches, Eq. 2 weighted), evaluating on validation and checkpointing after each. With
-        `early`, early stopping may end the stage: then pos["stage"] is "done" and True returns."""
+        batches, Eq. 2 weighted), evaluating on validation, recording the gradient diagnostics
+        and checkpointing after each. With `early`, model selection tracks the epochs and early
+        stopping may end the stage: then pos["stage"] is "done" and True returns."""
         pos = self.pos
         for e in range(pos["epoch"], epochs):
             t0 = time.perf_counter()
             loss = self.train_epoch(batches_for(e), True, f"{self.kind} {desc} {e + 1}/{epochs}")
             val = self.evaluate(self.valid)
-            self._curve(stage=stage, epoch=e, train_loss=loss, **val)
+            rec = dict(stage=stage, epoch=e, train_loss=loss, **val)
+            if self.balancer.method == "uncertainty":
+                rec["loss_weights"] = self.balancer.effective_weights()
+            diag = self.diagnostics(stage)
+            if diag is not None:
+                rec["grad"] = diag
+            self._curve(**rec)
             self.log(f"{self.kind}: {desc} {e + 1}/{epochs} loss {loss:.4f} valid {_fmt(val)}")
             pos["epoch"] = e + 1
             stop = early and self._early_update(val, e)
@@ -356,6 +509,8 @@ class ModelTrainer:
             if stop:
                 pos["stage"] = "done"
             self.checkpoint()
+            if early:
+                self._gc_snapshots()
             if stop:
                 return True
         return False
@@ -378,8 +533,13 @@ class ModelTrainer:
         bs = cfg["train"]["batch_size"]
         st = cfg["stages"]
         if pos["stage"] == "warmup":
-            self._epochs("warmup", st["warmup"]["epochs"], "warmup epoch", early=False,
-                         batches_for=lambda e: B.mixed_batches(self.train, bs, self.seed, "mixed", e))
+            sub = subset_split(self.train, st["warmup"]["data_fraction"], st["subset"], self.seed)
+            self._epoch_split = sub
+            try:
+                self._epochs("warmup", st["warmup"]["epochs"], "warmup epoch", early=False,
+                             batches_for=lambda e: B.mixed_batches(sub, bs, self.seed, "mixed", e))
+            finally:
+                self._epoch_split = None
             self.save_init()
             pos.update(stage="masks", epoch=0, task_index=0, round=0)
             self.checkpoint()
@@ -388,19 +548,25 @@ class ModelTrainer:
             # optim.mode applies to the joint stage, where tasks share weights.
             mode = self.opt.dense.mode
             self.opt.dense.mode = "strict"
+            self._epoch_split = subset_split(self.train, st["masks"]["data_fraction"], st["subset"], self.seed)
             try:
                 self._masks_stage()
             finally:
                 self.opt.dense.mode = mode
+                self._epoch_split = None
             self.rewind()
             for t in self.names:
                 self.model.set_task_masks(t, self.mask_hist[t][pos["selected"][t]])
             pos.update(stage="joint", epoch=0)
             self.checkpoint()
         if pos["stage"] == "joint":
-            self._epochs("joint", st["joint"]["epochs"], "joint epoch", early=True,
-                         batches_for=lambda e: B.alternating_batches(self.train, self.names, bs, self.seed,
-                                                                     "joint", e))
+            self.freeze_embeddings = st["joint"]["embeddings"] == "freeze"
+            alternate = cycled_alternating_batches if st["joint"]["alternate"] == "cycle" else B.alternating_batches
+            try:
+                self._epochs("joint", st["joint"]["epochs"], "joint epoch", early=True,
+                             batches_for=lambda e: alternate(self.train, self.names, bs, self.seed, "joint", e))
+            finally:
+                self.freeze_embeddings = False
             self._early_finish()
             pos["stage"] = "done"
             self.checkpoint()
@@ -431,7 +597,7 @@ class ModelTrainer:
                 R = mc["epochs_per_round"]
                 losses = pos.setdefault("round_losses", [])
                 for e in range(pos["epoch"], R):
-                    bt = B.task_batches(self.train, task, bs, self.seed, f"masks/{k}", e)
+                    bt = B.task_batches(self._epoch_split if self._epoch_split is not None else self.train, task, bs, self.seed, f"masks/{k}", e)
                     losses.append(self.train_epoch(bt, False, f"masks {task} round {k}/{n} epoch {e + 1}/{R}"))
                     pos["epoch"] = e + 1
                     if e + 1 < R:  # mid-round checkpoint; the round's end writes the next one

@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Aggregate issue 10's protocol study (grids protocol_real / protocol_synth of grids.py).
+
+    python scripts/experiments/protocol_report.py --runs runs/exp --grid protocol_real \
+        --json docs/results/protocol_real.json --md docs/results/protocol_real.md
+
+Per variant and model, over the seeds: validation (the served model; what tuning reads) and
+test CVR MSE and CTR AUC, mean ± std; per seed against Single_Task of the same seed and
+variant: the CVR MSE gain (single - model) / single in %, the CTR AUC difference, and in how
+many seeds the model's CVR MSE is lower. `--pick` prints the variant chosen on VALIDATION: the
+best mean validation connection CVR gain over Single_Task among variants whose validation CTR AUC is within 0.002 of Single_Task's (test is never read
+for the choice).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Dict, List
+
+PAPER = {"single": "Single_Task", "layer": "Layer_Share", "connection": "Connection_Share",
+         "shared_bottom": "SharedBottom", "mmoe": "MMoE", "ple": "PLE", "esmm": "ESMM"}
+
+
+def _ms(xs: List[float]) -> Dict[str, float]:
+    xs = [x for x in xs if x is not None and not math.isnan(x)]
+    if not xs:
+        return {"mean": float("nan"), "std": float("nan"), "n": 0}
+    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
+
+
+def collect(runs: Path, grid: str) -> Dict[str, Dict[int, Dict[str, Any]]]:
+    """{variant: {seed: metrics.json}}"""
+    out: Dict[str, Dict[int, Dict[str, Any]]] = {}
+    for tags in sorted((runs / grid).glob("*.tags.json")):
+        t = json.loads(tags.read_text())
+        m = runs / grid / t["run_id"] / "metrics.json"
+        if m.is_file():
+            out.setdefault(t["variant"], {})[int(t["seed"])] = json.loads(m.read_text())
+    return out
+
+
+def aggregate(data: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict[str, Any]:
+    res: Dict[str, Any] = {}
+    for variant, seeds in data.items():
+        kinds = sorted({k for m in seeds.values() for k in m["models"]}, key=lambda k: list(PAPER).index(k))
+        rv: Dict[str, Any] = {}
+        for kind in kinds:
+            row: Dict[str, Any] = {}
+            for split, key in (("valid", "valid"), ("test", "models")):
+                mse = [m[key][kind]["cvr_mse"] for m in seeds.values() if kind in m.get(key, {})]
+                auc = [m[key][kind]["ctr_auc"] for m in seeds.values() if kind in m.get(key, {})]
+                gain, dauc, wins = [], [], 0
+                for m in seeds.values():
+                    if kind in m.get(key, {}) and "single" in m.get(key, {}):
+                        b, x = m[key]["single"], m[key][kind]
+                        gain.append((b["cvr_mse"] - x["cvr_mse"]) / b["cvr_mse"] * 100)
+                        dauc.append(x["ctr_auc"] - b["ctr_auc"])
+                        wins += x["cvr_mse"] < b["cvr_mse"]
+                row[split] = {"cvr_mse": _ms(mse), "ctr_auc": _ms(auc), "cvr_gain_pct": _ms(gain),
+                              "ctr_auc_diff": _ms(dauc), "cvr_wins": wins, "seeds": len(mse)}
+            rv[kind] = row
+        res[variant] = rv
+    return res
+
+
+def pick(agg: Dict[str, Any], tol: float = 0.002, exclude=("today",)) -> Dict[str, Any]:
+    """The variant with the best mean VALIDATION connection CVR gain over Single_Task among those
+    whose mean validation CTR AUC difference is >= -tol (fallback: best gain overall). "today"
+    (the pre-issue-10 protocol, which serves the last epoch of every model, not each task's
+    best) is the reference, not a candidate."""
+    cand = {v: a for v, a in agg.items() if "connection" in a and v not in exclude}
+    ok = {v: a for v, a in cand.items() if a["connection"]["valid"]["ctr_auc_diff"]["mean"] >= -tol}
+    pool = ok or cand
+    best = max(pool, key=lambda v: pool[v]["connection"]["valid"]["cvr_gain_pct"]["mean"])
+    return {"variant": best, "ctr_constraint_met_on_valid": bool(ok), "candidates": sorted(ok)}
+
+
+def pick_over(aggs: Dict[str, Dict[str, Any]], tol: float = 0.002, exclude=("today", "defaults_all")) -> Dict[str, Any]:
+    """The protocol for the defaults, chosen on VALIDATION over several data sets: among the
+    variants run on every grid, those whose mean validation CTR AUC difference to Single_Task is
+    >= -tol on every grid; the best mean (over grids) validation CVR gain of Connection_Share
+    among them, or among all when none qualifies."""
+    common = set.intersection(*[{v for v, a in agg.items() if "connection" in a} for agg in aggs.values()]) - set(exclude)
+    score = {v: statistics.fmean(agg[v]["connection"]["valid"]["cvr_gain_pct"]["mean"] for agg in aggs.values())
+             for v in common}
+    ok = [v for v in common if all(agg[v]["connection"]["valid"]["ctr_auc_diff"]["mean"] >= -tol for agg in aggs.values())]
+    pool = ok or list(common)
+    best = max(pool, key=lambda v: score[v])
+    return {"variant": best, "ctr_constraint_met_on_valid": bool(ok), "mean_valid_cvr_gain_pct": score,
+            "grids": list(aggs)}
+
+
+def markdown(agg: Dict[str, Any], split: str) -> str:
+    lines = [f"| variant | model | {split} CVR MSE | {split} CTR AUC | CVR gain vs Single | CTR AUC diff | CVR wins |",
+             "|---|---|---|---|---|---|---|"]
+    for variant, rv in agg.items():
+        for kind, row in rv.items():
+            r = row[split]
+            f = lambda d, p: "-" if d["n"] == 0 else f"{d['mean']:.{p}f} ± {d['std']:.{p}f}"  # noqa: E731
+            gain = "-" if kind == "single" else f"{r['cvr_gain_pct']['mean']:+.2f} % ± {r['cvr_gain_pct']['std']:.2f}"
+            diff = "-" if kind == "single" else f"{r['ctr_auc_diff']['mean']:+.4f} ± {r['ctr_auc_diff']['std']:.4f}"
+            wins = "-" if kind == "single" else f"{r['cvr_wins']}/{r['seeds']}"
+            lines.append(f"| {variant} | {PAPER.get(kind, kind)} | {f(r['cvr_mse'], 5)} | {f(r['ctr_auc'], 4)} | "
+                         f"{gain} | {diff} | {wins} |")
+    return "\n".join(lines)
+
+
+def compact(agg: Dict[str, Any], variants: List[str] = None) -> str:
+    """One row per variant and model: validation (tuning) then test (reported) columns."""
+    lines = ["| variant | model | valid CVR gain | valid CTR AUC diff | test CVR MSE | test CVR gain (wins) | "
+             "test CTR AUC | test CTR AUC diff |", "|---|---|---|---|---|---|---|---|"]
+    for variant in variants or list(agg):
+        if variant not in agg:
+            continue
+        for kind, row in agg[variant].items():
+            v, t = row["valid"], row["test"]
+            ms = lambda d, p: "-" if d["n"] == 0 else f"{d['mean']:.{p}f} ± {d['std']:.{p}f}"  # noqa: E731
+            if kind == "single":
+                lines.append(f"| {variant} | {PAPER[kind]} | | | {ms(t['cvr_mse'], 5)} | | {ms(t['ctr_auc'], 4)} | |")
+                continue
+            lines.append(
+                f"| {variant} | {PAPER.get(kind, kind)} | {v['cvr_gain_pct']['mean']:+.2f} % | "
+                f"{v['ctr_auc_diff']['mean']:+.4f} | {ms(t['cvr_mse'], 5)} | "
+                f"{t['cvr_gain_pct']['mean']:+.2f} % ± {t['cvr_gain_pct']['std']:.2f} ({t['cvr_wins']}/{t['seeds']}) | "
+                f"{ms(t['ctr_auc'], 4)} | {t['ctr_auc_diff']['mean']:+.4f} ± {t['ctr_auc_diff']['std']:.4f} |")
+    return "\n".join(lines)
+
+
+def replace_block(doc: Path, name: str, text: str) -> None:
+    s = doc.read_text()
+    a, b = f"<!-- table:{name} -->", f"<!-- /table:{name} -->"
+    if a not in s or b not in s:
+        raise SystemExit(f"--doc: {doc} has no {a} ... {b} block")
+    i, j = s.index(a) + len(a), s.index(b)
+    doc.write_text(s[:i] + "\n" + text + "\n" + s[j:])
+
+
+def plot_gains(agg: Dict[str, Any], path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    variants = [v for v in agg if "connection" in agg[v]]
+    kinds = [k for k in PAPER if k != "single" and any(k in agg[v] for v in variants)]
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * len(variants) + 1.8), sharey=True)
+    h = 0.8 / max(1, len(kinds))
+    for ax, metric, lab in ((axes[0], "cvr_gain_pct", "CVR MSE gain vs Single_Task (%), test"),
+                            (axes[1], "ctr_auc_diff", "CTR AUC - Single_Task's, test")):
+        for i, k in enumerate(kinds):
+            ys = [j + i * h for j in range(len(variants))]
+            m = [agg[v][k]["test"][metric]["mean"] if k in agg[v] else float("nan") for v in variants]
+            e = [agg[v][k]["test"][metric]["std"] if k in agg[v] else 0 for v in variants]
+            ax.barh(ys, m, height=h, xerr=e, label=PAPER.get(k, k), capsize=2)
+        ax.axvline(0, color="k", linewidth=0.7)
+        if metric == "ctr_auc_diff":
+            ax.axvline(-0.002, color="r", linewidth=0.7, linestyle="--")
+        ax.set_xlabel(lab)
+        ax.grid(alpha=0.3, axis="x")
+    axes[0].set_yticks([j + h * (len(kinds) - 1) / 2 for j in range(len(variants))])
+    axes[0].set_yticklabels(variants, fontsize=8)
+    axes[0].invert_yaxis()
+    axes[0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--runs", default="runs/exp")
+    p.add_argument("--grid")
+    p.add_argument("--json")
+    p.add_argument("--md")
+    p.add_argument("--split", default="test", choices=("valid", "test"))
+    p.add_argument("--pick", action="store_true")
+    p.add_argument("--doc", help="replace the <!-- table:GRID --> block of this markdown file")
+    p.add_argument("--figure", help="bar chart of every variant's test gains (PNG)")
+    p.add_argument("--pick-over", help="comma-separated grids: choose the defaults on validation over all of them")
+    p.add_argument("--marker", help="the block name for --doc (default: the grid name)")
+    p.add_argument("--variants", help="comma-separated variants (and their order) for --doc / --figure")
+    a = p.parse_args(argv)
+    if a.pick_over:
+        aggs = {g: aggregate(collect(Path(a.runs), g)) for g in a.pick_over.split(",")}
+        print(json.dumps(pick_over(aggs), indent=1))
+        return 0
+    agg = aggregate(collect(Path(a.runs), a.grid))
+    if not agg:
+        print(f"--runs: no finished runs of grid {a.grid} under {a.runs}", file=sys.stderr)
+        return 2
+    out = {"grid": a.grid, "variants": agg, "pick_on_valid": pick(agg)}
+    if a.json:
+        Path(a.json).write_text(json.dumps(out, indent=1, allow_nan=True))
+    order = a.variants.split(",") if a.variants else None
+    if order:
+        agg = {v: agg[v] for v in order if v in agg}
+    if a.doc:
+        replace_block(Path(a.doc), a.marker or a.grid, compact(agg))
+    if a.figure:
+        plot_gains(agg, a.figure, f"{a.grid}: mean ± std over seeds (test split)")
+    md = f"Validation (served models):\n\n{markdown(agg, 'valid')}\n\nTest:\n\n{markdown(agg, 'test')}\n"
+    if a.md:
+        Path(a.md).write_text(md)
+    print(md if not a.pick else "")
+    if a.pick:
+        print(json.dumps(out["pick_on_valid"]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
