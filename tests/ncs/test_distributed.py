@@ -173,7 +173,8 @@ STEPS = textwrap.dedent("""
     for step in ("sparse_adam", "fused"):
         for kind in ("connection", "single", "esmm", "mmoe"):
             cfg = resolve_config({"models": [kind], "device": "cpu", "model": {"embed_dim": 4, "hidden": [8, 4]},
-                                  "optim": {"embedding_step": step, "lr": 0.01}})
+                                  "optim": {"embedding_step": step, "lr": 0.01},
+                                  "loss": {"balance": "fixed"}})
             split = B.prepare_split(data, cfg["tasks"], "click", cpu)
             # 3 mixed batches (the last one short: 300 = 2 * 128 + 44), 2 cvr task batches, and
             # a 1-row batch of each kind (fewer rows than ranks: rank 1 adds a zero-weight row)

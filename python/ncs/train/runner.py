@@ -22,6 +22,7 @@ Run directory:
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -164,7 +165,10 @@ def run(cfg: Dict[str, Any], out: str, resume: bool = False, progress: bool = Fa
     from .. import distributed as Dist
     dp = Dist.init(cfg["device"])  # None unless launched by torchrun with WORLD_SIZE > 1
     try:
-        with lock_run_dir(out, log, error=RunError):  # a second run on `out` is a RunError naming the pid
+        # a second run on `out` is a RunError naming the pid; under torchrun rank 0 holds the lock
+        # (the other ranks write only to private scratch directories)
+        lock = lock_run_dir(out, log, error=RunError) if dp is None or dp.rank == 0 else contextlib.nullcontext()
+        with lock:
             if dp is None:
                 return _run(cfg, out, resume, progress, log, stop_after_checkpoints, data)
             return _run_data_parallel(dp, cfg, out, resume, progress, log, stop_after_checkpoints, data)
