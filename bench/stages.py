@@ -79,6 +79,9 @@ def _config(args, device: str, backend: str) -> dict:
         "device": device, "backend": backend, "models": ["connection"],
         "data": {"kind": "synthetic", "rows": args.rows, "seed": 0},
         "train": {"batch_size": args.batch, "log_every": 10 ** 6},
+        # the Eq. 2 step with fixed weights, so that both embedding steps time the same update
+        # (the fused step does not combine with the default loss.balance pcgrad)
+        "loss": {"balance": "fixed"},
     }
     if args.tiny:
         given["model"] = {"embed_dim": 8, "hidden": [16, 8]}

@@ -13,6 +13,7 @@ def _cfg(step, models):
         "model": {"embed_dim": 4, "hidden": [8, 4], "pooling": "mean"},
         "train": {"batch_size": 48},
         "optim": {"embedding_step": step, "lr": 0.01},
+        "loss": {"balance": "fixed"},
         "stages": {"warmup": {"epochs": 1}, "masks": {"rounds": 1, "epochs_per_round": 1}, "joint": {"epochs": 2}},
     })
 
