@@ -4,6 +4,8 @@
     ncs eval  --run DIR [--data CONFIG_OR_FILE]
     ncs masks --run DIR
     ncs data stats FILE [--skip-corrupt]
+    ncs data convert INPUT... --out DIR [--schema S] [--workers N]
+    ncs data synth --rows N [--seed S] [--conflict C] --out DIR
     ncs demo [--out DIR] [--rows N]
 
 Every user error (bad config, missing file, corrupt data) is one line on stderr and a non-zero
@@ -208,6 +210,33 @@ def cmd_data_stats(args) -> int:
     return 0
 
 
+def _cmd_data_convert(args) -> int:
+    from .data.convert import convert
+
+    if args.workers < 1 or args.shard_rows < 1 or args.max_len < 1:
+        raise UserError("--workers, --shard-rows and --max-len must be >= 1")
+    print(json.dumps(convert(args.inputs, args.out, schema=args.schema, workers=args.workers, fmt=args.format,
+                             shard_rows=args.shard_rows, max_len=args.max_len, skip_corrupt=args.skip_corrupt,
+                             vocab_from=args.vocab_from, overwrite=args.overwrite), indent=2))
+    return 0
+
+
+def _cmd_data_synth(args) -> int:
+    from .data.convert import synth
+
+    if args.rows < 0 or args.shard_rows < 1:
+        raise UserError("--rows must be >= 0 and --shard-rows >= 1")
+    try:
+        out = synth(args.rows, args.out, seed=args.seed, conflict=args.conflict, shard_rows=args.shard_rows,
+                    overwrite=args.overwrite)
+    except ValueError as e:
+        if isinstance(e, UserError.__mro__[0]) or type(e).__name__ == "DataError":
+            raise
+        raise UserError(str(e)) from None
+    print(json.dumps(out, indent=2))
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .config import demo_config, merge, resolve_config
     from .train import results_table, run
@@ -270,6 +299,27 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("file")
     ds.add_argument("--skip-corrupt", action="store_true", help="skip and count corrupt records instead of failing")
     ds.set_defaults(func=cmd_data_stats)
+
+    dc = dsub.add_parser("convert", help="TFRecord / CSV / Parquet -> an encoded directory (docs/DATA.md)")
+    dc.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories or globs (quoted)")
+    dc.add_argument("--out", required=True, help="the encoded directory to write")
+    dc.add_argument("--schema", help="YAML/JSON schema (CSV and Parquet)")
+    dc.add_argument("--workers", type=int, default=1, help="processes (over files / Parquet row groups)")
+    dc.add_argument("--format", choices=["tfrecord", "csv", "parquet"], help="default: by file extension")
+    dc.add_argument("--shard-rows", type=int, default=1 << 18, help="rows per shard")
+    dc.add_argument("--max-len", type=int, default=8, help="TFRecord: values kept per multi-valued field")
+    dc.add_argument("--skip-corrupt", action="store_true", help="TFRecord: skip corrupt records (counted)")
+    dc.add_argument("--vocab-from", help="encode with this encoded directory's vocabulary (e.g. a test file)")
+    dc.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    dc.set_defaults(func=_cmd_data_convert)
+    dy = dsub.add_parser("synth", help="synthetic data straight into an encoded directory")
+    dy.add_argument("--rows", type=int, required=True)
+    dy.add_argument("--seed", type=int, default=0)
+    dy.add_argument("--conflict", type=float, default=1.0)
+    dy.add_argument("--out", required=True)
+    dy.add_argument("--shard-rows", type=int, default=1 << 18, help="rows per shard")
+    dy.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    dy.set_defaults(func=_cmd_data_synth)
 
     dm = sub.add_parser("demo", help="all stages and both baselines on built-in synthetic data")
     dm.add_argument("--out", help="run directory (default: a new temporary directory)")

@@ -204,7 +204,12 @@ class ModelTrainer:
         model = self.model
         model.train()
         log_every = self.cfg["train"]["log_every"]
-        total = torch.zeros((), dtype=torch.float32, device=self.device)
+        # mid-epoch position (train.checkpoint_every): resume at the exact batch of the epoch
+        every = self.cfg["train"].get("checkpoint_every")
+        start = int(self.pos.get("batch", 0))
+        n_all = len(batches)
+        batches = B.from_batch(batches, start)
+        total = torch.full((), float(self.pos.get("batch_loss", 0.0)), dtype=torch.float32, device=self.device)
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -225,6 +230,9 @@ class ModelTrainer:
             self.opt.step(masks)
             total += loss.detach()
             self.pos["step"] += 1
+            if every and (start + i + 1) % every == 0 and start + i + 1 < n_all:
+                self.pos.update(batch=start + i + 1, batch_loss=float(total.item()))
+                self.checkpoint()
             if bar is not None:
                 # the only host syncs of the loop: one every log_every steps, for the bar
                 if (i + 1) % log_every == 0:
@@ -232,7 +240,8 @@ class ModelTrainer:
                 bar.update()
         if bar is not None:
             bar.close()
-        return float((total / max(1, len(batches))).item())
+        self.pos.update(batch=0, batch_loss=0.0)
+        return float((total / max(1, n_all)).item())
 
     @torch.no_grad()
     def evaluate(self, split: B.SplitTensors, task: Optional[str] = None) -> Dict[str, float]:
@@ -395,7 +404,7 @@ class ModelTrainer:
             for k in range(pos["round"], n + 1):
                 t0 = time.perf_counter()
                 mask_k = hist[k]
-                if pos["epoch"] == 0:
+                if pos["epoch"] == 0 and not pos.get("batch", 0):  # not when resuming mid-epoch
                     self.rewind()
                 self.model.set_task_masks(task, mask_k)
                 R = mc["epochs_per_round"]
