@@ -46,7 +46,7 @@ def validate_labels(path: str, first_row: int, click: np.ndarray, conversion: Op
     bad = ~np.isin(click, (0.0, 1.0))
     if bad.any():
         i = int(np.argmax(bad))
-        what = "empty" if np.isnan(click[i]) else f"{click[i]!r}"
+        what = "empty" if np.isnan(click[i]) else f"{float(click[i]):g}"
         raise DataError(f"{path}: row {first_row + i}: column {click_col!r} must be 0 or 1, got {what}")
     if conversion is None:
         return
@@ -55,13 +55,13 @@ def validate_labels(path: str, first_row: int, click: np.ndarray, conversion: Op
         ok &= np.isin(conversion, (0.0, 1.0))
     if not ok.all():
         i = int(np.argmax(~ok))
-        what = "empty" if np.isnan(conversion[i]) else f"{conversion[i]!r}"
+        what = "empty" if np.isnan(conversion[i]) else f"{float(conversion[i]):g}"
         want = "0 or 1" if conversion_binary else "a finite number in [0, 1]"
         raise DataError(f"{path}: row {first_row + i}: column {conversion_col!r} must be {want}, got {what}")
     bad = (conversion > 0) & (click == 0)
     if bad.any():
         i = int(np.argmax(bad))
-        raise DataError(f"{path}: row {first_row + i}: column {conversion_col!r} is {conversion[i]!r} > 0 "
+        raise DataError(f"{path}: row {first_row + i}: column {conversion_col!r} is {float(conversion[i]):g} > 0 "
                         f"on a row whose {click_col!r} is 0 (a conversion needs a click)")
 
 
