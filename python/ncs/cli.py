@@ -91,6 +91,10 @@ def _load_eval_data(run_dir: str, cfg: Dict[str, Any], data_arg: Optional[str]):
         _, _, test = split_data(use, load_data(use))
         return test, f"the test split of {data_arg}"
     import ncs.data as D
+    if os.path.isdir(data_arg):  # an encoded directory (ncs data convert): streamed
+        from .data.shards import EncodedDir
+        from .data.stream import StreamPart
+        return StreamPart(EncodedDir(data_arg)), f"every row of {data_arg}"
     low = data_arg.lower()
     if low.endswith(".safetensors"):
         return D.load_encoded(data_arg), data_arg
@@ -137,7 +141,12 @@ def cmd_eval(args) -> int:
     for kind in kinds:
         model, fields = load_model(run_dir, kind, cfg, device)
         try:
-            check_ids(data.ids, [f.vocab_size for f in fields], "--data ids")
+            if getattr(data, "streamed", False):  # encoded shards: ids are in range of their own fields
+                if [(f.name, f.vocab_size) for f in data.fields] != [(f.name, f.vocab_size) for f in fields]:
+                    raise ValueError(f"--data: the fields / vocab sizes of {args.data or 'the data'} differ "
+                                     f"from the model's")
+            else:
+                check_ids(data.ids, [f.vocab_size for f in fields], "--data ids")
         except ValueError as e:
             raise UserError(f"{e}; the data was encoded with another vocabulary than the run's") from None
         results["models"][kind] = _evaluate(model, split, cfg)

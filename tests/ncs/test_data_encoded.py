@@ -338,3 +338,15 @@ def test_cli_convert_errors_are_one_line(tmp_path, capsys):
     p.write_text("a,b\n1,2\n")
     assert main(["data", "convert", str(p), "--out", str(tmp_path / "o")]) == 2
     assert "needs --schema" in capsys.readouterr().err
+
+
+def test_eval_on_encoded_run_and_directory(enc, full_stream_run, tmp_path, capsys):
+    out = full_stream_run[0]
+    assert main(["eval", "--run", out, "-q"]) == 0  # the run's own (streamed) test split
+    res = json.loads(capsys.readouterr().out)
+    assert res["models"]["single"] == full_stream_run[1]["models"]["single"]
+    assert main(["eval", "--run", out, "--data", enc.path, "-q"]) == 0  # every row of a directory
+    assert json.loads(capsys.readouterr().out)["data"].startswith("every row of")
+    other = write_encoded(D.synthetic(300, seed=9), str(tmp_path / "o"))
+    assert main(["eval", "--run", out, "--data", other.path, "-q"]) == 2
+    assert "another vocabulary" in capsys.readouterr().err

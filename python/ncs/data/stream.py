@@ -153,6 +153,8 @@ def split_source(src: EncodedSource, by: str, fractions: Sequence[float], seed: 
         rows = np.concatenate(parts[k]) if parts[k] else np.zeros(0, dtype=np.int64)
         if rows.size == n:
             rows = None  # the whole directory
+        elif n < (1 << 31):
+            rows = rows.astype(np.int32)  # 4 bytes per row of the part
         out.append(StreamPart(d, rows))
     return tuple(out)  # type: ignore[return-value]
 
