@@ -277,6 +277,10 @@ def test_convert_tables_match_reader(tmp_path, fmt, workers):
     assert torch.equal(m.groups["time"], torch.from_numpy(np.asarray(__import__("pyarrow.parquet").parquet.read_table(
         p).column("day")) if fmt == "parquet" else m.groups["time"].numpy()))
     assert d.dtypes["g.time"] == "int8"
+    assert torch.equal(ref.groups["time"], m.groups["time"])  # the in-memory reader keeps time values too
+    parts = D.split_index(ref, by="time", fractions=(0.6, 0.2, 0.2))
+    days = [set(ref.groups["time"][p].tolist()) for p in parts]
+    assert days == [{0, 1, 2}, {3}, {4}]
     # a test file encoded with the training vocabulary: the same vocab_hash, given-split ready
     e = EncodedDir(convert([p], str(tmp_path / "e"), schema=schema, vocab_from=d.path)["out"])
     assert e.vocab_hash == d.vocab_hash and torch.equal(e.to_memory().ids, m.ids)
@@ -350,3 +354,16 @@ def test_eval_on_encoded_run_and_directory(enc, full_stream_run, tmp_path, capsy
     other = write_encoded(D.synthetic(300, seed=9), str(tmp_path / "o"))
     assert main(["eval", "--run", out, "--data", other.path, "-q"]) == 2
     assert "another vocabulary" in capsys.readouterr().err
+
+
+def test_convert_with_a_run_vocabulary_then_eval(tmp_path, capsys):
+    cfg = resolve_config({"threads": 1, "models": ["single"], "device": "cpu",
+                          "data": {"kind": "tfrecord", "path": SAMPLE, "split": {"by": "request"}},
+                          "model": {"embed_dim": 4, "hidden": [8, 4]}, "train": {"batch_size": 512},
+                          "stages": {"warmup": {"epochs": 1}, "joint": {"epochs": 0}}})
+    run(cfg, str(tmp_path / "run"))
+    d = convert([SAMPLE], str(tmp_path / "e"), vocab_from=str(tmp_path / "run"))["out"]
+    assert main(["eval", "--run", str(tmp_path / "run"), "--data", d, "-q"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert main(["eval", "--run", str(tmp_path / "run"), "--data", SAMPLE, "-q"]) == 0
+    assert json.loads(capsys.readouterr().out)["models"] == res["models"]  # same as the file read directly

@@ -92,10 +92,16 @@ class LocalVocab:
 
         if len(values) == 0:
             return np.zeros(0, dtype=np.int32)
-        if values.type != self.type:
-            values = values.cast(self.type)
+        if isinstance(values, pa.ChunkedArray):
+            values = values.combine_chunks()
+        if pa.types.is_dictionary(values.type):
+            values = values.cast(values.type.value_type)
         enc = pc.dictionary_encode(values)
         d = enc.dictionary
+        if d.type != self.type:  # numbers etc.: only the distinct values become text
+            from .table import _as_strings
+
+            d = _as_strings(d) if self.type == pa.string() else d.cast(self.type)
         nd = len(d)
         lut = np.zeros(nd + 1, dtype=np.int64)
         if self.known is not None and len(self.known):
@@ -120,13 +126,13 @@ class LocalVocab:
         codes = enc.indices.fill_null(nd).to_numpy(zero_copy_only=False)
         return lut[codes].astype(np.int32)
 
-    def values(self) -> List[str]:
+    def values(self):
+        """The values in id order (a pyarrow array; empty for a fixed vocabulary)."""
+        import pyarrow as pa
+
         if self.known is None or self.fixed_ids is not None:
-            return []
-        vals = self.known.to_pylist()
-        if self.type.equals(__import__("pyarrow").binary()):
-            return [v.decode("utf-8", errors="replace") for v in vals]
-        return vals
+            return pa.array([], self.type)
+        return self.known
 
 
 def _hash_strings(arr) -> np.ndarray:
@@ -146,6 +152,8 @@ def _ids_from_lists(vocab: LocalVocab, flat, counts: np.ndarray, width: int) -> 
     Every value enters the vocabulary, also those past ``width`` (as the in-memory readers do)."""
     n = counts.size
     flat_ids = vocab.ids(flat)
+    if width == 1 and flat_ids.size == n and (counts == 1).all():  # single-valued: one value per row
+        return flat_ids.reshape(n, 1)
     out = np.full((n, width), -1, dtype=np.int32)
     if flat_ids.size:
         starts = np.cumsum(counts) - counts
@@ -436,14 +444,14 @@ def _run_table(task: Task) -> TaskResult:
             col = cols[f.column]
             is_list = pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
             if not f.multi and not is_list:
-                flat, counts = _as_strings(col), np.ones(n, dtype=np.int64)
+                flat, counts = col, np.ones(n, dtype=np.int64)  # text made per distinct value
             else:
                 if not is_list:
                     col = pc.split_pattern(_as_strings(col), f.sep)
                 if not f.multi:
                     col = pc.list_slice(col.fill_null(pa.scalar([], col.type)), 0, 1)
                 counts = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-                flat = _as_strings(pc.list_flatten(col))
+                flat = pc.list_flatten(col)
             if f.hash_buckets is not None:
                 ids = _hash_ids(flat, f.missing, f.hash_buckets)
                 out = np.full((n, f.max_len), -1, dtype=np.int32)
@@ -488,9 +496,16 @@ def _hash_ids(flat, missing: Sequence[str], buckets: int) -> np.ndarray:
 
     from .vocab import hash_bucket
 
+    import pyarrow as pa
+
+    from .table import _as_strings
+
+    if isinstance(flat, pa.ChunkedArray):
+        flat = flat.combine_chunks()
     enc = pc.dictionary_encode(flat)
     miss = set(missing)
-    table = [0 if (v is None or v in miss) else hash_bucket(v, buckets) for v in enc.dictionary.to_pylist()]
+    table = [0 if (v is None or v in miss) else hash_bucket(v, buckets)
+             for v in _as_strings(enc.dictionary).to_pylist()]
     lut = np.asarray(table + [0], dtype=np.int32)
     return lut[enc.indices.fill_null(len(table)).to_numpy(zero_copy_only=False)]
 
@@ -580,8 +595,9 @@ def convert(inputs: Sequence[str], out: str, schema=None, workers: int = 1, fmt:
             log=None) -> Dict[str, Any]:
     """Convert files to an encoded directory; returns a summary (rows, seconds, rows_per_s).
 
-    vocab_from: an encoded directory whose vocabulary to encode with (unknown values -> 0, the
-    same vocab sizes), so that e.g. a test file is encoded like its training file."""
+    vocab_from: an encoded directory (or a run directory of `ncs train`, with vocab.json and
+    fields.json) whose vocabulary to encode with (unknown values -> 0, the same vocab sizes), so
+    that e.g. a test file is encoded like its training file."""
     t0 = time.perf_counter()
     paths = expand_inputs(inputs)
     if not paths:
@@ -601,11 +617,23 @@ def convert(inputs: Sequence[str], out: str, schema=None, workers: int = 1, fmt:
         sch = parse_schema(schema)
     fixed = None
     base = None
+    base_sizes: Dict[str, int] = {}
     if vocab_from is not None:
-        base = EncodedDir(vocab_from)
-        fixed = base.vocab()
-        if fixed is None:
-            raise DataError(f"{base.path}: has no vocab.json to encode with")
+        import json
+
+        if os.path.isfile(os.path.join(vocab_from, "manifest.json")) or not os.path.isfile(
+                os.path.join(vocab_from, "vocab.json")):
+            base = EncodedDir(vocab_from)
+            fixed = base.vocab()
+            if fixed is None:
+                raise DataError(f"{base.path}: has no vocab.json to encode with")
+        else:  # a run directory (ncs train): its vocab.json and fields.json
+            with open(os.path.join(vocab_from, "vocab.json"), encoding="utf-8") as f:
+                fixed = json.load(f)
+            fj = os.path.join(vocab_from, "fields.json")
+            if os.path.isfile(fj):
+                with open(fj, encoding="utf-8") as f:
+                    base_sizes = {x["name"]: int(x["vocab_size"]) for x in json.load(f)}
     writer = ShardWriter(out, shard_rows, overwrite=overwrite)
     work = os.path.join(writer.tmp, "work")
     try:
@@ -630,12 +658,15 @@ def convert(inputs: Sequence[str], out: str, schema=None, workers: int = 1, fmt:
         if workers > 1 and len(tasks) > 1:
             import multiprocessing as mp
 
-            with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context("spawn")) as ex:
+            # fork (Linux): workers start at once, without re-importing torch; NCS_CONVERT_MP=spawn to change
+            method = os.environ.get("NCS_CONVERT_MP") or ("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            with ProcessPoolExecutor(max_workers=min(workers, len(tasks)), mp_context=mp.get_context(method)) as ex:
                 results = list(ex.map(_run, tasks))
         else:
             results = [_run(t) for t in tasks]
         t1 = time.perf_counter()
         fields, vocab, luts = _merge(fmt, sch, results, max_len, fixed, base)
+        fields = [FieldSpec(f.name, base_sizes.get(f.name, f.vocab_size), f.max_len) for f in fields]
         granges: Dict[str, Tuple[int, int]] = {}
         for r in results:
             for g, (lo, hi) in r.group_range.items():
@@ -703,7 +734,6 @@ def _merge(fmt, sch, results: List[TaskResult], max_len: int, fixed, base: Optio
                 size = next((f.vocab_size for f in base.fields if f.name == name), size)
             fields.append(FieldSpec(name, size, ml))
             continue
-        table: Dict[str, int] = {}
         if sch is not None:
             spec = next(f for f in sch.fields if f.name == name)
             if isinstance(spec.vocab, list):
@@ -711,17 +741,23 @@ def _merge(fmt, sch, results: List[TaskResult], max_len: int, fixed, base: Optio
                 fields.append(FieldSpec(name, len(table) + 1, ml))
                 vocab[name] = table
                 continue
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        arrs = [r.vocab[name] for r in results if name in r.vocab]
+        allv = pa.concat_arrays(arrs) if arrs else pa.array([], pa.string())
+        glob = pc.unique(allv)  # first appearance order, inputs in order
         for r in results:
-            vals = r.vocab.get(name, [])
-            lut = np.zeros(len(vals) + 1, dtype=np.int64)
-            for i, v in enumerate(vals):
-                j = table.get(v)
-                if j is None:
-                    j = table[v] = len(table) + 1
-                lut[i + 1] = j
+            vals = r.vocab.get(name)
+            lut = np.zeros((0 if vals is None else len(vals)) + 1, dtype=np.int64)
+            if vals is not None and len(vals):
+                lut[1:] = pc.index_in(vals, value_set=glob).to_numpy(zero_copy_only=False) + 1
             luts[r.index][name] = lut
-        vocab[name] = table
-        fields.append(FieldSpec(name, len(table) + 1, ml))
+        keys = glob.to_pylist()
+        if pa.types.is_binary(glob.type) or pa.types.is_large_binary(glob.type):
+            keys = [k.decode("utf-8", errors="replace") for k in keys]
+        vocab[name] = dict(zip(keys, range(1, len(keys) + 1)))
+        fields.append(FieldSpec(name, len(keys) + 1, ml))
     return fields, vocab, luts
 
 

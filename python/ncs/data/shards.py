@@ -68,13 +68,12 @@ def file_crc(path: str) -> int:
             crc = zlib.crc32(b, crc)
 
 
-def vocab_hash(vocab: Optional[Mapping[str, Mapping[str, int]]], fields: Sequence[FieldSpec]) -> str:
-    """Identity of an encoding: sha256 of the fields and their value -> id tables."""
+def vocab_hash(vocab_text: Optional[str], fields: Sequence[FieldSpec]) -> str:
+    """Identity of an encoding: sha256 of the fields and of vocab.json's text."""
     h = hashlib.sha256()
     h.update(json.dumps([[f.name, int(f.vocab_size), int(f.max_len)] for f in fields]).encode())
-    if vocab:
-        h.update(json.dumps({k: sorted(v.items(), key=lambda kv: kv[1]) for k, v in sorted(vocab.items())},
-                            ensure_ascii=False).encode())
+    if vocab_text:
+        h.update(vocab_text.encode("utf-8"))
     return h.hexdigest()
 
 
@@ -135,14 +134,16 @@ class ShardWriter:
               source: Optional[Dict[str, Any]] = None) -> "EncodedDir":
         if self.pending_rows:
             self._flush(self.pending_rows)
-        if vocab is not None:
+        text = None
+        if vocab is not None:  # json.dumps: the C encoder (json.dump to a file is pure Python)
+            text = json.dumps(vocab)  # tables are in id order (built so, or read from a vocab.json)
             with open(os.path.join(self.tmp, VOCAB), "w", encoding="utf-8") as f:
-                json.dump(vocab, f, ensure_ascii=False)
+                f.write(text)
         manifest = {
             "format": FORMAT, "version": VERSION, "rows": self.rows, "shard_rows": self.shard_rows,
             "fields": [{"name": f.name, "vocab_size": int(f.vocab_size), "max_len": int(f.max_len)} for f in fields],
             "labels": dict(labels), "groups": list(groups), "dtypes": self.dtypes,
-            "vocab_hash": vocab_hash(vocab, fields), "has_vocab": vocab is not None,
+            "vocab_hash": vocab_hash(text, fields), "has_vocab": vocab is not None,
             "shards": self.shards, "source": source or {},
         }
         with open(os.path.join(self.tmp, MANIFEST), "w", encoding="utf-8") as f:
