@@ -26,7 +26,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "python"), str(REPO)]
-RESULTS = REPO / "bench" / "results"
+RESULTS = Path(os.environ.get("NCS_BENCH_RESULTS", REPO / "bench" / "results"))
 SAMPLE = Path(os.environ.get("NCS_SAMPLE", REPO.parent / "shared" / "data" / "lt4rec" / "part-r-00002.gz"))
 if not SAMPLE.exists():
     SAMPLE = Path("/work/shared/data/lt4rec/part-r-00002.gz")

@@ -367,3 +367,18 @@ def test_convert_with_a_run_vocabulary_then_eval(tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)
     assert main(["eval", "--run", str(tmp_path / "run"), "--data", SAMPLE, "-q"]) == 0
     assert json.loads(capsys.readouterr().out)["models"] == res["models"]  # same as the file read directly
+
+
+def test_bench_data_smoke(tmp_path):
+    import subprocess
+    import sys
+
+    repo = os.path.join(os.path.dirname(__file__), "..", "..")
+    env = dict(os.environ, NCS_BENCH_RESULTS=str(tmp_path), PYTHONPATH=os.pathsep.join(
+        [os.path.join(repo, "python"), repo, os.environ.get("PYTHONPATH", "")]))
+    p = subprocess.run([sys.executable, os.path.join(repo, "bench", "data.py"), "synth", "--rows", "2000",
+                        "--tmp", str(tmp_path)], env=env, capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    doc = json.load(open(tmp_path / "data_synth.json"))
+    assert doc["rows"] == 2000 and doc["bytes_per_row"] > 0
+    assert [q for q in os.listdir(tmp_path) if q.startswith("ncs-bench")] == []  # inputs deleted
