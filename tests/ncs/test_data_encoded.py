@@ -382,3 +382,18 @@ def test_bench_data_smoke(tmp_path):
     doc = json.load(open(tmp_path / "data_synth.json"))
     assert doc["rows"] == 2000 and doc["bytes_per_row"] > 0
     assert [q for q in os.listdir(tmp_path) if q.startswith("ncs-bench")] == []  # inputs deleted
+
+
+def test_convert_corrupt_tfrecord_names_file_and_record(tmp_path):
+    raw = bytearray(zlib.decompress(open(SAMPLE, "rb").read(), 31))
+    first = 16 + int.from_bytes(raw[:8], "little")
+    bad = bytearray(raw)
+    bad[first + 12 + 30] ^= 0x01  # a payload byte of record 1
+    (tmp_path / "crc.tfrecord").write_bytes(bytes(bad))
+    (tmp_path / "cut.tfrecord").write_bytes(bytes(raw[:first + 40]))  # ends inside record 1
+    for name, msg in (("crc", "record 1: payload CRC mismatch"), ("cut", "record 1: truncated")):
+        with pytest.raises(D.DataError, match=msg) as e:
+            convert([str(tmp_path / f"{name}.tfrecord")], str(tmp_path / f"o-{name}"))
+        assert f"{name}.tfrecord" in str(e.value) and not (tmp_path / f"o-{name}").exists()
+    s = convert([str(tmp_path / "crc.tfrecord")], str(tmp_path / "skip"), skip_corrupt=True)
+    assert s["rows"] == 4321 and s["stats"]["corrupt_records"] == 1
