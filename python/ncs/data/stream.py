@@ -108,6 +108,7 @@ def split_source(src: EncodedSource, by: str, fractions: Sequence[float], seed: 
     fr = _check_fractions(fractions)
     cuts = np.array([fr[0], fr[0] + fr[1]])
     n = d.rows
+    rdt = np.int32 if n < (1 << 31) else np.int64  # row lists: 4 bytes per row, built shard by shard
     parts: List[List[np.ndarray]] = [[], [], []]
     if by == "time":
         if "time" not in d.groups:
@@ -133,7 +134,7 @@ def split_source(src: EncodedSource, by: str, fractions: Sequence[float], seed: 
             t = np.asarray(d.column("g.time", i))
             p = part_of_value[np.searchsorted(uniq, t)]
             for k in range(3):
-                parts[k].append(s.start + np.nonzero(p == k)[0])
+                parts[k].append((s.start + np.nonzero(p == k)[0]).astype(rdt))
             d.release()
     else:
         if by != "random" and by not in d.groups:
@@ -146,15 +147,14 @@ def split_source(src: EncodedSource, by: str, fractions: Sequence[float], seed: 
             u = (_splitmix(key.view(np.uint64) ^ salt) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
             p = np.searchsorted(cuts, u, side="right")
             for k in range(3):
-                parts[k].append(s.start + np.nonzero(p == k)[0])
+                parts[k].append((s.start + np.nonzero(p == k)[0]).astype(rdt))
             d.release()
     out = []
     for k in range(3):
-        rows = np.concatenate(parts[k]) if parts[k] else np.zeros(0, dtype=np.int64)
+        rows = np.concatenate(parts[k]) if parts[k] else np.zeros(0, dtype=rdt)
+        parts[k] = []
         if rows.size == n:
             rows = None  # the whole directory
-        elif n < (1 << 31):
-            rows = rows.astype(np.int32)  # 4 bytes per row of the part
         out.append(StreamPart(d, rows))
     return tuple(out)  # type: ignore[return-value]
 
