@@ -109,7 +109,7 @@ def split_source(src: EncodedSource, by: str, fractions: Sequence[float], seed: 
     cuts = np.array([fr[0], fr[0] + fr[1]])
     n = d.rows
     rdt = np.int32 if n < (1 << 31) else np.int64  # row lists: 4 bytes per row, built shard by shard
-    parts: List[List[np.ndarray]] = [[], [], []]
+    codes: List[np.ndarray] = []  # per shard: the part (0, 1, 2) of each row
     if by == "time":
         if "time" not in d.groups:
             raise DataError(f"{d.path}: data.split.by time needs a 'time' group (schema groups: {{time: COLUMN}}); "
@@ -132,9 +132,7 @@ def split_source(src: EncodedSource, by: str, fractions: Sequence[float], seed: 
         part_of_value = np.searchsorted(cuts, before / max(n, 1), side="right")  # = torch.bucketize(right=True)
         for i, s in enumerate(d.shards):
             t = np.asarray(d.column("g.time", i))
-            p = part_of_value[np.searchsorted(uniq, t)]
-            for k in range(3):
-                parts[k].append((s.start + np.nonzero(p == k)[0]).astype(rdt))
+            codes.append(part_of_value[np.searchsorted(uniq, t)].astype(np.uint8))
             d.release()
     else:
         if by != "random" and by not in d.groups:
@@ -145,17 +143,21 @@ def split_source(src: EncodedSource, by: str, fractions: Sequence[float], seed: 
             key = (np.arange(s.start, s.start + s.rows, dtype=np.int64) if by == "random"
                    else np.asarray(d.column(f"g.{by}", i)).astype(np.int64))
             u = (_splitmix(key.view(np.uint64) ^ salt) >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-            p = np.searchsorted(cuts, u, side="right")
-            for k in range(3):
-                parts[k].append((s.start + np.nonzero(p == k)[0]).astype(rdt))
+            codes.append(np.searchsorted(cuts, u, side="right").astype(np.uint8))
             d.release()
-    out = []
-    for k in range(3):
-        rows = np.concatenate(parts[k]) if parts[k] else np.zeros(0, dtype=rdt)
-        parts[k] = []
-        if rows.size == n:
-            rows = None  # the whole directory
-        out.append(StreamPart(d, rows))
+    # second pass over the part codes (1 byte per row): exact-size row lists, no concatenation
+    sizes = np.zeros(3, dtype=np.int64)
+    for c in codes:
+        sizes += np.bincount(c, minlength=3)[:3]
+    out_rows = [np.empty(int(sizes[k]), dtype=rdt) for k in range(3)]
+    fill = [0, 0, 0]
+    for s, c in zip(d.shards, codes):
+        for k in range(3):
+            idx = np.flatnonzero(c == k)
+            out_rows[k][fill[k]: fill[k] + idx.size] = s.start + idx
+            fill[k] += idx.size
+    codes.clear()
+    out = [StreamPart(d, None if r.size == n else r) for r in out_rows]  # None: the whole directory
     return tuple(out)  # type: ignore[return-value]
 
 
