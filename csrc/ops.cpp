@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include "ncs_native.h"
+#include "cpu/tfrecord.h"
 
 namespace {
 
@@ -67,6 +68,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "fused embedding-bag backward + row-wise sparse Adam, in place", py::arg("weight"), py::arg("exp_avg"),
         py::arg("exp_avg_sq"), py::arg("rows"), py::arg("grad"), py::arg("step"), py::arg("lr"), py::arg("beta1"),
         py::arg("beta2"), py::arg("eps"), py::arg("mean"), py::arg("padding_idx"));
+
+  // ncs data convert: native TFRecord + tf.train.Example parser (csrc/cpu/tfrecord.cpp)
+  m.def("tfrecord_parse_cpu", &ncs::tfrecord_parse_cpu, "parse the whole TFRecord records of a uint8 buffer",
+        py::arg("buf"), py::arg("features"), py::arg("check_crc") = true);
+  m.def("crc32c_cpu", &ncs::crc32c_cpu, "CRC-32C of a uint8 tensor", py::arg("buf"));
 
 #ifdef NCS_WITH_CUDA
   m.def("apply_mask_cuda", &ncs::apply_mask_cuda, py::arg("weight"), py::arg("packed"));

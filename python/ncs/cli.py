@@ -4,6 +4,8 @@
     ncs eval  --run DIR [--data CONFIG_OR_FILE]
     ncs masks --run DIR
     ncs data stats FILE [--skip-corrupt]
+    ncs data convert INPUT... --out DIR [--schema S] [--workers N]
+    ncs data synth --rows N [--seed S] [--conflict C] --out DIR
     ncs demo [--out DIR] [--rows N]
     ncs tune --config FILE --trials N --out DIR [--models all] [--seeds K] [--metric M]
     ncs export / predict / data encode / eval --replay   (serving: see ncs/serve/commands.py)
@@ -95,6 +97,10 @@ def _load_eval_data(run_dir: str, cfg: Dict[str, Any], data_arg: Optional[str]):
         _, _, test = split_data(use, load_data(use))
         return test, f"the test split of {data_arg}"
     import ncs.data as D
+    if os.path.isdir(data_arg):  # an encoded directory (ncs data convert): streamed
+        from .data.shards import EncodedDir
+        from .data.stream import StreamPart
+        return StreamPart(EncodedDir(data_arg)), f"every row of {data_arg}"
     low = data_arg.lower()
     if low.endswith(".safetensors"):
         return D.load_encoded(data_arg), data_arg
@@ -146,7 +152,12 @@ def cmd_eval(args) -> int:
     for kind in kinds:
         model, fields = load_model(run_dir, kind, cfg, device)
         try:
-            check_ids(data.ids, [f.vocab_size for f in fields], "--data ids")
+            if getattr(data, "streamed", False):  # encoded shards: ids are in range of their own fields
+                if [(f.name, f.vocab_size) for f in data.fields] != [(f.name, f.vocab_size) for f in fields]:
+                    raise ValueError(f"--data: the fields / vocab sizes of {args.data or 'the data'} differ "
+                                     f"from the model's")
+            else:
+                check_ids(data.ids, [f.vocab_size for f in fields], "--data ids")
         except ValueError as e:
             raise UserError(f"{e}; the data was encoded with another vocabulary than the run's") from None
         results["models"][kind] = _evaluate(model, split, cfg)
@@ -216,6 +227,33 @@ def cmd_data_stats(args) -> int:
             except (KeyError, IndexError, TypeError, ValueError) as e:
                 raise D.DataError(f"{path}: record {rec}: no valid 'label' ({type(e).__name__}: {e})") from None
     print(json.dumps(D.stats(path, on_bad_row="skip" if args.skip_corrupt else "error"), indent=2))
+    return 0
+
+
+def _cmd_data_convert(args) -> int:
+    from .data.convert import convert
+
+    if args.workers < 1 or args.shard_rows < 1 or args.max_len < 1:
+        raise UserError("--workers, --shard-rows and --max-len must be >= 1")
+    print(json.dumps(convert(args.inputs, args.out, schema=args.schema, workers=args.workers, fmt=args.format,
+                             shard_rows=args.shard_rows, max_len=args.max_len, skip_corrupt=args.skip_corrupt,
+                             vocab_from=args.vocab_from, overwrite=args.overwrite), indent=2))
+    return 0
+
+
+def _cmd_data_synth(args) -> int:
+    from .data.convert import synth
+
+    if args.rows < 0 or args.shard_rows < 1:
+        raise UserError("--rows must be >= 0 and --shard-rows >= 1")
+    try:
+        out = synth(args.rows, args.out, seed=args.seed, conflict=args.conflict, shard_rows=args.shard_rows,
+                    overwrite=args.overwrite)
+    except ValueError as e:
+        if isinstance(e, UserError.__mro__[0]) or type(e).__name__ == "DataError":
+            raise
+        raise UserError(str(e)) from None
+    print(json.dumps(out, indent=2))
     return 0
 
 
@@ -339,6 +377,27 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--seed", type=int, help="override the config's seed")
     common(tu)
     tu.set_defaults(func=cmd_tune)
+
+    dc = dsub.add_parser("convert", help="TFRecord / CSV / Parquet -> an encoded directory (docs/DATA.md)")
+    dc.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories or globs (quoted)")
+    dc.add_argument("--out", required=True, help="the encoded directory to write")
+    dc.add_argument("--schema", help="YAML/JSON schema (CSV and Parquet)")
+    dc.add_argument("--workers", type=int, default=1, help="processes (over files / Parquet row groups)")
+    dc.add_argument("--format", choices=["tfrecord", "csv", "parquet"], help="default: by file extension")
+    dc.add_argument("--shard-rows", type=int, default=1 << 18, help="rows per shard")
+    dc.add_argument("--max-len", type=int, default=8, help="TFRecord: values kept per multi-valued field")
+    dc.add_argument("--skip-corrupt", action="store_true", help="TFRecord: skip corrupt records (counted)")
+    dc.add_argument("--vocab-from", help="encode with this encoded directory's vocabulary (e.g. a test file)")
+    dc.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    dc.set_defaults(func=_cmd_data_convert)
+    dy = dsub.add_parser("synth", help="synthetic data straight into an encoded directory")
+    dy.add_argument("--rows", type=int, required=True)
+    dy.add_argument("--seed", type=int, default=0)
+    dy.add_argument("--conflict", type=float, default=1.0)
+    dy.add_argument("--out", required=True)
+    dy.add_argument("--shard-rows", type=int, default=1 << 18, help="rows per shard")
+    dy.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    dy.set_defaults(func=_cmd_data_synth)
 
     dm = sub.add_parser("demo", help="all stages and both baselines on built-in synthetic data")
     dm.add_argument("--out", help="run directory (default: a new temporary directory)")

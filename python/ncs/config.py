@@ -95,6 +95,17 @@ def _str(optional: bool = False):
     return check
 
 
+def _data_path(path, v):
+    """A file / directory path, or a {train, valid, test} mapping of them (the split is given)."""
+    if v is None or isinstance(v, str):
+        return v
+    if isinstance(v, dict):
+        if set(v) != {"train", "valid", "test"} or not all(isinstance(x, str) and x for x in v.values()):
+            _fail(path, "a path, or a mapping {train: PATH, valid: PATH, test: PATH}", v)
+        return {k: v[k] for k in ("train", "valid", "test")}
+    _fail(path, "a path, or a mapping {train: PATH, valid: PATH, test: PATH}", v)
+
+
 def _int_list(min_len: int = 1):
     def check(path, v):
         if not isinstance(v, (list, tuple)) or len(v) < min_len or any(
@@ -201,8 +212,11 @@ SCHEMA: Dict[str, Any] = {
     "models": _Leaf(_models, list(PAPER_KINDS),
                     "which models to train, from " + ", ".join(MODEL_KINDS) + " (or all); see docs/TRAINER.md"),
     "data": {
-        "kind": _Leaf(_choice("synthetic", "tfrecord", "csv", "parquet"), "synthetic", "reader"),
-        "path": _Leaf(_str(optional=True), None, "file for tfrecord/csv/parquet (relative to the config file)"),
+        "kind": _Leaf(_choice("synthetic", "tfrecord", "csv", "parquet", "encoded"), "synthetic",
+                      "reader; encoded: a directory written by `ncs data convert|synth`, streamed (docs/DATA.md)"),
+        "path": _Leaf(_data_path, None,
+                      "file (tfrecord/csv/parquet) or encoded directory, relative to the config file; or a "
+                      "mapping {train, valid, test} of them, encoded with one vocabulary (then no split is made)"),
         "rows": _Leaf(_int(1), 20000, "synthetic: number of rows"),
         "seed": _Leaf(_int(0), 0, "synthetic: generator seed"),
         "conflict": _Leaf(_float(0.0, 1.0), 0.5, "synthetic: how much the CTR and CVR signals disagree"),
@@ -211,8 +225,17 @@ SCHEMA: Dict[str, Any] = {
                                   "row, column; skip: dropped, counted in split.json; docs/RELIABILITY.md)"),
         "cache_dir": _Leaf(_str(optional=True), None, "cache for encoded data (reader-specific)"),
         "click_label": _Leaf(_str(), "click", "the label whose positives form the 'clicked' space"),
+        "stream": {
+            "window_rows": _Leaf(_int(1), 1 << 20,
+                                 "encoded data: rows per shuffle window (shards are permuted, rows permuted "
+                                 "within a window); a split that fits one window gets the in-memory order exactly"),
+            "prefetch": _Leaf(_int(0), 4, "encoded data: batches gathered ahead on a background thread (0: none)"),
+            "verify": _Leaf(_bool, True, "encoded data: check each shard's checksums on its first use"),
+        },
         "split": {
-            "by": _Leaf(_choice("request", "user", "random"), "request", "group kept whole in one split"),
+            "by": _Leaf(_choice("request", "user", "random", "time"), "request",
+                        "group kept whole in one split; time: rows ordered by the 'time' group, cut at the "
+                        "fractions, no time value in two parts (the paper's split)"),
             "fractions": _Leaf(_fractions, [0.8, 0.1, 0.1], "train, valid, test"),
             "seed": _Leaf(_int(0), 0, "split seed"),
         },
@@ -282,6 +305,9 @@ SCHEMA: Dict[str, Any] = {
                                      "gradient diagnostics after every epoch: per task, the gradient norm on "
                                      "each shared parameter group and the cosine between tasks, on this many "
                                      "fixed training batches (0: off)"),
+        "checkpoint_every": _Leaf(_int(1, optional=True), None,
+                                  "also checkpoint every N steps inside an epoch, so that --resume restarts at "
+                                  "the exact batch (long epochs on large data); null: at epoch ends only"),
     },
     "stages": {
         "subset": _Leaf(_choice("first", "random"), "first",
@@ -371,8 +397,12 @@ def resolve_config(given: Optional[Dict[str, Any]] = None, base_dir: Optional[st
     relative to base_dir (the config file's folder) when given."""
     cfg = _apply(SCHEMA, given or {}, "")
     _cross_checks(cfg)
-    if base_dir is not None and cfg["data"]["path"] and not os.path.isabs(cfg["data"]["path"]):
-        cfg["data"]["path"] = os.path.normpath(os.path.join(base_dir, cfg["data"]["path"]))
+    p = cfg["data"]["path"]
+    if base_dir is not None and isinstance(p, dict):
+        cfg["data"]["path"] = {k: v if os.path.isabs(v) else os.path.normpath(os.path.join(base_dir, v))
+                               for k, v in p.items()}
+    elif base_dir is not None and p and not os.path.isabs(p):
+        cfg["data"]["path"] = os.path.normpath(os.path.join(base_dir, p))
     return cfg
 
 

@@ -30,11 +30,15 @@ def split_index(data: EncodedData, by: str = "request", fractions: Sequence[floa
         parts = [perm[: bounds[0]], perm[bounds[0]: bounds[1]], perm[bounds[1]:]]
         return tuple(p.sort().values for p in parts)  # type: ignore[return-value]
     if by not in data.groups:
+        if by == "time":
+            raise ValueError(f"by='time' needs a 'time' group (a schema's groups: {{time: COLUMN}}); the data has "
+                             f"groups {sorted(data.groups)}")
         raise ValueError(f"by must be 'random' or a group of the data {sorted(data.groups)}, got {by!r}")
     uniq, inverse, counts = torch.unique(data.groups[by], return_inverse=True, return_counts=True)
-    # Shuffle the groups, then cut where the running row count crosses each fraction, so the
-    # parts get about the requested share of rows even when group sizes vary.
-    perm = torch.randperm(uniq.numel(), generator=g)
+    # Shuffle the groups (by="time": keep them in time order), then cut where the running row
+    # count crosses each fraction, so the parts get about the requested share of rows even when
+    # group sizes vary; a group (a time value) is never in two parts.
+    perm = torch.arange(uniq.numel()) if by == "time" else torch.randperm(uniq.numel(), generator=g)
     before = torch.cumsum(counts[perm], 0) - counts[perm]  # rows in groups placed earlier
     part_of_perm = torch.bucketize(before.double() / max(n, 1), cuts, right=True)
     part_of_group = torch.empty_like(part_of_perm)
@@ -46,7 +50,8 @@ def split_index(data: EncodedData, by: str = "request", fractions: Sequence[floa
 def split(data: EncodedData, by: str = "request", fractions: Sequence[float] = (0.8, 0.1, 0.1),
           seed: int = 0) -> Tuple[EncodedData, EncodedData, EncodedData]:
     """(train, valid, test). by="request"/"user" (any group of the data) keeps every group in
-    one part; by="random" splits rows. Deterministic by seed; rows keep their order."""
+    one part; by="time" orders rows by the "time" group and cuts at the fractions (earliest rows
+    train, latest test; no time value in two parts); by="random" splits rows. Deterministic by seed; rows keep their order."""
     a, b, c = split_index(data, by, fractions, seed)
     return data.subset(a), data.subset(b), data.subset(c)
 

@@ -365,6 +365,11 @@ def encode_table(path: Union[str, os.PathLike], schema: Union[dict, str, os.Path
 
             if pa.types.is_list(cols[c].type) or pa.types.is_large_list(cols[c].type):
                 raise DataError(f"{path}: group column {c!r} must hold scalars, got {cols[c].type}")
+            if g == "time":  # ordered values (integers / timestamps), not hashes: split.by time
+                from .convert import _group_column
+
+                groups[g].append(_group_column(path, g, c, cols[c])[0])
+                continue
             dict_enc = pc.dictionary_encode(_as_strings(cols[c]))
             keys = np.asarray([stable_hash64(v if v is not None else "") for v in dict_enc.dictionary.to_pylist()]
                               + [stable_hash64("")], dtype=np.int64)

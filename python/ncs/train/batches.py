@@ -35,10 +35,16 @@ class SplitTensors:
 
 
 def prepare_split(data, tasks: Sequence[dict], click_label: str, device: torch.device,
-                  max_fraction_of_free: float = 0.5) -> SplitTensors:
+                  max_fraction_of_free: float = 0.5, stream: Optional[dict] = None) -> SplitTensors:
     """EncodedData -> SplitTensors. Everything goes to `device` when it takes less than
     max_fraction_of_free of the free device memory; otherwise it stays in host memory (pinned)
-    and each batch is copied over."""
+    and each batch is copied over. A streamed part (ncs.data.stream.StreamPart, data kind
+    'encoded') becomes a StreamSplit with the same interface; `stream` holds its options
+    (window_rows, prefetch, verify)."""
+    if getattr(data, "streamed", False):
+        from ..data.stream import StreamSplit
+
+        return StreamSplit(data, tasks, click_label, device, **(stream or {}))  # type: ignore[return-value]
     ids = data.ids.to(torch.int64)
     targets, spaces = {}, {}
     for t in tasks:
@@ -84,6 +90,8 @@ def permutation(n: int, seed: int, tag: str, epoch: int, device: torch.device) -
 def mixed_batches(split: SplitTensors, batch_size: int, seed: int, tag: str, epoch: int
                   ) -> List[Tuple[Optional[str], torch.Tensor]]:
     """Shuffled batches of all rows (every task in every batch): [(None, row ids)]."""
+    if getattr(split, "streamed", False):
+        return split.epoch_batches(None, batch_size, seed, tag, epoch)  # type: ignore[attr-defined]
     n = len(split)
     perm = permutation(n, seed, tag, epoch, split.ids.device)
     return [(None, perm[i:i + batch_size]) for i in range(0, n, batch_size)]
@@ -92,6 +100,8 @@ def mixed_batches(split: SplitTensors, batch_size: int, seed: int, tag: str, epo
 def task_batches(split: SplitTensors, task: str, batch_size: int, seed: int, tag: str, epoch: int
                  ) -> List[Tuple[Optional[str], torch.Tensor]]:
     """Shuffled batches of the rows of one task's space: [(task, row ids)]."""
+    if getattr(split, "streamed", False):
+        return split.epoch_batches(task, batch_size, seed, tag, epoch)  # type: ignore[attr-defined]
     rows = split.space_index[task]
     perm = permutation(int(rows.numel()), seed, f"{tag}/{task}", epoch, rows.device)
     rows = rows[perm]
@@ -103,12 +113,26 @@ def alternating_batches(split: SplitTensors, tasks: Sequence[str], batch_size: i
     """Task-homogeneous batches, interleaved round-robin (ctr, cvr, ctr, cvr, ...); when a task's
     space runs out (CVR: the clicked rows) the others go on until every space is covered once."""
     per = [task_batches(split, t, batch_size, seed, tag, epoch) for t in tasks]
+    if getattr(split, "streamed", False):
+        from ..data.stream import AlternatingBatches
+
+        return AlternatingBatches(per)  # type: ignore[return-value]
     out = []
     for i in range(max((len(p) for p in per), default=0)):
         for p in per:
             if i < len(p):
                 out.append(p[i])
     return out
+
+
+def from_batch(batches, k: int):
+    """The batches of an epoch from batch k on (a resumed mid-epoch position): a list is
+    sliced, a streamed epoch (ncs.data.stream) skips without reading the batches before k."""
+    if k <= 0:
+        return batches
+    if hasattr(batches, "from_batch"):
+        return batches.from_batch(k)
+    return batches[k:]
 
 
 def eval_slices(n: int, batch_size: int) -> Iterator[slice]:

@@ -79,6 +79,9 @@ def load_data(cfg: Dict[str, Any], with_vocab: bool = False, stats: Optional[Dic
     available (None). stats: a dict updated with the reader's counts (bad_rows skipped...)."""
     D = _data_api()
     d = cfg["data"]
+    if d["kind"] == "encoded" or isinstance(d["path"], dict):  # streamed / given split (ncs.data.sources)
+        from ..data.sources import load_source
+        return load_source(cfg, with_vocab)
     src = _source(cfg)
     vocab = None
     if stats is None:
@@ -104,12 +107,19 @@ def load_data(cfg: Dict[str, Any], with_vocab: bool = False, stats: Optional[Dic
 def split_data(cfg: Dict[str, Any], data):
     D = _data_api()
     s = cfg["data"]["split"]
+    if hasattr(data, "split_parts"):  # encoded directories, or a {train, valid, test} mapping
+        return data.split_parts(s["by"], tuple(s["fractions"]), s["seed"])
     return D.split(data, by=s["by"], fractions=tuple(s["fractions"]), seed=s["seed"])
 
 
 def _summary(cfg, train, valid, test) -> Dict[str, Any]:
     D = _data_api()
     s = cfg["data"]["split"]
+    if getattr(train, "streamed", False):
+        from ..data.stream import part_summary
+        out = part_summary([train, valid, test])
+        out.update(by=getattr(train, "split_by", None) or s["by"], fractions=s["fractions"], seed=s["seed"])
+        return out
     try:
         out = D.split_summary(train, valid, test, by=s["by"])
     except TypeError:
@@ -262,7 +272,9 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data, dist=Non
     fields = [{"name": f.name, "vocab_size": int(f.vocab_size), "max_len": int(f.max_len)} for f in data.fields]
     atomic_write_json(os.path.join(out, "fields.json"), fields)
     try:
-        check_ids(data.ids, [f["vocab_size"] for f in fields], "data.ids")
+        for part in ([train, valid, test] if hasattr(data, "split_parts") else [data]):
+            if not getattr(part, "streamed", False):  # encoded shards: ranges checked when written
+                check_ids(part.ids, [f["vocab_size"] for f in fields], "data.ids")
     except ValueError as e:
         raise RunError(str(e)) from None
     log(f"data: {len(train)} train, {len(valid)} valid, {len(test)} test rows, {len(fields)} fields; device {device}")
@@ -270,9 +282,10 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data, dist=Non
     tasks = cfg["tasks"]
     click = cfg["data"]["click_label"]
     try:
-        tr = B.prepare_split(train, tasks, click, device)
-        va = B.prepare_split(valid, tasks, click, device)
-        te = B.prepare_split(test, tasks, click, device)
+        st = cfg["data"].get("stream")
+        tr = B.prepare_split(train, tasks, click, device, stream=st)
+        va = B.prepare_split(valid, tasks, click, device, stream=st)
+        te = B.prepare_split(test, tasks, click, device, stream=st)
     except ValueError as e:  # a task's label or the click label is not in the data
         raise ConfigError(str(e)) from None
 

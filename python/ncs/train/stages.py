@@ -240,7 +240,12 @@ class ModelTrainer:
         model = self.model
         model.train()
         log_every = self.cfg["train"]["log_every"]
-        total = torch.zeros((), dtype=torch.float32, device=self.device)
+        # mid-epoch position (train.checkpoint_every): resume at the exact batch of the epoch
+        every = self.cfg["train"].get("checkpoint_every")
+        start = int(self.pos.get("batch", 0))
+        n_all = len(batches)
+        batches = B.from_batch(batches, start)
+        total = torch.full((), float(self.pos.get("batch_loss", 0.0)), dtype=torch.float32, device=self.device)
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -290,6 +295,10 @@ class ModelTrainer:
                     bal.step()
                 total += loss.detach()
             self.pos["step"] += 1
+            if every and (start + i + 1) % every == 0 and start + i + 1 < n_all:
+                guard.finish()  # never checkpoint past a non-finite step
+                self.pos.update(batch=start + i + 1, batch_loss=float(total.item()))
+                self.checkpoint()
             if bar is not None:
                 # the only host syncs of the loop: one every log_every steps, for the bar
                 if (i + 1) % log_every == 0:
@@ -300,7 +309,8 @@ class ModelTrainer:
         guard.finish()
         if dist is not None:  # the global batches' losses
             total = dist.sum(total)
-        return float((total / max(1, len(batches) - guard.skipped)).item())
+        self.pos.update(batch=0, batch_loss=0.0)
+        return float((total / max(1, n_all - guard.skipped)).item())
 
     @torch.no_grad()
     def evaluate(self, split: B.SplitTensors, task: Optional[str] = None) -> Dict[str, float]:
@@ -591,7 +601,7 @@ class ModelTrainer:
             for k in range(pos["round"], n + 1):
                 t0 = time.perf_counter()
                 mask_k = hist[k]
-                if pos["epoch"] == 0:
+                if pos["epoch"] == 0 and not pos.get("batch", 0):  # not when resuming mid-epoch
                     self.rewind()
                 self.model.set_task_masks(task, mask_k)
                 R = mc["epochs_per_round"]
