@@ -274,4 +274,4 @@ def test_nonfinite_gradient_alone_is_caught(tmp_path, monkeypatch):
     monkeypatch.setattr(stages.ModelTrainer, "__init__", init)
     monkeypatch.setattr(torch.Tensor, "backward", backward)
     with pytest.raises(NonFiniteError, match=r"epoch 1, batch 2, step 2"):
-        run(_cfg(), str(tmp_path / "r"), data=_data())
+        run(_cfg(loss={"balance": "fixed"}), str(tmp_path / "r"), data=_data())

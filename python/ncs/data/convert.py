@@ -519,6 +519,9 @@ def _group_column(path: str, g: str, c: str, arr):
     t = arr.type
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         raise DataError(f"{path}: group column {c!r} must hold scalars, got {t}")
+    if pa.types.is_binary(t) or pa.types.is_large_binary(t):  # the CSV reader yields bytes (validated UTF-8)
+        arr = _as_str(arr)
+        t = arr.type
     if pa.types.is_string(t) or pa.types.is_large_string(t):
         num = None
         for target in (pa.int64(), pa.timestamp("s")):  # a CSV read as text: numbers and dates stay ordered

@@ -201,6 +201,9 @@ def task_network(model: nn.Module, task: str) -> nn.Module:
     tasks = tuple(getattr(model, "tasks", ()))
     if task not in tasks:
         raise ExportError(f"--tasks: unknown task {task!r}; the model has tasks {list(tasks)}")
+    from ..train.protocol import PerTaskModel
+    if isinstance(model, PerTaskModel):  # per-task selection: task t is served by its own snapshot
+        return task_network(model.models[task], task)
     own = getattr(model, "export_task", None)
     kind = getattr(model, "kind", type(model).__name__)
     if callable(own):

@@ -388,12 +388,13 @@ def cycled_alternating_batches(split: B.SplitTensors, tasks: Sequence[str], batc
     gone over again, each further pass in a fresh seeded order (tag "<tag>/cycle<j>"), so every
     task takes as many steps as the largest (a Single_Task or Layer_Share CVR head gets one step
     per mixed batch; the plain alternation gives it only clicked_rows / batch_size)."""
-    per = [B.task_batches(split, t, batch_size, seed, tag, epoch) for t in tasks]
+    # list(): the streamed path's lazy EpochBatches do not concatenate
+    per = [list(B.task_batches(split, t, batch_size, seed, tag, epoch)) for t in tasks]
     n = max((len(p) for p in per), default=0)
     for k, t in enumerate(tasks):
         j = 1
         while per[k] and len(per[k]) < n:
-            per[k] = per[k] + B.task_batches(split, t, batch_size, seed, f"{tag}/cycle{j}", epoch)
+            per[k] = per[k] + list(B.task_batches(split, t, batch_size, seed, f"{tag}/cycle{j}", epoch))
             j += 1
     out = []
     for i in range(n):
