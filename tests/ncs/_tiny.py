@@ -24,3 +24,13 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread_module():
+    """The same for a whole module (import it into the module to use it): module-scoped runs and
+    the tests that compare with them then reduce floats in the same order."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -13,12 +13,7 @@ SAMPLE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "lt4re
 needs_sample = pytest.mark.skipif(not SAMPLE.is_file(), reason=f"real sample {SAMPLE} not present")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from _tiny import one_thread_module  # noqa: E402,F401  (autouse: one intra-op thread per module)
 
 
 def _one_line_error(capsys, code, rc, *needles):

@@ -17,12 +17,7 @@ from ncs.train.protocol import Balancer, grad_diagnostics, project_conflicting, 
 from ncs.train.runner import load_model
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from _tiny import one_thread_module  # noqa: E402,F401  (autouse: one intra-op thread per module)
 
 
 def _data(rows=120, seed=0):

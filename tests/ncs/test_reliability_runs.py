@@ -20,12 +20,7 @@ from ncs.train.guards import NonFiniteError
 from ncs.train.rundir import lock_run_dir
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from _tiny import one_thread_module  # noqa: E402,F401  (autouse: one intra-op thread per module)
 
 
 def _data():

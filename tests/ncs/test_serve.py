@@ -32,12 +32,7 @@ SCHEMA = {"fields": [{"name": "user"}, {"name": "video"}, {"name": "cat"},
 KINDS = ("single", "layer", "connection")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from _tiny import one_thread_module  # noqa: E402,F401  (autouse: one intra-op thread per module)
 
 
 def write_csv(path, rows, seed=0, users=9, videos=13, length=True, labels=True):

@@ -11,12 +11,7 @@ from ncs.train import StopTraining, run
 from ncs.train.checkpoint import load_tensors
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+from _tiny import one_thread_module  # noqa: E402,F401  (autouse: one intra-op thread per module)
 
 
 def _cfg(moments="per_task", **over):
