@@ -178,11 +178,19 @@ def cross_mlp(embeddings, tower, head: nn.Linear, task: str) -> CrossMLP:
                     layers, (head.weight.detach().float().cpu(), head.bias.detach().float().cpu()))
 
 
+def _no_private(model) -> None:
+    if getattr(model, "private", None) is not None:
+        raise ExportError("ncs export: models with task-private embeddings (model.task_embed_dim > 0) have no "
+                          "plain-torch exporter yet; train with model.task_embed_dim: 0 to export")
+
+
 def _export_connection(model, task):
+    _no_private(model)
     return cross_mlp(model.embeddings, model.tower, model.heads[task], task)
 
 
 def _export_layer(model, task):
+    _no_private(model)
     return cross_mlp(model.embeddings, model.towers[task], model.heads[task], task)
 
 
