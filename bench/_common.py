@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import os
 import platform
 import re
@@ -77,6 +78,18 @@ REFERENCE_VARIANTS = {
     "cross_masked_linear": ("dense_unfused", "unfused"),
     "masked_adam": ("adam", "nk:torch"),
 }
+
+
+def write_json(path: Optional[Path], doc: Dict) -> None:
+    """Write a results document atomically (tmp + os.replace): a reader, or a kill, never sees
+    half a file, so a benchmark cut short still leaves its last complete JSON. None: no-op."""
+    if path is None:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    os.replace(tmp, path)
 
 
 def env_flag(name: str) -> bool:

@@ -226,13 +226,6 @@ def format_group(g: Dict) -> str:
     return "\n".join(lines)
 
 
-def _write_json(path: Path, doc: Dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=False) + "\n")
-    os.replace(tmp, path)  # a reader (or a kill) never sees half a file
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.tiny:
@@ -301,7 +294,7 @@ def _run(args) -> int:
             if not args.quiet:
                 print(format_group(res), flush=True)
             if path:
-                _write_json(path, doc)
+                C.write_json(path, doc)
         else:
             doc["complete"] = True
     except (_Stopped, KeyboardInterrupt) as e:
@@ -314,7 +307,7 @@ def _run(args) -> int:
                   for g in doc["groups"] for r in g["rows"] if "error" in r]
         doc["errors"] = errors
         if path:
-            _write_json(path, doc)
+            C.write_json(path, doc)
             print(f"# wrote {path}", file=sys.stderr)
     if errors:
         print(f"# {len(errors)} variant(s) failed:", *errors, sep="\n#   ", file=sys.stderr)

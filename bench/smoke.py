@@ -22,7 +22,6 @@ arguments. The JSON is rewritten after every case (a killed run leaves what fini
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -173,15 +172,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def _write(path: Optional[Path], doc: Dict) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.tiny:
@@ -214,7 +204,7 @@ def main(argv=None) -> int:
                     detail = rec.get("reason", "") if rec["status"] != "pass" else \
                         "max rel err %.2e" % max(rec["rel_err"].values())
                     print(f"{mark} {op:20s} {v:24s} {dt:5s} {C.shape_id(shape):18s} {detail[:150]}", flush=True)
-                    _write(path, doc)
+                    C.write_json(path, doc)
             ref_cache.clear()
         doc["complete"] = True
     finally:
@@ -223,7 +213,7 @@ def main(argv=None) -> int:
         doc["summary"] = {s: sum(c["status"] == s for c in doc["cases"]) for s in ("pass", "fail", "error", "skipped")}
         doc["all_pass"] = not failed and doc["complete"]
         doc["seconds"] = round(time.perf_counter() - start, 2)
-        _write(path, doc)
+        C.write_json(path, doc)
     print(f"# smoke: {doc['summary']} in {doc['seconds']}s" + (f"; wrote {path}" if path else ""), file=sys.stderr)
     return 1 if failed else 0
 

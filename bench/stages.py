@@ -23,7 +23,6 @@ divided by its wall time. Batch lists cycle over epochs when the data has fewer 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sys
@@ -310,13 +309,6 @@ def _on_sigterm(signum, frame):
     raise _Stopped(f"signal {signum}")
 
 
-def _write(path: Path, doc: Dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.tiny:
@@ -352,7 +344,7 @@ def main(argv=None) -> int:
                          "data_seconds": time.perf_counter() - t0, "device": device}
         print(f"# {doc['env']['device_name']} | batch {args.batch} | {args.steps} timed steps per stage "
               f"(+{args.warmup_steps} warm-up) | {len(data.fields)} fields, {args.rows} {args.data} rows", flush=True)
-        save = (lambda: _write(path, doc)) if path else (lambda: None)
+        save = (lambda: C.write_json(path, doc)) if path else (lambda: None)
         doc["load_average_start"] = load_average()
         steps = [s.strip() for s in args.embedding_step.split(",") if s.strip()]
         for rep in range(args.repeats):
@@ -381,7 +373,7 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGTERM, prev)
         torch.set_num_threads(threads_before)
         if path:
-            _write(path, doc)
+            C.write_json(path, doc)
             print(f"# wrote {path}", file=sys.stderr)
     print(format_table(doc["results"]))
     print(f"# load average (1, 5, 15 min) at the start {doc.get('load_average_start')}, "

@@ -63,6 +63,20 @@ def cross_masked_linear_backward(
     return demb, dw, db
 
 
+def _adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, weight_decay, decoupled):
+    """(m_new, v_new, p_new) of one unmasked Adam/AdamW step, in the moments' dtype (nothing is
+    written): the arithmetic both masked references below apply where their mask keeps it."""
+    g = grad.to(exp_avg.dtype)
+    p = param.to(exp_avg.dtype)
+    if weight_decay and not decoupled:
+        g = g + weight_decay * p
+    m_new = beta1 * exp_avg + (1 - beta1) * g
+    v_new = beta2 * exp_avg_sq + (1 - beta2) * g * g
+    denom = (v_new / (1 - beta2 ** step)).sqrt() + eps
+    p_new = p * (1 - lr * weight_decay) if weight_decay and decoupled else p
+    return m_new, v_new, p_new - lr * (m_new / (1 - beta1 ** step)) / denom
+
+
 @torch.no_grad()
 def masked_adam_step_(
     param: torch.Tensor,
@@ -84,21 +98,10 @@ def masked_adam_step_(
     they were. packed=None updates everything (a plain step). `step` is the 1-based step count
     used for bias correction. State is kept in fp32 or the param's dtype, whatever was passed.
     """
-    g = grad.to(exp_avg.dtype)
-    p = param.to(exp_avg.dtype)
-    if weight_decay and not decoupled:
-        g = g + weight_decay * p
-    m_new = beta1 * exp_avg + (1 - beta1) * g
-    v_new = beta2 * exp_avg_sq + (1 - beta2) * g * g
-    bc1 = 1 - beta1 ** step
-    bc2 = 1 - beta2 ** step
-    denom = (v_new / bc2).sqrt() + eps
-    p_new = p
-    if weight_decay and decoupled:
-        p_new = p_new * (1 - lr * weight_decay)
-    p_new = p_new - lr * (m_new / bc1) / denom
+    m_new, v_new, p_new = _adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
+                                       weight_decay, decoupled)
     if packed is None:
-        keep = torch.ones_like(p, dtype=torch.bool)
+        keep = torch.ones_like(param, dtype=torch.bool)
     else:
         keep = unpack_mask(packed, param.shape[1])
     exp_avg.copy_(torch.where(keep, m_new, exp_avg))
@@ -136,21 +139,9 @@ def masked_adam_task_step_(
     # the task's moments, broadcast from its slice only (the other slices are never read)
     m_t = exp_avg.select(0, int(task))
     v_t = exp_avg_sq.select(0, int(task))
-    g = grad.to(exp_avg.dtype)
-    p = param.to(exp_avg.dtype)
-    if weight_decay and not decoupled:
-        g = g + weight_decay * p
-    m_new = beta1 * m_t + (1 - beta1) * g
-    v_new = beta2 * v_t + (1 - beta2) * g * g
-    bc1 = 1 - beta1 ** step
-    bc2 = 1 - beta2 ** step
-    denom = (v_new / bc2).sqrt() + eps
-    p_new = p
-    if weight_decay and decoupled:
-        p_new = p_new * (1 - lr * weight_decay)
-    p_new = p_new - lr * (m_new / bc1) / denom
+    m_new, v_new, p_new = _adam_update(param, grad, m_t, v_t, step, lr, beta1, beta2, eps, weight_decay, decoupled)
     if packed is None:
-        keep = torch.ones_like(p, dtype=torch.bool)
+        keep = torch.ones_like(param, dtype=torch.bool)
     else:
         keep = unpack_mask(packed, param.shape[1])
     keep_stack = own & keep.unsqueeze(0)
