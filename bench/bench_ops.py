@@ -11,58 +11,49 @@ interleaved rounds (variant order rotated each round, so drift and thermal state
 variants alike); a row's time is the median of its rounds. On CUDA each round times `--inner`
 back-to-back steps between CUDA events; on CPU one step with perf_counter. Tables give each
 row's time divided by the floor (dense, no mask) and by the path ncs replaces (float mask /
-unfused cross / reference Adam): < 1 means faster. Memory (see _common.MEMORY_METHOD):
+unfused cross / reference Adam): < 1 means faster. Memory (see _memory.MEMORY_METHOD):
 act = activation bytes kept for backward + output, any device; peak = CUDA peak above baseline
 during one eager step. The JSON (--json) is rewritten after every group, so a run stopped by
 a timeout still leaves every finished group on disk, marked "complete": false.
 With --smoke SMOKE.json (bench/smoke.py's output) every row records its variant's correctness
 verdict ("smoke": pass | fail | error | skipped | not-checked | baseline | reference) and the
 table marks failed ones "!SMOKE": a timing of a variant that failed the smoke pass means nothing.
-The variants are described in bench/_common.py; this script is what README figures come from.
+The variants are described in bench/_cases.py; this script is what README figures come from.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 if __package__ in (None, ""):  # run as a script: make `bench` importable from the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import _common as C  # noqa: E402
+from bench import _cases as K  # noqa: E402
+from bench import _cli, _env, _memory, _problems, _timing  # noqa: E402
 from bench import smoke as S  # noqa: E402
+from bench._cli import OPS, Stopped, split  # noqa: E402
 
 import torch  # noqa: E402
 
-OPS = {"linear": "masked_linear", "cross": "cross_masked_linear", "adam": "masked_adam"}
 SCHEMA = "ncs-bench-ops/1"
-
-
-class _Stopped(Exception):
-    """SIGTERM (e.g. from `timeout`): stop, keep what was measured."""
-
-
-def _on_sigterm(signum, frame):
-    raise _Stopped(f"signal {signum}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--batch", type=int, default=None, help="batch B (default: NCS_BENCH_BATCH, else 4096 CUDA / 1024 CPU)")
-    p.add_argument("--ops", default="linear,cross,adam", help="comma list of linear, cross, adam")
+    p.add_argument("--batch", type=_cli.positive_int, default=None, help="batch B (default: NCS_BENCH_BATCH, else 4096 CUDA / 1024 CPU)")
+    p.add_argument("--ops", type=_cli.ops_arg, default="linear,cross,adam", help="comma list of linear, cross, adam")
     p.add_argument("--dtypes", default=None, help="comma list of fp32, tf32, bf16 (default: fp32 on CPU, all on CUDA)")
     p.add_argument("--modes", default=None, help="comma list of eager, graph (default: eager on CPU, both on CUDA)")
     p.add_argument("--backends", default=None, help="comma list of ncs backends to include (default: all that run here)")
-    p.add_argument("--repeats", type=int, default=None, help="timed rounds per variant, median reported (CUDA 30, CPU 5)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps per variant before timing (CUDA 10, CPU 2)")
-    p.add_argument("--inner", type=int, default=None, help="steps per timed round (CUDA 20, CPU 1)")
+    p.add_argument("--repeats", type=_cli.positive_int, default=None, help="timed rounds per variant, median reported (CUDA 30, CPU 5)")
+    p.add_argument("--warmup", type=_cli.non_negative_int, default=None, help="untimed steps per variant before timing (CUDA 10, CPU 2)")
+    p.add_argument("--inner", type=_cli.positive_int, default=None, help="steps per timed round (CUDA 20, CPU 1)")
     p.add_argument("--max-seconds", type=float, default=None, help="start no new group after this many seconds")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
     p.add_argument("--tiny", action="store_true", help="tiny shapes and 2 rounds: checks the script, not the speed")
@@ -70,31 +61,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--quiet", action="store_true", help="no tables on stdout")
     p.add_argument("--smoke", default=None,
                    help="smoke.json of bench/smoke.py: each row records its variant's correctness verdict")
-    args = p.parse_args(argv)
-    for name in ("batch", "repeats", "inner"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            p.error(f"--{name}: expected a positive integer, got {v}")
-    if args.warmup is not None and args.warmup < 0:
-        p.error(f"--warmup: expected a non-negative integer, got {args.warmup}")
-    bad = [o for o in args.ops.split(",") if o.strip() and o.strip() not in OPS]
-    if bad:
-        p.error(f"--ops: expected names from {tuple(OPS)}, got {bad}")
-    return args
-
-
-def _split(s: Optional[str]) -> Optional[List[str]]:
-    return None if s is None else [x.strip() for x in s.split(",") if x.strip()]
+    return p.parse_args(argv)
 
 
 def build_groups(args, device: str) -> List[Dict]:
-    batch = args.batch or C.default_batch(device)
-    dtypes = _split(args.dtypes) or list(C.dtype_names(device))
-    bad = [d for d in dtypes if d not in C.DTYPES]
+    batch = args.batch or K.default_batch(device)
+    dtypes = split(args.dtypes) or list(K.dtype_names(device))
+    bad = [d for d in dtypes if d not in K.DTYPES]
     if bad:
-        raise SystemExit(f"--dtypes: expected names from {tuple(C.DTYPES)}, got {bad}")
-    modes = _split(args.modes) or list(C.modes(device))
-    bad = [m for m in modes if m not in ("eager", "graph")]
+        raise SystemExit(f"--dtypes: expected names from {tuple(K.DTYPES)}, got {bad}")
+    modes = split(args.modes) or list(K.modes(device))
+    bad = [m for m in modes if m not in K.MODES]
     if bad:
         raise SystemExit(f"--modes: expected eager and/or graph, got {bad}")
     if args.dtypes is None:
@@ -105,32 +82,26 @@ def build_groups(args, device: str) -> List[Dict]:
     groups = []
     for dt in dtypes:
         for mode in modes:
-            for key in _split(args.ops):
+            for key in split(args.ops):
                 op = OPS[key]
                 if op == "masked_adam" and dt != "fp32":
                     continue  # optimizer state is fp32 master weights; tf32/bf16 say nothing new
-                if op == "masked_linear":
-                    shapes = C.linear_shapes(batch)
-                elif op == "cross_masked_linear":
-                    shapes = [C.cross_shape(batch)]
-                else:
-                    shapes = C.adam_shapes()
-                for shape in shapes:
+                for shape in K.op_shapes(op, batch):
                     groups.append({"op": op, "shape": shape, "dtype": dt, "mode": mode})
     return groups
 
 
 def run_group(group: Dict, device: str, args) -> Dict:
     op, shape, dt, mode = group["op"], group["shape"], group["dtype"], group["mode"]
-    floor, ref = C.REFERENCE_VARIANTS[op]
-    only = set(_split(args.backends) or [])
+    floor, ref = K.REFERENCE_VARIANTS[op]
+    only = set(split(args.backends) or [])
     rows: Dict[str, Dict] = {}
     fns = {}
     keep = []
     t0 = time.perf_counter()
-    with C.precision(dt):
-        for v in C.variants(op, device):
-            be = C.variant_backend(v)
+    with K.precision(dt):
+        for v in K.variants(op, device):
+            be = K.variant_backend(v)
             if only and be is not None and be not in only and v != ref:
                 continue
             row = {"variant": v, "backend": be or "pytorch"}
@@ -138,19 +109,19 @@ def run_group(group: Dict, device: str, args) -> Dict:
             if table is not None:
                 row["smoke"] = S.verdict_for(table, op, v, dt)
             rows[v] = row
-            why = C.why_skip(op, v, device, dt, mode)
+            why = K.why_skip(op, v, device, dt, mode)
             if why:
                 row["skipped"] = why
                 continue
             try:
-                prob = C.make_problem(op, v, shape, dt, device, mode)
-                C.warm_up(prob, device, args.warmup)
-                row.update(C.memory_info(prob, device))
-                fns[v] = C.runner(prob, device, mode, 1)
+                prob = _problems.make_problem(op, v, shape, dt, device, mode)
+                _timing.warm_up(prob, device, args.warmup)
+                row.update(_memory.memory_info(prob, device))
+                fns[v] = _timing.runner(prob, device, mode, 1)
                 row["gflop"] = prob.flop / 1e9
                 row["samples_s"] = []
                 keep.append(prob)
-            except _Stopped:
+            except Stopped:
                 raise
             except Exception as e:  # one broken variant must not hide the others
                 row["error"] = f"{type(e).__name__}: {e}"[:500]
@@ -163,8 +134,8 @@ def run_group(group: Dict, device: str, args) -> Dict:
                 if v not in fns:
                     continue
                 try:
-                    rows[v]["samples_s"].append(C.time_once(fns[v], device, args.inner))
-                except _Stopped:
+                    rows[v]["samples_s"].append(_timing.time_once(fns[v], device, args.inner))
+                except Stopped:
                     raise
                 except Exception as e:
                     rows[v]["error"] = f"{type(e).__name__}: {e}"[:500]
@@ -177,7 +148,7 @@ def run_group(group: Dict, device: str, args) -> Dict:
     for row in rows.values():
         s = row.get("samples_s")
         if s:
-            row["median_s"] = C.median(s)
+            row["median_s"] = _timing.median(s)
             row["min_s"] = min(s)
             if len(s) >= 4:  # relative interquartile range: how far to trust this row's median
                 q = statistics.quantiles(s, n=4)
@@ -200,7 +171,7 @@ def _fmt(v, spec):
 
 
 def format_group(g: Dict) -> str:
-    shape = C.shape_id(g["shape"])
+    shape = K.shape_id(g["shape"])
     head = f"\n{g['op']} {shape} {g['dtype']} {g['mode']}   (x{g['floor']} / x{g['ref']}: row / that row; <1 = faster)"
     cols = f"{'variant':<22}{'ms':>9}{'x' + g['floor']:>15}{'x' + g['ref']:>12}{'TFLOP/s':>9}" \
            f"{'act MiB':>9}{'act x' + g['floor'][:5]:>12}{'act x' + g['ref'][:5]:>12}{'peak MiB':>9}{'peak x' + g['ref'][:5]:>13}{'iqr %':>7}"
@@ -228,22 +199,12 @@ def format_group(g: Dict) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.tiny:
-        os.environ["NCS_BENCH_TINY"] = "1"
-    threads_before = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    try:
-        return _run(args)
-    finally:
-        torch.set_num_threads(threads_before)  # main() is also called in-process (tests)
+    with _cli.threads(args.threads):
+        device = _cli.device_of(args, "bench_ops")
+        return 2 if device is None else _run(args, device)
 
 
-def _run(args) -> int:
-    device = C.bench_device() if args.device == "auto" else args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        print("bench_ops: --device cuda but no CUDA device is available", file=sys.stderr)
-        return 2
+def _run(args, device: str) -> int:
     cuda = device == "cuda"
     if args.repeats is None:
         args.repeats = 2 if args.tiny else (30 if cuda else 5)
@@ -253,7 +214,7 @@ def _run(args) -> int:
         args.inner = 1 if args.tiny else (20 if cuda else 1)
     path = None
     if args.json:
-        path = C.default_result_path(device, "ops") if args.json == "auto" else Path(args.json)
+        path = _env.default_result_path(device, "ops") if args.json == "auto" else Path(args.json)
     groups = build_groups(args, device)
     args.smoke_table = None
     smoke_doc = None
@@ -267,9 +228,9 @@ def _run(args) -> int:
             args.smoke_table = {}
     doc = {
         "schema": SCHEMA,
-        "env": C.environment(device),
+        "env": _env.environment(device),
         "config": {k: v for k, v in vars(args).items() if k not in ("quiet", "smoke_table")}
-        | {"device": device, "density": C.DENSITY},
+        | {"device": device, "density": K.DENSITY},
         "smoke": None if args.smoke is None else {
             "file": args.smoke, "all_pass": (smoke_doc or {}).get("all_pass"),
             "summary": (smoke_doc or {}).get("summary"),
@@ -281,7 +242,7 @@ def _run(args) -> int:
         e = doc["env"]
         print(f"# {e['device_name']} | torch {e['versions']['torch']} | triton {e['versions']['triton']} | "
               f"backends {e['backends']} | threads {e['torch_threads']} | repeats {args.repeats} x inner {args.inner}")
-    prev = signal.signal(signal.SIGTERM, _on_sigterm)
+    prev = _cli.stop_on_sigterm()
     start = time.perf_counter()
     status = 0
     try:
@@ -294,20 +255,20 @@ def _run(args) -> int:
             if not args.quiet:
                 print(format_group(res), flush=True)
             if path:
-                C.write_json(path, doc)
+                _env.write_json(path, doc)
         else:
             doc["complete"] = True
-    except (_Stopped, KeyboardInterrupt) as e:
+    except (Stopped, KeyboardInterrupt) as e:
         doc["stopped"] = f"interrupted ({e or 'KeyboardInterrupt'})"
         status = 124
     finally:
-        signal.signal(signal.SIGTERM, prev)
+        _cli.restore_sigterm(prev)
         doc["seconds"] = time.perf_counter() - start
-        errors = [f"{g['op']} {C.shape_id(g['shape'])} {g['dtype']} {g['mode']} {r['variant']}: {r['error']}"
+        errors = [f"{g['op']} {K.shape_id(g['shape'])} {g['dtype']} {g['mode']} {r['variant']}: {r['error']}"
                   for g in doc["groups"] for r in g["rows"] if "error" in r]
         doc["errors"] = errors
         if path:
-            C.write_json(path, doc)
+            _env.write_json(path, doc)
             print(f"# wrote {path}", file=sys.stderr)
     if errors:
         print(f"# {len(errors)} variant(s) failed:", *errors, sep="\n#   ", file=sys.stderr)

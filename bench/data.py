@@ -55,9 +55,10 @@ def _env():
 
 
 def _save(name: str, doc: dict) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    from ncs_kernels.atomic import atomic_write_json
+
     p = RESULTS / name
-    p.write_text(json.dumps(doc, indent=2) + "\n")
+    atomic_write_json(p, doc, indent=2)
     print(json.dumps(doc, indent=2))
     print(f"wrote {p}", file=sys.stderr)
 

@@ -62,6 +62,7 @@ cd "$REPO" || exit 2
 for f in env.json summary.json build.log smoke.json ops.json stages.json bench.log tests.log; do
   rm -f "$OUTDIR/$f" "$OUTDIR/$f.tmp"
 done
+rm -f "$OUTDIR"/.tmp-*  # what a killed atomic write (ncs_kernels.atomic) left behind
 
 # PYTHON, else the project's .venv (scripts/setup_env.sh) when there is one, else python3 (the GPU
 # machine's python with torch)
@@ -251,10 +252,11 @@ fi
 # without the cuda backend must not look like a complete run); the CPU dry run needs only _C.
 IMPORT_PY='
 import sys
-import ncs_kernels as nk, ncs_kernels._backends as B
+import ncs_kernels as nk
+from bench import _env as B  # the backend registry as the benchmarks read it
 gpu = sys.argv[1] == "gpu"
 print("backends:", nk.backends(), "| native error:", nk.native_error())
-for b in B.BACKENDS:
+for b in B.backend_names():
     print(f"  {b:7s} cuda:", B.why_unavailable(b, "cuda") or "ok", "| cpu:", B.why_unavailable(b, "cpu") or "ok")
 ext = B.native()
 problems = []
@@ -390,6 +392,7 @@ print(json.dumps({k.lower() if k.isupper() else k: v for k, v in c.items()}))
 ' "$OUTDIR/tests.log" 2>/dev/null) && EXTRA+=$',\n "tests": '"$COUNTS" && write_summary
 fi
 
+rm -f "$OUTDIR"/.tmp-*  # a step killed mid-write leaves its temporary file; the finished files stay
 write_summary
 echo "[gpu_check] done in $(( $(date +%s) - START ))s; all_ok=$ALL_OK; files in $OUTDIR:" >&2
 ls -1 "$OUTDIR" >&2

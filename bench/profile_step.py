@@ -22,7 +22,6 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import _common as C  # noqa: E402,F401
 from bench import stages as S  # noqa: E402
 
 import torch  # noqa: E402

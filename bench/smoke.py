@@ -5,7 +5,7 @@ op, every benchmark dtype, against the reference backend ("torch") on the same t
     python bench/smoke.py --device cuda --json smoke.json
     python bench/smoke.py --tiny --device cpu            # the dry run: tiny shapes, cpu + interpreter
 
-It runs the benchmark's own problems (bench/_common.make_problem: same variants, same switches,
+It runs the benchmark's own problems (bench/_problems.make_problem: same variants, same switches,
 the first benchmark shape of each op), so a verdict applies to exactly the code bench_ops.py
 times: `bench_ops.py --smoke smoke.json` writes each row's verdict beside its figures
 ("smoke": pass | fail | error | not-checked). A benchmark of a variant that failed here means
@@ -22,7 +22,6 @@ arguments. The JSON is rewritten after every case (a killed run leaves what fini
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,12 +30,14 @@ from typing import Dict, List, Optional
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import _common as C  # noqa: E402
+from bench import _cases as K  # noqa: E402
+from bench import _cli, _env, _timing  # noqa: E402
+from bench._cli import OPS, split  # noqa: E402
+from bench._problems import Problem, make_problem  # noqa: E402
 
 import torch  # noqa: E402
 
 SCHEMA = "ncs-smoke/1"
-OPS = {"linear": "masked_linear", "cross": "cross_masked_linear", "adam": "masked_adam"}
 REFERENCE = "nk:torch"
 # relative Frobenius error allowed against the reference computed in the same dtype and mode:
 # fp32 with TF32 off differs only by summation order; TF32 and bf16 by one rounding of the
@@ -46,17 +47,13 @@ TOLERANCE = {"fp32": 1e-4, "tf32": 1e-2, "bf16": 3e-2}
 
 def smoke_shape(op: str, batch: int) -> Dict[str, int]:
     """The first benchmark shape of op (so the kernels compiled here are the ones bench_ops times)."""
-    if op == "masked_linear":
-        return C.linear_shapes(batch)[0]
-    if op == "cross_masked_linear":
-        return C.cross_shape(batch)
-    return C.adam_shapes()[0]
+    return K.op_shapes(op, batch)[0]
 
 
 def checked_variants(op: str, device: str) -> List[str]:
     """The ncs variants with a verdict: every nk:<backend>[~switch] except the reference itself.
     (cross+nk:<backend> is the cross op in PyTorch, then masked_linear: masked_linear's verdict.)"""
-    return [v for v in C.variants(op, device) if v.startswith("nk:") and v != REFERENCE]
+    return [v for v in K.variants(op, device) if v.startswith("nk:") and v != REFERENCE]
 
 
 def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
@@ -70,7 +67,7 @@ def rel_err(got: torch.Tensor, ref: torch.Tensor) -> float:
     return num / den if den > 0 else num
 
 
-def _outputs(prob: C.Problem, mask: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
+def _outputs(prob: Problem, mask: Optional[torch.Tensor]) -> Dict[str, torch.Tensor]:
     """Run one eager step and return what it computed (named)."""
     if prob.forward is None:  # optimizer step: the state it updates in place
         prob.step()
@@ -85,7 +82,7 @@ def _outputs(prob: C.Problem, mask: Optional[torch.Tensor]) -> Dict[str, torch.T
     return out
 
 
-def _packed(prob: C.Problem) -> Optional[torch.Tensor]:
+def _packed(prob: Problem) -> Optional[torch.Tensor]:
     for t in prob.owned:
         if t.dtype == torch.int32 and t.dim() == 2:
             return t
@@ -96,20 +93,20 @@ def run_case(op: str, variant: str, shape: Dict[str, int], dtype_name: str, devi
              ref_cache: Dict) -> Dict:
     rec = {"op": op, "variant": variant, "dtype": dtype_name, "shape": dict(shape), "device": device,
            "tolerance": TOLERANCE[dtype_name]}
-    why = C.why_skip(op, variant, device, dtype_name, "eager")
+    why = K.why_skip(op, variant, device, dtype_name, "eager")
     if why:
         rec.update(status="skipped", reason=why)
         return rec
     t0 = time.perf_counter()
     try:
-        with C.precision(dtype_name):
+        with K.precision(dtype_name):
             key = (op, dtype_name)
             if key not in ref_cache:
-                ref_cache[key] = _outputs(C.make_problem(op, REFERENCE, shape, dtype_name, device), None)
+                ref_cache[key] = _outputs(make_problem(op, REFERENCE, shape, dtype_name, device), None)
             ref = ref_cache[key]
-            prob = C.make_problem(op, variant, shape, dtype_name, device)
+            prob = make_problem(op, variant, shape, dtype_name, device)
             got = _outputs(prob, None)
-            C.sync(device)
+            _timing.sync(device)
         errs = {name: rel_err(got[name], ref[name]) for name in ref}
         rec["rel_err"] = errs
         bad = [n for n, e in errs.items() if not e <= TOLERANCE[dtype_name]]
@@ -141,7 +138,7 @@ def verdicts(doc: Dict) -> Dict[str, str]:
 def verdict_for(table: Dict[str, str], op: str, variant: str, dtype_name: str) -> str:
     """The smoke verdict of one benchmark row: pass | fail | error | skipped | not-checked, or
     "baseline" for the plain-PyTorch rows and "reference" for nk:torch."""
-    if C.variant_backend(variant) is None:
+    if K.variant_backend(variant) is None:
         return "baseline"
     if variant == REFERENCE:
         return "reference"
@@ -153,45 +150,39 @@ def verdict_for(table: Dict[str, str], op: str, variant: str, dtype_name: str) -
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--batch", type=int, default=None, help="batch B (default: the benchmark's)")
-    p.add_argument("--ops", default="linear,cross,adam", help="comma list of linear, cross, adam")
+    p.add_argument("--batch", type=_cli.positive_int, default=None, help="batch B (default: the benchmark's)")
+    p.add_argument("--ops", type=_cli.ops_arg, default="linear,cross,adam", help="comma list of linear, cross, adam")
     p.add_argument("--dtypes", default=None, help="comma list of fp32, tf32, bf16 (default: the benchmark's)")
     p.add_argument("--tiny", action="store_true", help="tiny shapes (the dry run)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for CPU runs")
     p.add_argument("--json", default=None, help="write the verdicts here")
     args = p.parse_args(argv)
-    bad = [o for o in args.ops.split(",") if o.strip() and o.strip() not in OPS]
-    if bad:
-        p.error(f"--ops: expected names from {tuple(OPS)}, got {bad}")
-    if args.batch is not None and args.batch < 1:
-        p.error(f"--batch: expected a positive integer, got {args.batch}")
     if args.dtypes:
-        bad = [d for d in args.dtypes.split(",") if d.strip() and d.strip() not in C.DTYPES]
+        bad = [d for d in split(args.dtypes) if d not in K.DTYPES]
         if bad:
-            p.error(f"--dtypes: expected names from {tuple(C.DTYPES)}, got {bad}")
+            p.error(f"--dtypes: expected names from {tuple(K.DTYPES)}, got {bad}")
     return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.tiny:
-        os.environ["NCS_BENCH_TINY"] = "1"
-    device = C.bench_device() if args.device == "auto" else args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        print("smoke: --device cuda but no CUDA device is available", file=sys.stderr)
+    device = _cli.device_of(args, "smoke")
+    if device is None:
         return 2
-    threads_before = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    with _cli.threads(args.threads):
+        return _run(args, device)
+
+
+def _run(args, device: str) -> int:
     path = Path(args.json) if args.json else None
-    batch = args.batch or C.default_batch(device)
-    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()] if args.dtypes else list(C.dtype_names(device))
-    doc = {"schema": SCHEMA, "env": C.environment(device), "reference": REFERENCE, "tolerance": TOLERANCE,
+    batch = args.batch or K.default_batch(device)
+    dtypes = split(args.dtypes) if args.dtypes else list(K.dtype_names(device))
+    doc = {"schema": SCHEMA, "env": _env.environment(device), "reference": REFERENCE, "tolerance": TOLERANCE,
            "complete": False, "cases": []}
     start = time.perf_counter()
     ref_cache: Dict = {}
     try:
-        for key in [o.strip() for o in args.ops.split(",") if o.strip()]:
+        for key in split(args.ops):
             op = OPS[key]
             shape = smoke_shape(op, batch)
             for dt in dtypes:
@@ -203,17 +194,16 @@ def main(argv=None) -> int:
                     mark = {"pass": "ok  ", "skipped": "skip"}.get(rec["status"], "FAIL")
                     detail = rec.get("reason", "") if rec["status"] != "pass" else \
                         "max rel err %.2e" % max(rec["rel_err"].values())
-                    print(f"{mark} {op:20s} {v:24s} {dt:5s} {C.shape_id(shape):18s} {detail[:150]}", flush=True)
-                    C.write_json(path, doc)
+                    print(f"{mark} {op:20s} {v:24s} {dt:5s} {K.shape_id(shape):18s} {detail[:150]}", flush=True)
+                    _env.write_json(path, doc)
             ref_cache.clear()
         doc["complete"] = True
     finally:
-        torch.set_num_threads(threads_before)
         failed = [c for c in doc["cases"] if c["status"] in ("fail", "error")]
         doc["summary"] = {s: sum(c["status"] == s for c in doc["cases"]) for s in ("pass", "fail", "error", "skipped")}
         doc["all_pass"] = not failed and doc["complete"]
         doc["seconds"] = round(time.perf_counter() - start, 2)
-        C.write_json(path, doc)
+        _env.write_json(path, doc)
     print(f"# smoke: {doc['summary']} in {doc['seconds']}s" + (f"; wrote {path}" if path else ""), file=sys.stderr)
     return 1 if failed else 0
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import tempfile
 import time
@@ -34,7 +33,8 @@ from typing import Dict, List
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import _common as C  # noqa: E402
+from bench import _cli, _env  # noqa: E402
+from bench._cli import Stopped  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -45,10 +45,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--backends", default="auto,torch", help="comma list of ncs backends for the model and optimizer")
-    p.add_argument("--batch", type=int, default=None, help="batch size (default 4096; --tiny: 64)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per stage (default 20 CUDA, 5 CPU)")
-    p.add_argument("--warmup-steps", type=int, default=None, help="untimed steps per stage first (default 3)")
-    p.add_argument("--rows", type=int, default=None, help="synthetic rows (default 8 batches' worth)")
+    p.add_argument("--batch", type=_cli.positive_int, default=None, help="batch size (default 4096; --tiny: 64)")
+    p.add_argument("--steps", type=_cli.positive_int, default=None, help="timed steps per stage (default 20 CUDA, 5 CPU)")
+    p.add_argument("--warmup-steps", type=_cli.non_negative_int, default=None, help="untimed steps per stage first (default 3)")
+    p.add_argument("--rows", type=_cli.positive_int, default=None, help="synthetic rows (default 8 batches' worth)")
     p.add_argument("--data", choices=("random", "synthetic"), default="random")
     p.add_argument("--fields", type=int, default=20, help="--data random: number of fields F")
     p.add_argument("--threads", type=int, default=None)
@@ -61,14 +61,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=1, help="measure every (backend, embedding step) this many times, "
                    "interleaved; the table shows the median")
     p.add_argument("--json", default=None, help="write results here; 'auto' = bench/results/<date>_<hardware>_stages.json")
-    args = p.parse_args(argv)
-    for name in ("batch", "steps", "rows"):
-        v = getattr(args, name)
-        if v is not None and v < 1:
-            p.error(f"--{name}: expected a positive integer, got {v}")
-    if args.warmup_steps is not None and args.warmup_steps < 0:
-        p.error(f"--warmup-steps: expected a non-negative integer, got {args.warmup_steps}")
-    return args
+    return p.parse_args(argv)
 
 
 def _config(args, device: str, backend: str) -> dict:
@@ -199,7 +192,7 @@ def run_backend(backend: str, args, device: str, data, out: Dict, save=lambda: N
             trainer.model.forward = torch.compile(trainer.model.forward, mode=args.compile, dynamic=False)
             out["compile"] = {"mode": args.compile, "wrapped_s": time.perf_counter() - t0}
         some_weight = next(iter(trainer.layers.values())).weight
-        out["resolved_backend"] = nk._backends.resolve(backend, some_weight)
+        out["resolved_backend"] = _env.resolve_backend(backend, some_weight)
         out["layers"] = {n: [m.out_features, m.in_features] for n, m in trainer.layers.items()}
         out["parameters"] = int(sum(p.numel() for p in trainer.model.parameters()))
 
@@ -301,22 +294,16 @@ def format_table(results: List[Dict]) -> str:
     return "\n".join(lines)
 
 
-class _Stopped(Exception):
-    pass
-
-
-def _on_sigterm(signum, frame):
-    raise _Stopped(f"signal {signum}")
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    if args.tiny:
-        os.environ["NCS_BENCH_TINY"] = "1"
-    device = C.bench_device() if args.device == "auto" else args.device
-    if device == "cuda" and not torch.cuda.is_available():
-        print("stages: --device cuda but no CUDA device is available", file=sys.stderr)
+    device = _cli.device_of(args, "stages")
+    if device is None:
         return 2
+    with _cli.threads(args.threads):
+        return _run(args, device)
+
+
+def _run(args, device: str) -> int:
     cuda = device == "cuda"
     args.batch = args.batch or (64 if args.tiny else 4096)
     args.steps = args.steps or (2 if args.tiny else (20 if cuda else 5))
@@ -324,12 +311,9 @@ def main(argv=None) -> int:
     args.rows = args.rows or args.batch * 8
     path = None
     if args.json:
-        path = C.default_result_path(device, "stages") if args.json == "auto" else Path(args.json)
-    threads_before = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    prev = signal.signal(signal.SIGTERM, _on_sigterm)
-    doc: Dict = {"schema": SCHEMA, "env": C.environment(device), "complete": False, "results": []}
+        path = _env.default_result_path(device, "stages") if args.json == "auto" else Path(args.json)
+    prev = _cli.stop_on_sigterm()
+    doc: Dict = {"schema": SCHEMA, "env": _env.environment(device), "complete": False, "results": []}
     status = 0
     try:
         from ncs.train import runner
@@ -344,7 +328,7 @@ def main(argv=None) -> int:
                          "data_seconds": time.perf_counter() - t0, "device": device}
         print(f"# {doc['env']['device_name']} | batch {args.batch} | {args.steps} timed steps per stage "
               f"(+{args.warmup_steps} warm-up) | {len(data.fields)} fields, {args.rows} {args.data} rows", flush=True)
-        save = (lambda: C.write_json(path, doc)) if path else (lambda: None)
+        save = (lambda: _env.write_json(path, doc)) if path else (lambda: None)
         doc["load_average_start"] = load_average()
         steps = [s.strip() for s in args.embedding_step.split(",") if s.strip()]
         for rep in range(args.repeats):
@@ -357,7 +341,7 @@ def main(argv=None) -> int:
                         cfg = _config(args, device, be)
                         out["dense_mlp"] = dense_mlp_bound(args, torch.device(device), cfg)
                         run_backend(be, args, device, data, out, save)
-                    except _Stopped:
+                    except Stopped:
                         raise
                     except Exception as e:  # one backend failing must not hide the other's numbers
                         out["error"] = f"{type(e).__name__}: {e}"[:500]
@@ -366,14 +350,13 @@ def main(argv=None) -> int:
         doc["summary"] = summarize(doc["results"])
         doc["load_average_end"] = load_average()
         doc["complete"] = True
-    except (_Stopped, KeyboardInterrupt) as e:
+    except (Stopped, KeyboardInterrupt) as e:
         doc["stopped"] = f"interrupted ({e or 'KeyboardInterrupt'})"
         status = 124
     finally:
-        signal.signal(signal.SIGTERM, prev)
-        torch.set_num_threads(threads_before)
+        _cli.restore_sigterm(prev)
         if path:
-            C.write_json(path, doc)
+            _env.write_json(path, doc)
             print(f"# wrote {path}", file=sys.stderr)
     print(format_table(doc["results"]))
     print(f"# load average (1, 5, 15 min) at the start {doc.get('load_average_start')}, "

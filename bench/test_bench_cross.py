@@ -10,11 +10,12 @@ test_bench_masked_linear.py; activation and peak memory go into extra_info.
 """
 import pytest
 
-from bench import _common as C
+from bench import _env
+from bench._pytest_glue import pytest_cases, run_pytest_benchmark
 
-DEVICE = C.bench_device()
+DEVICE = _env.bench_device()
 
 
-@pytest.mark.parametrize("op,variant,shape,dtype_name,mode", C.pytest_cases("cross_masked_linear", DEVICE))
+@pytest.mark.parametrize("op,variant,shape,dtype_name,mode", pytest_cases("cross_masked_linear", DEVICE))
 def test_cross_masked_linear_fwd_bwd(benchmark, op, variant, shape, dtype_name, mode):
-    C.run_pytest_benchmark(benchmark, op, variant, shape, dtype_name, mode, DEVICE)
+    run_pytest_benchmark(benchmark, op, variant, shape, dtype_name, mode, DEVICE)

@@ -20,23 +20,25 @@ if str(REPO) not in sys.path:
 
 import torch  # noqa: E402
 
-from bench import _common as C  # noqa: E402
+import ncs_kernels as nk  # noqa: E402
+from bench import _cases as K  # noqa: E402
+from bench import _env, _memory, _problems, _pytest_glue, _timing  # noqa: E402
 from bench import bench_ops  # noqa: E402
 
 OPS = ("masked_linear", "cross_masked_linear", "masked_adam")
 
 
 def _runnable(op):
-    shape = {"masked_linear": C.linear_shapes(C.TINY_BATCH)[0], "cross_masked_linear": C.cross_shape(C.TINY_BATCH),
-             "masked_adam": C.adam_shapes()[0]}[op]
-    return shape, [v for v in C.variants(op, "cpu") if C.why_skip(op, v, "cpu", "fp32", "eager") is None]
+    shape = {"masked_linear": K.linear_shapes(K.TINY_BATCH)[0], "cross_masked_linear": K.cross_shape(K.TINY_BATCH),
+             "masked_adam": K.adam_shapes()[0]}[op]
+    return shape, [v for v in K.variants(op, "cpu") if K.why_skip(op, v, "cpu", "fp32", "eager") is None]
 
 
 def test_pytest_suites_import_and_list_cases():
     from bench import test_bench_cross, test_bench_masked_linear  # noqa: F401
 
     for op in OPS:
-        cases = C.pytest_cases(op, "cpu")
+        cases = _pytest_glue.pytest_cases(op, "cpu")
         assert cases, op
         # every backend appears (unavailable ones skip with a reason rather than vanish)
         names = {p.values[1] for p in cases}
@@ -50,9 +52,9 @@ def test_every_runnable_variant_runs_one_step(op):
     assert "nk:torch" in names
     grads = {}
     for v in names:
-        prob = C.make_problem(op, v, shape, "fp32", "cpu")
-        fn = C.runner(prob, "cpu", "eager", warmup=1)
-        t = C.time_once(fn, "cpu")
+        prob = _problems.make_problem(op, v, shape, "fp32", "cpu")
+        fn = _timing.runner(prob, "cpu", "eager", warmup=1)
+        t = _timing.time_once(fn, "cpu")
         assert math.isfinite(t) and t > 0
         if prob.forward is not None:
             prob.eager_step()
@@ -67,26 +69,26 @@ def test_every_runnable_variant_runs_one_step(op):
 
 
 def test_activation_bytes_see_the_saved_copies():
-    b, (k, n) = C.TINY_BATCH, C.TINY_LINEAR_SHAPES[0]
+    b, (k, n) = K.TINY_BATCH, K.TINY_LINEAR_SHAPES[0]
     shape = {"B": b, "K": k, "N": n}
     out_bytes = b * n * 4
-    dense = C.activation_bytes(C.make_problem("masked_linear", "dense", shape, "fp32", "cpu"))
-    fm = C.activation_bytes(C.make_problem("masked_linear", "floatmask", shape, "fp32", "cpu"))
-    nkt = C.activation_bytes(C.make_problem("masked_linear", "nk:torch", shape, "fp32", "cpu"))
+    dense = _memory.activation_bytes(_problems.make_problem("masked_linear", "dense", shape, "fp32", "cpu"))
+    fm = _memory.activation_bytes(_problems.make_problem("masked_linear", "floatmask", shape, "fp32", "cpu"))
+    nkt = _memory.activation_bytes(_problems.make_problem("masked_linear", "nk:torch", shape, "fp32", "cpu"))
     assert dense == out_bytes and nkt == out_bytes  # x, W, packed are inputs: nothing extra kept
     assert fm == out_bytes + n * k * 4  # the float-mask path keeps W*M alive for backward
-    cs = C.cross_shape(b)
+    cs = K.cross_shape(b)
     width = cs["F"] ** 2 + cs["F"] * cs["d"]
-    unf = C.activation_bytes(C.make_problem("cross_masked_linear", "dense_unfused", cs, "fp32", "cpu"))
-    fused = C.activation_bytes(C.make_problem("cross_masked_linear", "nk:torch", cs, "fp32", "cpu"))
+    unf = _memory.activation_bytes(_problems.make_problem("cross_masked_linear", "dense_unfused", cs, "fp32", "cpu"))
+    fused = _memory.activation_bytes(_problems.make_problem("cross_masked_linear", "nk:torch", cs, "fp32", "cpu"))
     assert fused == b * cs["N"] * 4
     assert unf >= fused + b * width * 4  # the [B, F*F + F*d] crossed input is kept
 
 
 def test_hardware_slug_and_paths():
-    slug = C.hardware_slug("cpu")
+    slug = _env.hardware_slug("cpu")
     assert slug.startswith("cpu-") and all(c.isalnum() or c == "-" for c in slug)
-    p = C.default_result_path("cpu", "ops")
+    p = _env.default_result_path("cpu", "ops")
     assert p.parent == REPO / "bench" / "results" and p.name.endswith(f"_{slug}_ops.json")
 
 
@@ -195,13 +197,13 @@ def test_gpu_check_test_step_streams_and_counts_without_stopping_at_the_first_fa
 def test_smoke_pass_flags_a_wrong_backend(tmp_path, monkeypatch):
     from bench import smoke
 
-    real = C.nk.masked_linear
+    real = nk.masked_linear
 
     def wrong(x, w, packed, bias=None, backend="auto"):
         y = real(x, w, packed, bias, backend=backend)
         return y * 1.01 if backend == "cpu" else y  # 1 % off: over the fp32 tolerance
 
-    monkeypatch.setattr(C.nk, "masked_linear", wrong)
+    monkeypatch.setattr(nk, "masked_linear", wrong)
     out = tmp_path / "smoke.json"
     rc = smoke.main(["--tiny", "--device", "cpu", "--ops", "linear", "--threads", "1", "--json", str(out)])
     doc = json.loads(out.read_text())
@@ -218,12 +220,12 @@ def test_smoke_pass_flags_a_wrong_backend(tmp_path, monkeypatch):
 
 
 def test_cuda_gemm_variant_pins_the_strategy(monkeypatch):
-    assert "nk:cuda~fused" in C.variants("masked_linear", "cpu")
-    assert "nk:cuda~fused" in C.variants("cross_masked_linear", "cpu")
-    assert "nk:cuda~fused" not in C.variants("masked_adam", "cpu")
-    assert C.variant_backend("nk:cuda~fused") == "cuda"
-    assert C.variant_cuda_gemm("nk:cuda~fused") == "fused" and C.variant_cuda_gemm("nk:cuda") is None
-    assert C.variant_cuda_gemm("nk:triton~materialize") is None
+    assert "nk:cuda~fused" in K.variants("masked_linear", "cpu")
+    assert "nk:cuda~fused" in K.variants("cross_masked_linear", "cpu")
+    assert "nk:cuda~fused" not in K.variants("masked_adam", "cpu")
+    assert K.variant_backend("nk:cuda~fused") == "cuda"
+    assert K.variant_cuda_gemm("nk:cuda~fused") == "fused" and K.variant_cuda_gemm("nk:cuda") is None
+    assert K.variant_cuda_gemm("nk:triton~materialize") is None
 
     calls = []
 
@@ -238,9 +240,9 @@ def test_cuda_gemm_variant_pins_the_strategy(monkeypatch):
             self.strategy = s
 
     ext = FakeExt()
-    monkeypatch.setattr(C._backends, "native", lambda: ext)
+    monkeypatch.setattr(_env, "native", lambda: ext)
     seen = []
-    prob = C.Problem(update=lambda: seen.append(ext.strategy), cuda_gemm="fused")
+    prob = _problems.Problem(update=lambda: seen.append(ext.strategy), cuda_gemm="fused")
     prob.step()
     assert seen == ["fused"] and calls == ["fused", "cublas"] and ext.strategy == "cublas"
 
