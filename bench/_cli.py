@@ -81,10 +81,34 @@ def _raise_stopped(signum, frame):
     raise Stopped(f"signal {signum}")
 
 
-def stop_on_sigterm():
-    """Make SIGTERM raise Stopped; returns the previous handler (restore it with restore_sigterm)."""
-    return signal.signal(signal.SIGTERM, _raise_stopped)
+class Interruptible:
+    """`with Interruptible(doc) as run:` SIGTERM raises Stopped inside the block; on leaving it the
+    previous handler is back, and a Stopped or KeyboardInterrupt that ended the block is written
+    into doc["stopped"] and swallowed, with run.status = 124 (the caller then writes what it has)."""
+
+    def __init__(self, doc: dict):
+        self.doc = doc
+        self.status = 0
+
+    def __enter__(self) -> "Interruptible":
+        self._prev = signal.signal(signal.SIGTERM, _raise_stopped)
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        signal.signal(signal.SIGTERM, self._prev)
+        if kind is not None and issubclass(kind, (Stopped, KeyboardInterrupt)):
+            self.doc["stopped"] = f"interrupted ({exc or 'KeyboardInterrupt'})"
+            self.status = 124
+            return True
+        return False
 
 
-def restore_sigterm(prev) -> None:
-    signal.signal(signal.SIGTERM, prev)
+def run_main(argv, parse_args, run, prog: str) -> int:
+    """The scripts' main(): parse, set --tiny and the device (exit 2 without the CUDA asked for),
+    then run(args, device) under --threads."""
+    args = parse_args(argv)
+    device = device_of(args, prog)
+    if device is None:
+        return 2
+    with threads(args.threads):
+        return run(args, device)

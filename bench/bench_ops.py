@@ -198,10 +198,7 @@ def format_group(g: Dict) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    with _cli.threads(args.threads):
-        device = _cli.device_of(args, "bench_ops")
-        return 2 if device is None else _run(args, device)
+    return _cli.run_main(argv, parse_args, _run, "bench_ops")
 
 
 def _run(args, device: str) -> int:
@@ -242,27 +239,22 @@ def _run(args, device: str) -> int:
         e = doc["env"]
         print(f"# {e['device_name']} | torch {e['versions']['torch']} | triton {e['versions']['triton']} | "
               f"backends {e['backends']} | threads {e['torch_threads']} | repeats {args.repeats} x inner {args.inner}")
-    prev = _cli.stop_on_sigterm()
     start = time.perf_counter()
-    status = 0
     try:
-        for i, g in enumerate(groups):
-            if args.max_seconds is not None and time.perf_counter() - start > args.max_seconds:
-                doc["stopped"] = f"time budget --max-seconds {args.max_seconds} spent; {len(groups) - i} groups not run"
-                break
-            res = run_group(g, device, args)
-            doc["groups"].append(res)
-            if not args.quiet:
-                print(format_group(res), flush=True)
-            if path:
-                _env.write_json(path, doc)
-        else:
-            doc["complete"] = True
-    except (Stopped, KeyboardInterrupt) as e:
-        doc["stopped"] = f"interrupted ({e or 'KeyboardInterrupt'})"
-        status = 124
+        with _cli.Interruptible(doc) as interrupted:
+            for i, g in enumerate(groups):
+                if args.max_seconds is not None and time.perf_counter() - start > args.max_seconds:
+                    doc["stopped"] = f"time budget --max-seconds {args.max_seconds} spent; {len(groups) - i} groups not run"
+                    break
+                res = run_group(g, device, args)
+                doc["groups"].append(res)
+                if not args.quiet:
+                    print(format_group(res), flush=True)
+                if path:
+                    _env.write_json(path, doc)
+            else:
+                doc["complete"] = True
     finally:
-        _cli.restore_sigterm(prev)
         doc["seconds"] = time.perf_counter() - start
         errors = [f"{g['op']} {K.shape_id(g['shape'])} {g['dtype']} {g['mode']} {r['variant']}: {r['error']}"
                   for g in doc["groups"] for r in g["rows"] if "error" in r]
@@ -270,6 +262,7 @@ def _run(args, device: str) -> int:
         if path:
             _env.write_json(path, doc)
             print(f"# wrote {path}", file=sys.stderr)
+    status = interrupted.status
     if errors:
         print(f"# {len(errors)} variant(s) failed:", *errors, sep="\n#   ", file=sys.stderr)
         status = status or 1

@@ -165,12 +165,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    device = _cli.device_of(args, "smoke")
-    if device is None:
-        return 2
-    with _cli.threads(args.threads):
-        return _run(args, device)
+    return _cli.run_main(argv, parse_args, _run, "smoke")
 
 
 def _run(args, device: str) -> int:

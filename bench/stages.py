@@ -295,12 +295,7 @@ def format_table(results: List[Dict]) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
-    device = _cli.device_of(args, "stages")
-    if device is None:
-        return 2
-    with _cli.threads(args.threads):
-        return _run(args, device)
+    return _cli.run_main(argv, parse_args, _run, "stages")
 
 
 def _run(args, device: str) -> int:
@@ -312,52 +307,48 @@ def _run(args, device: str) -> int:
     path = None
     if args.json:
         path = _env.default_result_path(device, "stages") if args.json == "auto" else Path(args.json)
-    prev = _cli.stop_on_sigterm()
     doc: Dict = {"schema": SCHEMA, "env": _env.environment(device), "complete": False, "results": []}
-    status = 0
     try:
-        from ncs.train import runner
+        with _cli.Interruptible(doc) as interrupted:
+            from ncs.train import runner
 
-        t0 = time.perf_counter()
-        if args.data == "random":
-            data = random_data(args.rows, 4 if args.tiny else args.fields)
-        else:
-            data = runner.load_data(_config(args, device, "torch"))
-        doc["config"] = {"batch": args.batch, "steps": args.steps, "warmup_steps": args.warmup_steps,
-                         "rows": args.rows, "tiny": args.tiny, "data": args.data, "fields": len(data.fields),
-                         "data_seconds": time.perf_counter() - t0, "device": device}
-        print(f"# {doc['env']['device_name']} | batch {args.batch} | {args.steps} timed steps per stage "
-              f"(+{args.warmup_steps} warm-up) | {len(data.fields)} fields, {args.rows} {args.data} rows", flush=True)
-        save = (lambda: _env.write_json(path, doc)) if path else (lambda: None)
-        doc["load_average_start"] = load_average()
-        steps = [s.strip() for s in args.embedding_step.split(",") if s.strip()]
-        for rep in range(args.repeats):
-            for be in [b.strip() for b in args.backends.split(",") if b.strip()]:
-                for step in steps:
-                    out: Dict = {"backend": be, "embedding_step": step, "repeat": rep}
-                    doc["results"].append(out)
-                    try:
-                        args.embedding_step_one = step
-                        cfg = _config(args, device, be)
-                        out["dense_mlp"] = dense_mlp_bound(args, torch.device(device), cfg)
-                        run_backend(be, args, device, data, out, save)
-                    except Stopped:
-                        raise
-                    except Exception as e:  # one backend failing must not hide the other's numbers
-                        out["error"] = f"{type(e).__name__}: {e}"[:500]
-                    out["load_average"] = load_average()
-                    save()
-        doc["summary"] = summarize(doc["results"])
-        doc["load_average_end"] = load_average()
-        doc["complete"] = True
-    except (Stopped, KeyboardInterrupt) as e:
-        doc["stopped"] = f"interrupted ({e or 'KeyboardInterrupt'})"
-        status = 124
+            t0 = time.perf_counter()
+            if args.data == "random":
+                data = random_data(args.rows, 4 if args.tiny else args.fields)
+            else:
+                data = runner.load_data(_config(args, device, "torch"))
+            doc["config"] = {"batch": args.batch, "steps": args.steps, "warmup_steps": args.warmup_steps,
+                             "rows": args.rows, "tiny": args.tiny, "data": args.data, "fields": len(data.fields),
+                             "data_seconds": time.perf_counter() - t0, "device": device}
+            print(f"# {doc['env']['device_name']} | batch {args.batch} | {args.steps} timed steps per stage "
+                  f"(+{args.warmup_steps} warm-up) | {len(data.fields)} fields, {args.rows} {args.data} rows", flush=True)
+            save = (lambda: _env.write_json(path, doc)) if path else (lambda: None)
+            doc["load_average_start"] = load_average()
+            steps = [s.strip() for s in args.embedding_step.split(",") if s.strip()]
+            for rep in range(args.repeats):
+                for be in [b.strip() for b in args.backends.split(",") if b.strip()]:
+                    for step in steps:
+                        out: Dict = {"backend": be, "embedding_step": step, "repeat": rep}
+                        doc["results"].append(out)
+                        try:
+                            args.embedding_step_one = step
+                            cfg = _config(args, device, be)
+                            out["dense_mlp"] = dense_mlp_bound(args, torch.device(device), cfg)
+                            run_backend(be, args, device, data, out, save)
+                        except Stopped:
+                            raise
+                        except Exception as e:  # one backend failing must not hide the other's numbers
+                            out["error"] = f"{type(e).__name__}: {e}"[:500]
+                        out["load_average"] = load_average()
+                        save()
+            doc["summary"] = summarize(doc["results"])
+            doc["load_average_end"] = load_average()
+            doc["complete"] = True
     finally:
-        _cli.restore_sigterm(prev)
         if path:
             _env.write_json(path, doc)
             print(f"# wrote {path}", file=sys.stderr)
+    status = interrupted.status
     print(format_table(doc["results"]))
     print(f"# load average (1, 5, 15 min) at the start {doc.get('load_average_start')}, "
           f"at the end {doc.get('load_average_end')}")
