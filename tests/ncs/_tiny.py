@@ -1,4 +1,6 @@
-"""Small encoded datasets and settings shared by the trainer tests."""
+"""Small encoded datasets, configs and settings shared by the trainer tests."""
+import copy
+
 import pytest
 import torch
 
@@ -34,3 +36,34 @@ def one_thread_module():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+TINY_VOCAB = [6, 5, 4, 7]
+
+
+def tiny_run_data(rows: int = 120, seed: int = 0) -> EncodedData:
+    """The trainer tests' dataset: four two-slot fields of vocabularies TINY_VOCAB."""
+    return tiny_data(rows, TINY_VOCAB, seed)
+
+
+def tiny_run_config(stages: dict, /, **over):
+    """The trainer tests' config: seed 1, CPU, backend torch, split by request 0.6/0.2/0.2, embed 4,
+    hidden 16-8-4, lr 0.01, batch 24 (eval 50), and the test module's `stages`. Each keyword replaces
+    that top-level key; a dict given for a key whose default is a dict is merged one level into
+    it (stages={"joint": {...}} replaces stages.joint, keeps stages.warmup and stages.masks)."""
+    from ncs.config import resolve_config
+
+    base = {
+        "seed": 1, "device": "cpu", "backend": "torch",
+        "data": {"split": {"by": "request", "fractions": [0.6, 0.2, 0.2]}},
+        "model": {"embed_dim": 4, "hidden": [16, 8, 4]},
+        "optim": {"lr": 0.01},
+        "train": {"batch_size": 24, "eval_batch_size": 50},
+        "stages": copy.deepcopy(stages),
+    }
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = {**base[k], **v}
+        else:
+            base[k] = v
+    return resolve_config(base)

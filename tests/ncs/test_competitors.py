@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import ncs_kernels as nk
-from _tiny import one_thread, tiny_data  # noqa: F401 (a fixture)
+from _tiny import one_thread, tiny_run_config, tiny_run_data  # noqa: F401 (a fixture)
 from ncs.config import ConfigError, defaults, resolve_config
 from ncs.losses import esmm_loss, mixed_loss, multitask_loss
 from ncs.models import (MODEL_KINDS, PAPER_NAMES, PRIVATE_EMBED_KINDS, RUN_ORDER, FieldEmbeddings, MMoEModel,
@@ -230,22 +230,16 @@ def test_private_embeddings_get_gradient_only_from_their_task(kind):
     torch.testing.assert_close(x[..., 4:], m.private["cvr"](ids))
 
 
+RUN_STAGES = {"warmup": {"epochs": 1}, "masks": {"rounds": 2, "epochs_per_round": 1},
+              "joint": {"epochs": 1, "early_stopping": True, "patience": 2}}
+
+
 def _run_cfg(**over):
-    base = {
-        "seed": 1, "device": "cpu", "backend": "torch",
-        "data": {"split": {"by": "request", "fractions": [0.6, 0.2, 0.2]}},
-        "model": {"embed_dim": 4, "hidden": [16, 8, 4]},
-        "optim": {"lr": 0.01},
-        "train": {"batch_size": 24, "eval_batch_size": 50},
-        "stages": {"warmup": {"epochs": 1}, "masks": {"rounds": 2, "epochs_per_round": 1},
-                   "joint": {"epochs": 1, "early_stopping": True, "patience": 2}},
-    }
-    base.update(over)
-    return resolve_config(base)
+    return tiny_run_config(RUN_STAGES, **over)
 
 
 def test_connection_with_private_embeddings_trains_through_every_stage(tmp_path):
-    data = tiny_data(120, [6, 5, 4, 7], 0)
+    data = tiny_run_data()
     cfg = _run_cfg(models=["layer", "connection"], model={"embed_dim": 4, "hidden": [16, 8, 4], "task_embed_dim": 2})
     out = str(tmp_path / "r")
     res = run(cfg, out, data=data)
@@ -264,7 +258,7 @@ def test_connection_with_private_embeddings_trains_through_every_stage(tmp_path)
 
 
 def test_competitors_train_and_print(tmp_path):
-    data = tiny_data(120, [6, 5, 4, 7], 0)
+    data = tiny_run_data()
     g = torch.Generator().manual_seed(3)
     data.labels["like"] = data.labels["click"] * (torch.rand(len(data), generator=g) < 0.5).float()
     cfg = _run_cfg(models=["shared_bottom", "mmoe", "ple", "esmm", "single"],

@@ -41,6 +41,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _spawn_ranks(script, *args, **env):
+    """Two processes running `script` as ranks 0 and 1 of one gloo group on a free local port
+    (RANK, LOCAL_RANK, WORLD_SIZE, MASTER_ADDR/PORT set, plus `env`); stdout/stderr piped."""
+    port = _free_port()
+    procs = []
+    for r in range(2):
+        penv = _env()
+        penv.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                    **env)
+        procs.append(subprocess.Popen([sys.executable, str(script), *args], env=penv, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    return procs
+
+
 def _torchrun(n, *args, timeout=120):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(n), "--master_port",
            str(_free_port()), "-m", "ncs", *args]
@@ -141,16 +155,9 @@ DEAD = textwrap.dedent("""
 
 
 def test_a_dead_rank_is_named_not_a_hang(tmp_path):
-    port = _free_port()
     script = tmp_path / "dead.py"
     script.write_text(DEAD)
-    procs = []
-    for r in range(2):
-        env = _env()
-        env.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                   NCS_DIST_TIMEOUT="6", NCS_DIST_STALE="3", WAIT="1")
-        procs.append(subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+    procs = _spawn_ranks(script, NCS_DIST_TIMEOUT="6", NCS_DIST_STALE="3", WAIT="1")
     out0, err0 = procs[0].communicate(timeout=90)
     procs[1].communicate(timeout=30)
     assert procs[0].returncode == 7, (out0, err0[-2000:])
@@ -201,16 +208,9 @@ def test_two_rank_steps_equal_one_process_steps(tmp_path):
     """Mixed (Eq. 2, ESMM) and task batches, sparse and fused embedding steps: after 2-rank steps
     every parameter equals the one-process steps' (up to reduction order) and is bit-identical
     across the ranks."""
-    port = _free_port()
     script = tmp_path / "steps.py"
     script.write_text(STEPS)
-    procs = []
-    for r in range(2):
-        env = _env()
-        env.update(RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                   NCS_DIST_TIMEOUT="60")
-        procs.append(subprocess.Popen([sys.executable, str(script), os.path.dirname(os.path.abspath(__file__))],
-                                      env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    procs = _spawn_ranks(script, os.path.dirname(os.path.abspath(__file__)), NCS_DIST_TIMEOUT="60")
     outs = [p.communicate(timeout=120) for p in procs]
     for p, (o, e) in zip(procs, outs):
         assert p.returncode == 0, e[-3000:]

@@ -9,8 +9,8 @@ import os
 import pytest
 import torch
 
-from _tiny import tiny_data
-from ncs.config import ConfigError, resolve_config
+from _tiny import tiny_run_config, tiny_run_data
+from ncs.config import ConfigError
 from ncs.train import StopTraining, run
 from ncs.train import batches as B
 from ncs.train.protocol import Balancer, grad_diagnostics, project_conflicting, subset_split
@@ -20,26 +20,13 @@ from ncs.train.runner import load_model
 from _tiny import one_thread_module  # noqa: E402,F401  (autouse: one intra-op thread per module)
 
 
-def _data(rows=120, seed=0):
-    return tiny_data(rows, [6, 5, 4, 7], seed)
+_data = tiny_run_data
+STAGES = {"warmup": {"epochs": 1}, "masks": {"rounds": 1, "epochs_per_round": 1},
+          "joint": {"epochs": 3, "early_stopping": False}}
 
 
 def _cfg(**over):
-    base = {
-        "seed": 1, "device": "cpu", "backend": "torch",
-        "data": {"split": {"by": "request", "fractions": [0.6, 0.2, 0.2]}},
-        "model": {"embed_dim": 4, "hidden": [16, 8, 4]},
-        "optim": {"lr": 0.01},
-        "train": {"batch_size": 24, "eval_batch_size": 50},
-        "stages": {"warmup": {"epochs": 1}, "masks": {"rounds": 1, "epochs_per_round": 1},
-                   "joint": {"epochs": 3, "early_stopping": False}},
-    }
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(base.get(k), dict):
-            base[k] = {**base[k], **v}
-        else:
-            base[k] = v
-    return resolve_config(base)
+    return tiny_run_config(STAGES, **over)
 
 
 # ---------------------------------------------------------------- uncertainty weighting

@@ -7,40 +7,23 @@ import pytest
 import torch
 
 import ncs_kernels as nk
-from _tiny import tiny_data
-from ncs.config import resolve_config
+from _tiny import tiny_run_config, tiny_run_data
 from ncs.train import RunError, StopTraining, run
 from ncs.train import batches as B
 from ncs.train.checkpoint import flatten_optimizer, load_tensors, save_tensors, unflatten_optimizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster and immune to a busy machine's OpenMP waits.
-    Module scope: the uninterrupted run and the resumed ones must use the same thread count
-    (float reductions are ordered by it), so this is set before the module-scoped full_run."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+# autouse, module scope: the uninterrupted run and the resumed ones must use the same thread count
+# (float reductions are ordered by it), so one thread is set before the module-scoped full_run
+from _tiny import one_thread_module  # noqa: E402,F401
 
-
-def _tiny_data(rows=120, seed=0):
-    return tiny_data(rows, [6, 5, 4, 7], seed)
+_tiny_data = tiny_run_data
+STAGES = {"warmup": {"epochs": 1}, "masks": {"rounds": 2, "epochs_per_round": 2},
+          "joint": {"epochs": 2, "early_stopping": True, "patience": 3}}
 
 
 def _cfg(**over):
-    base = {
-        "seed": 1, "device": "cpu", "backend": "torch",
-        "data": {"split": {"by": "request", "fractions": [0.6, 0.2, 0.2]}},
-        "model": {"embed_dim": 4, "hidden": [16, 8, 4]},
-        "optim": {"lr": 0.01},
-        "train": {"batch_size": 24, "eval_batch_size": 50},
-        "stages": {"warmup": {"epochs": 1}, "masks": {"rounds": 2, "epochs_per_round": 2},
-                   "joint": {"epochs": 2, "early_stopping": True, "patience": 3}},
-    }
-    base.update(over)
-    return resolve_config(base)
+    return tiny_run_config(STAGES, **over)
 
 
 def _all_tensors(out):
