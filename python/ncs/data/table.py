@@ -20,6 +20,7 @@ import torch
 
 from . import validate as V
 from .errors import DataError
+from .formats import detect
 from .types import EncodedData, FieldSpec
 from .vocab import FieldVocab, Vocab, hash_bucket, stable_hash64
 
@@ -331,7 +332,7 @@ def encode_table(path: Union[str, os.PathLike], schema: Union[dict, str, os.Path
     counts.setdefault("bad_rows", 0)
     sch = parse_schema(schema)
     if fmt is None:
-        fmt = "parquet" if path.endswith((".parquet", ".pq")) else "csv"
+        fmt = "parquet" if detect(path) == "parquet" else "csv"
     if fmt not in ("csv", "parquet"):
         raise ValueError(f"fmt must be 'csv' or 'parquet', got {fmt!r}")
     if not os.path.exists(path):
@@ -366,7 +367,7 @@ def encode_table(path: Union[str, os.PathLike], schema: Union[dict, str, os.Path
             if pa.types.is_list(cols[c].type) or pa.types.is_large_list(cols[c].type):
                 raise DataError(f"{path}: group column {c!r} must hold scalars, got {cols[c].type}")
             if g == "time":  # ordered values (integers / timestamps), not hashes: split.by time
-                from .convert import _group_column
+                from .columns import _group_column
 
                 groups[g].append(_group_column(path, g, c, cols[c])[0])
                 continue

@@ -33,7 +33,6 @@ import torch
 from .runs import Run, ServeError
 
 CHUNK_ROWS = 65536
-TABLE_EXT = (".parquet", ".pq", ".csv", ".csv.gz", ".tsv")
 
 
 @dataclass
@@ -45,14 +44,10 @@ class Chunk:
 
 
 def file_kind(path: str) -> str:
-    low = path.lower()
-    if low.endswith(".safetensors"):
-        return "encoded"
-    if low.endswith((".parquet", ".pq")):
-        return "parquet"
-    if low.endswith((".csv", ".csv.gz", ".tsv")):
-        return "csv"
-    return "tfrecord"
+    """encoded, parquet, csv or tfrecord: ncs.data.formats.detect (the table above)."""
+    from ..data.formats import detect
+
+    return detect(path)
 
 
 def _check_ids(run: Run, data, what: str) -> None:
