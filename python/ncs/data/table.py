@@ -150,17 +150,23 @@ def _ragged_row(path: str) -> str:
     return "a row has another number of fields than the header"
 
 
+def open_parquet(path: str):
+    """pyarrow.parquet.ParquetFile(path); DataError naming the file if it is not readable Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from e
+
+
 def column_names(path: str, fmt: str) -> List[str]:
     """The columns of a CSV (its header) or Parquet file; DataError if it cannot be read."""
     import pyarrow as pa
 
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return list(pq.ParquetFile(path).schema_arrow.names)
-        except (pa.ArrowException, OSError) as e:
-            raise DataError(f"{path}: not a readable Parquet file ({e})") from e
+        return list(open_parquet(path).schema_arrow.names)
     import pyarrow.csv as pcsv
 
     if os.path.getsize(path) == 0:
@@ -177,12 +183,7 @@ def _batches(path: str, fmt: str, columns: List[str], batch_rows: int, on_bad_ro
     import pyarrow as pa
 
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowException, OSError) as e:
-            raise DataError(f"{path}: not a readable Parquet file ({e})") from e
+        pf = open_parquet(path)
         names = set(pf.schema_arrow.names)
         missing = [c for c in columns if c not in names]
         if missing:

@@ -141,7 +141,7 @@ def _table_chunks(run: Run, path: str, fmt: str, chunk_rows: int, length_column:
     import pyarrow.parquet as pq
 
     import ncs.data as D
-    from ..data.table import parse_schema
+    from ..data.table import open_parquet, parse_schema
 
     schema = run.cfg["data"].get("options", {}).get("schema")
     if schema is None:
@@ -154,9 +154,9 @@ def _table_chunks(run: Run, path: str, fmt: str, chunk_rows: int, length_column:
     wanted = list(dict.fromkeys(feature_cols + label_cols + group_cols + extra_cols))
     if fmt == "parquet":
         try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowException, OSError) as e:
-            raise ServeError(f"--data: {path}: not a readable Parquet file ({e})") from None
+            pf = open_parquet(path)
+        except D.DataError as e:
+            raise ServeError(f"--data: {e}") from None
         names = list(pf.schema_arrow.names)
     else:
         import pyarrow.csv as pcsv
