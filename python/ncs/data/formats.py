@@ -43,7 +43,7 @@ def detect(path: Union[str, "os.PathLike[str]"], kind: Optional[str] = None,
         low = path.lower()
         kind = next((k for k, sfx in SUFFIXES.items() if low.endswith(sfx)), "tfrecord")
         if kind not in accept:
-            raise DataError(f"{path}: a {kind} file by its name; expected one of {list(accept)} "
+            raise DataError(f"{path}: the {kind} format by its name; expected one of {list(accept)} "
                             f"({_names(accept)})")
     elif kind not in accept:
         raise DataError(f"{path}: format must be one of {list(accept)}, got {kind!r}")
