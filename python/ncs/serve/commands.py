@@ -57,10 +57,10 @@ def cmd_data_encode(args) -> int:
 
 
 def cmd_replay(args) -> int:
+    from ..data.formats import is_config
     from ..metrics import json_safe
     from .predict import parse_rank
     from .replay import replay, replay_table
-    from ..data.formats import is_config
     from .runs import ServeError
 
     if args.data is not None and is_config(args.data):
