@@ -91,7 +91,8 @@ def _load_eval_data(run_dir: str, cfg: Dict[str, Any], data_arg: Optional[str]):
         return test, "the run's test split"
     if not os.path.exists(data_arg):
         raise UserError(f"--data: {data_arg}: no such file")
-    if data_arg.lower().endswith((".yaml", ".yml")):
+    from .data.formats import detect, is_config
+    if is_config(data_arg):
         other = load_config(data_arg)
         use = resolve_config(merge(cfg, {"data": other["data"]}))
         _, _, test = split_data(use, load_data(use))
@@ -101,8 +102,8 @@ def _load_eval_data(run_dir: str, cfg: Dict[str, Any], data_arg: Optional[str]):
         from .data.shards import EncodedDir
         from .data.stream import StreamPart
         return StreamPart(EncodedDir(data_arg)), f"every row of {data_arg}"
-    low = data_arg.lower()
-    if low.endswith(".safetensors"):
+    fmt = detect(data_arg)
+    if fmt == "encoded":
         return D.load_encoded(data_arg), data_arg
     vocab_path = os.path.join(run_dir, "vocab.json")
     if not os.path.isfile(vocab_path):
@@ -111,10 +112,9 @@ def _load_eval_data(run_dir: str, cfg: Dict[str, Any], data_arg: Optional[str]):
     with open(vocab_path, "r", encoding="utf-8") as f:
         vocab = json.load(f)
     opts = cfg["data"]["options"]
-    if low.endswith((".parquet", ".pq", ".csv", ".csv.gz", ".tsv")):
+    if fmt in ("csv", "parquet"):
         if opts.get("schema") is None:
             raise UserError(f"--data: {data_arg} is a table; the run's config has no data.options.schema for it")
-        fmt = "parquet" if low.endswith((".parquet", ".pq")) else "csv"
         data = D.encode_table(data_arg, opts["schema"], vocab=vocab, fmt=fmt,
                               on_bad_row=opts.get("on_bad_row", "error"))[0]
     else:
@@ -214,8 +214,8 @@ def cmd_data_stats(args) -> int:
     path = args.file
     if not os.path.exists(path):
         raise UserError(f"{path}: no such file")
-    low = path.lower()
-    is_tfrecord = not low.endswith((".safetensors", ".parquet", ".pq", ".csv", ".csv.gz", ".tsv"))
+    from .data.formats import detect
+    is_tfrecord = detect(path) == "tfrecord"
     if is_tfrecord and not args.skip_corrupt:
         # strict pass: the first corrupt record is an error naming it (stats() itself skips and counts)
         for rec, payload in enumerate(D.iter_tfrecord(path, skip_corrupt=False)):

@@ -17,6 +17,7 @@ from typing import Any, Dict, Mapping
 import torch
 
 import ncs_kernels as nk
+from ncs_kernels.atomic import atomic_path
 
 
 def mask_stats(masks: Mapping[str, Mapping[str, torch.Tensor]], in_features: Mapping[str, int]) -> Dict[str, Any]:
@@ -87,6 +88,17 @@ def _plt():
     return plt
 
 
+def _save(plt, fig, path: str, dpi: int) -> str:
+    """Lay out, write `path` atomically (ncs_kernels.atomic; the format from its suffix, PNG when
+    it has none), close the figure; returns path."""
+    fig.tight_layout()
+    fmt = os.path.splitext(path)[1][1:].lower() or "png"
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format=fmt)
+    plt.close(fig)
+    return path
+
+
 def plot_masks(stats: Dict[str, Any], path: str) -> str:
     """Stacked bars per layer (shared by all tasks / one task only / other / unused) and task densities."""
     plt = _plt()
@@ -133,11 +145,7 @@ def plot_masks(stats: Dict[str, Any], path: str) -> str:
     jac = ", ".join(f"{k} Jaccard {v['jaccard']:.2f}" for k, v in pairs.items())
     ax.set_title("Task densities" + (f" ({jac})" if jac else ""), fontsize=9)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=110)
 
 
 def plot_curves(curves: Dict[str, Any], path: str) -> str:
@@ -184,11 +192,7 @@ def plot_curves(curves: Dict[str, Any], path: str) -> str:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=100)
 
 
 def plot_diagnostics(curves: Dict[str, Any], path: str) -> str:
@@ -232,8 +236,4 @@ def plot_diagnostics(curves: Dict[str, Any], path: str) -> str:
             ax.set_xlabel("epoch (w = warmup, j = joint, t = train)")
             ax.grid(alpha=0.3)
             ax.legend(fontsize=6)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path, dpi=100)

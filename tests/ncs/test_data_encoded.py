@@ -218,7 +218,7 @@ def test_convert_native_and_python_agree(tmp_path, monkeypatch):
     ref, _ = D.encode_lt4rec([tmp_path / "p0.gz", tmp_path / "p1.gz"])
     a = EncodedDir(convert([str(tmp_path / "p*.gz")], str(tmp_path / "a"))["out"])
     _equal(a.to_memory(), ref)
-    import ncs.data.convert as C
+    import ncs.data.tfchunks as C  # where the native-parser cache lives
 
     monkeypatch.setattr(C, "_NATIVE", [None])  # as when _C lacks the parser
     b = EncodedDir(convert([str(tmp_path / "p*.gz")], str(tmp_path / "b"))["out"])

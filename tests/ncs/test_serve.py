@@ -399,6 +399,39 @@ def test_encode_unseen_values_map_to_missing(trained, tmp_path):
     np.testing.assert_array_equal(length, np.array([float(x["length"]) for x in rows]))
 
 
+def test_eval_data_by_format(trained, tmp_path, capsys):
+    """`ncs eval --data FILE` reads FILE by its format (ncs.data.formats.detect): a CSV, the same
+    rows as Parquet (upper-case suffix) and as an encoded .safetensors give the same metrics; a
+    config YAML evaluates its test split."""
+    import json
+
+    import pyarrow.csv as pcsv
+    import pyarrow.parquet as pq
+
+    _, run_dir, data, new = trained
+
+    def metrics(path):
+        assert cli.main(["eval", "--run", str(run_dir), "--data", str(path), "--quiet"]) == 0
+        out = json.loads(capsys.readouterr().out)
+        return out["models"], out["data"]
+
+    ref, what = metrics(new)
+    assert what == f"every row of {new}" and set(ref) == set(KINDS)
+    pq_file = tmp_path / "NEW.PARQUET"
+    pq.write_table(pcsv.read_csv(str(new), convert_options=pcsv.ConvertOptions(
+        column_types={"user": "string", "video": "string", "cat": "string", "tags": "string"})), str(pq_file))
+    assert metrics(pq_file)[0] == ref
+    enc = tmp_path / "new.safetensors"
+    assert cli.main(["data", "encode", str(new), "--run", str(run_dir), "--out", str(enc)]) == 0
+    capsys.readouterr()
+    got, what = metrics(enc)
+    assert got == ref and what == str(enc)
+    own, what = metrics(run_dir / "config.yaml")
+    assert what == f"the test split of {run_dir / 'config.yaml'}"
+    assert cli.main(["eval", "--run", str(run_dir), "--quiet"]) == 0
+    assert json.loads(capsys.readouterr().out)["models"] == own  # the run's own test split
+
+
 @pytest.mark.skipif(not SAMPLE.is_file(), reason=f"real sample {SAMPLE} not present")
 def test_tfrecord_chunks_match_the_reader(tmp_path):
     import itertools

@@ -5,13 +5,14 @@ import copy
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 import zlib
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
+
+from ncs_kernels.atomic import atomic_path
 
 from .errors import DataError
 from .types import EncodedData, FieldSpec
@@ -27,7 +28,7 @@ def _crc(t: torch.Tensor) -> int:
 
 def save_encoded(data: EncodedData, path: str, extra: Optional[Dict[str, Any]] = None) -> None:
     """Write ``data`` to ``path`` (safetensors; fields, label/group names and per-tensor CRC32
-    in the JSON metadata). Atomic: written to a temporary file in the same folder, then renamed."""
+    in the JSON metadata). Atomic (ncs_kernels.atomic: a temporary file beside it, fsync, rename)."""
     from safetensors.torch import save_file
 
     path = os.fspath(path)
@@ -44,19 +45,8 @@ def save_encoded(data: EncodedData, path: str, extra: Optional[Dict[str, Any]] =
         "crc32": {k: _crc(v) for k, v in tensors.items()},
         "extra": extra or {},
     }
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata={_META_KEY: json.dumps(meta)})
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def read_meta(path: str) -> Dict[str, Any]:

@@ -7,6 +7,7 @@ from typing import Dict, Optional, Union
 import numpy as np
 
 from .errors import DataError
+from .formats import detect
 from .types import EncodedData
 
 _CLICK_NAMES = ("click", "label", "clicked", "is_click")
@@ -26,17 +27,6 @@ def _summary(click: np.ndarray, conv: Optional[np.ndarray], fields: int, corrupt
         "corrupt_records": int(corrupt),
     }
     return out
-
-
-def _kind(path: str) -> str:
-    low = path.lower()
-    if low.endswith(".safetensors"):
-        return "encoded"
-    if low.endswith((".parquet", ".pq")):
-        return "parquet"
-    if low.endswith((".csv", ".csv.gz", ".tsv")):
-        return "csv"
-    return "tfrecord"
 
 
 def _tfrecord_stats(path: str) -> Dict:
@@ -98,7 +88,7 @@ def stats(path_or_data: Union[str, os.PathLike, EncodedData], schema=None, on_ba
     path = os.fspath(path_or_data)
     if not os.path.exists(path):
         raise DataError(f"{path}: no such file")
-    kind = _kind(path)
+    kind = detect(path)
     if kind == "encoded":
         from .cache import load_encoded
 

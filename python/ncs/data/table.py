@@ -20,6 +20,7 @@ import torch
 
 from . import validate as V
 from .errors import DataError
+from .formats import detect
 from .types import EncodedData, FieldSpec
 from .vocab import FieldVocab, Vocab, hash_bucket, stable_hash64
 
@@ -149,17 +150,23 @@ def _ragged_row(path: str) -> str:
     return "a row has another number of fields than the header"
 
 
+def open_parquet(path: str):
+    """pyarrow.parquet.ParquetFile(path); DataError naming the file if it is not readable Parquet."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from e
+
+
 def column_names(path: str, fmt: str) -> List[str]:
     """The columns of a CSV (its header) or Parquet file; DataError if it cannot be read."""
     import pyarrow as pa
 
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            return list(pq.ParquetFile(path).schema_arrow.names)
-        except (pa.ArrowException, OSError) as e:
-            raise DataError(f"{path}: not a readable Parquet file ({e})") from e
+        return list(open_parquet(path).schema_arrow.names)
     import pyarrow.csv as pcsv
 
     if os.path.getsize(path) == 0:
@@ -176,12 +183,7 @@ def _batches(path: str, fmt: str, columns: List[str], batch_rows: int, on_bad_ro
     import pyarrow as pa
 
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowException, OSError) as e:
-            raise DataError(f"{path}: not a readable Parquet file ({e})") from e
+        pf = open_parquet(path)
         names = set(pf.schema_arrow.names)
         missing = [c for c in columns if c not in names]
         if missing:
@@ -331,7 +333,7 @@ def encode_table(path: Union[str, os.PathLike], schema: Union[dict, str, os.Path
     counts.setdefault("bad_rows", 0)
     sch = parse_schema(schema)
     if fmt is None:
-        fmt = "parquet" if path.endswith((".parquet", ".pq")) else "csv"
+        fmt = "parquet" if detect(path) == "parquet" else "csv"
     if fmt not in ("csv", "parquet"):
         raise ValueError(f"fmt must be 'csv' or 'parquet', got {fmt!r}")
     if not os.path.exists(path):
@@ -366,7 +368,7 @@ def encode_table(path: Union[str, os.PathLike], schema: Union[dict, str, os.Path
             if pa.types.is_list(cols[c].type) or pa.types.is_large_list(cols[c].type):
                 raise DataError(f"{path}: group column {c!r} must hold scalars, got {cols[c].type}")
             if g == "time":  # ordered values (integers / timestamps), not hashes: split.by time
-                from .convert import _group_column
+                from .columns import _group_column
 
                 groups[g].append(_group_column(path, g, c, cols[c])[0])
                 continue

@@ -57,12 +57,13 @@ def cmd_data_encode(args) -> int:
 
 
 def cmd_replay(args) -> int:
+    from ..data.formats import is_config
     from ..metrics import json_safe
     from .predict import parse_rank
     from .replay import replay, replay_table
     from .runs import ServeError
 
-    if args.data is not None and args.data.lower().endswith((".yaml", ".yml")):
+    if args.data is not None and is_config(args.data):
         raise ServeError("--data: --replay takes a data file (or no --data: the run's test split), not a config")
     try:
         ks = [int(k) for k in _csv(args.k)] if args.k else [1, 3, 5]

@@ -33,7 +33,6 @@ import torch
 from .runs import Run, ServeError
 
 CHUNK_ROWS = 65536
-TABLE_EXT = (".parquet", ".pq", ".csv", ".csv.gz", ".tsv")
 
 
 @dataclass
@@ -45,14 +44,10 @@ class Chunk:
 
 
 def file_kind(path: str) -> str:
-    low = path.lower()
-    if low.endswith(".safetensors"):
-        return "encoded"
-    if low.endswith((".parquet", ".pq")):
-        return "parquet"
-    if low.endswith((".csv", ".csv.gz", ".tsv")):
-        return "csv"
-    return "tfrecord"
+    """encoded, parquet, csv or tfrecord: ncs.data.formats.detect (the table above)."""
+    from ..data.formats import detect
+
+    return detect(path)
 
 
 def _check_ids(run: Run, data, what: str) -> None:
@@ -146,7 +141,7 @@ def _table_chunks(run: Run, path: str, fmt: str, chunk_rows: int, length_column:
     import pyarrow.parquet as pq
 
     import ncs.data as D
-    from ..data.table import parse_schema
+    from ..data.table import open_parquet, parse_schema
 
     schema = run.cfg["data"].get("options", {}).get("schema")
     if schema is None:
@@ -159,9 +154,9 @@ def _table_chunks(run: Run, path: str, fmt: str, chunk_rows: int, length_column:
     wanted = list(dict.fromkeys(feature_cols + label_cols + group_cols + extra_cols))
     if fmt == "parquet":
         try:
-            pf = pq.ParquetFile(path)
-        except (pa.ArrowException, OSError) as e:
-            raise ServeError(f"--data: {path}: not a readable Parquet file ({e})") from None
+            pf = open_parquet(path)
+        except D.DataError as e:
+            raise ServeError(f"--data: {e}") from None
         names = list(pf.schema_arrow.names)
     else:
         import pyarrow.csv as pcsv

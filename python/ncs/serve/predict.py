@@ -10,12 +10,12 @@ The file is read, scored and written one chunk at a time.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+
+from ncs_kernels.atomic import atomic_path
 
 from .encode import CHUNK_ROWS, Chunk, iter_chunks
 from .runs import Run, ServeError, open_run
@@ -62,22 +62,20 @@ def scored_chunks(run: Run, kind: str, path: str, batch_size: int, device: torch
         yield chunk, score(model, chunk.data.ids, run.task_names, batch_size, device)
 
 
-class _Writer:
-    """Columns in, a CSV or Parquet file out, chunk by chunk; atomic (tmp file + rename)."""
+def _out_format(out: str) -> str:
+    low = out.lower()
+    if low.endswith((".parquet", ".pq")):
+        return "parquet"
+    if low.endswith(".csv"):
+        return "csv"
+    raise ServeError(f"--out: {out}: expected a .csv or .parquet path")
 
-    def __init__(self, out: str):
-        low = out.lower()
-        if low.endswith((".parquet", ".pq")):
-            self.fmt = "parquet"
-        elif low.endswith(".csv"):
-            self.fmt = "csv"
-        else:
-            raise ServeError(f"--out: {out}: expected a .csv or .parquet path")
-        self.out = out
-        d = os.path.dirname(os.path.abspath(out))
-        os.makedirs(d, exist_ok=True)
-        fd, self.tmp = tempfile.mkstemp(prefix=".tmp-", suffix=os.path.splitext(out)[1], dir=d)
-        os.close(fd)
+
+class _Writer:
+    """Columns in, a CSV or Parquet file out (to `path`), chunk by chunk."""
+
+    def __init__(self, path: str, fmt: str):
+        self.path, self.fmt = path, fmt
         self.w = None
 
     def write(self, cols: Dict[str, np.ndarray]) -> None:
@@ -87,24 +85,15 @@ class _Writer:
         if self.w is None:
             if self.fmt == "parquet":
                 import pyarrow.parquet as pq
-                self.w = pq.ParquetWriter(self.tmp, t.schema)
+                self.w = pq.ParquetWriter(self.path, t.schema)
             else:
                 import pyarrow.csv as pcsv
-                self.w = pcsv.CSVWriter(self.tmp, t.schema)
+                self.w = pcsv.CSVWriter(self.path, t.schema)
         self.w.write_table(t)
 
     def close(self) -> None:
         if self.w is not None:
             self.w.close()
-        os.replace(self.tmp, self.out)
-
-    def abort(self) -> None:
-        try:
-            if self.w is not None:
-                self.w.close()
-        finally:
-            if os.path.exists(self.tmp):
-                os.unlink(self.tmp)
 
 
 def predict_file(run_dir: str, data: str, out: str, kind: Optional[str] = None, batch_size: int = 8192,
@@ -119,21 +108,21 @@ def predict_file(run_dir: str, data: str, out: str, kind: Optional[str] = None, 
     if length_column is not None and rank is None:
         raise ServeError("--length-column: only used with --rank alpha,beta,gamma")
     ctr, cvr = run.ctr_task(), run.cvr_task()
-    writer = _Writer(out)
+    fmt = _out_format(out)
     rows = 0
-    try:
-        for chunk, probs in scored_chunks(run, kind, data, batch_size, dev, length_column):
-            n = len(chunk.data)
-            cols: Dict[str, np.ndarray] = {"row": np.arange(chunk.start, chunk.start + n, dtype=np.int64)}
-            cols.update(probs)
-            if rank is not None:
-                cols["rank_score"] = rank_score(probs[ctr], probs[cvr], chunk.length, rank)
-            writer.write(cols)
-            rows += n
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
+    with atomic_path(out) as tmp:  # the scores appear whole or not at all
+        writer = _Writer(tmp, fmt)
+        try:
+            for chunk, probs in scored_chunks(run, kind, data, batch_size, dev, length_column):
+                n = len(chunk.data)
+                cols: Dict[str, np.ndarray] = {"row": np.arange(chunk.start, chunk.start + n, dtype=np.int64)}
+                cols.update(probs)
+                if rank is not None:
+                    cols["rank_score"] = rank_score(probs[ctr], probs[cvr], chunk.length, rank)
+                writer.write(cols)
+                rows += n
+        finally:
+            writer.close()
     log(f"ncs predict: {rows} rows scored with the {kind} model -> {out}")
     return {"rows": rows, "model": kind, "out": out, "columns": ["row"] + run.task_names +
             (["rank_score"] if rank is not None else []),

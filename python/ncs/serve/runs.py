@@ -14,6 +14,10 @@ class ServeError(RunError):
     """A user-facing problem of export / predict / replay / encode (one line in the CLI, exit 2)."""
 
 
+class ExportError(ServeError):
+    """A user-facing export problem (unknown kind / task / format, missing dependency...)."""
+
+
 class Run:
     def __init__(self, run_dir: str, cfg: Dict[str, Any], fields: List[Dict[str, Any]], vocab: Optional[Dict]):
         self.dir = run_dir

@@ -1,0 +1,175 @@
+"""Pass 1 of `ncs data convert`: one task per input file (Parquet: per row-group range).
+
+A task reads its rows in record batches, encodes every field with task-local ids (ncs.data.columns),
+validates the labels, turns group keys into int64 and saves the encoded rows to its work folder
+(chunk-NNNNNN/*.npy, scratch files inside the converter's unfinished output folder). The driver
+(convert.py) then merges the tasks' vocabularies and remaps the ids (pass 2).
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from .columns import (LocalVocab, _binary_array, _first_values, _group_column, _hash_ids, _hash_strings,
+                      _ids_from_lists, _numeric, place, validate_labels)
+from .tfchunks import _native, _tf_chunks_native, _tf_chunks_python
+
+_BATCH_ROWS = 1 << 20
+
+
+@dataclass
+class Task:
+    index: int
+    path: str
+    fmt: str  # tfrecord | csv | parquet
+    schema: Any = None  # TableSchema for csv/parquet
+    row_groups: Optional[List[int]] = None
+    max_len: int = 8
+    skip_corrupt: bool = False
+    work: str = ""
+    fixed_vocab: Optional[Dict[str, Dict[str, int]]] = None
+    batch_rows: int = _BATCH_ROWS
+
+
+@dataclass
+class TaskResult:
+    index: int
+    rows: int
+    chunks: List[str]
+    vocab: Dict[str, List[str]]
+    group_range: Dict[str, Tuple[int, int]] = field(default_factory=dict)
+    seconds: float = 0.0
+    stats: Dict[str, int] = field(default_factory=dict)
+
+
+def _save_chunk(work: str, i: int, cols: Dict[str, np.ndarray]) -> str:
+    d = os.path.join(work, f"chunk-{i:06d}")
+    os.makedirs(d)
+    for k, v in cols.items():
+        np.save(os.path.join(d, k + ".npy"), np.ascontiguousarray(v), allow_pickle=False)
+    return d
+
+
+def _load_chunk(d: str) -> Dict[str, np.ndarray]:
+    return {f[:-4]: np.load(os.path.join(d, f), allow_pickle=False) for f in sorted(os.listdir(d))}
+
+
+# --------------------------------------------------------------------------- TFRecord (LT4REC)
+def _run_tfrecord(task: Task) -> TaskResult:
+    from .lt4rec import LT4REC_FIELDS, LT4REC_MULTI
+
+    t0 = time.perf_counter()
+    names = list(LT4REC_FIELDS) + ["label", "cvrlabel", "seqnum"]
+    vocabs = {f: LocalVocab(("-1", ""), binary=True,
+                            fixed=None if task.fixed_vocab is None else task.fixed_vocab.get(f, {}))
+              for f in LT4REC_FIELDS}
+    lens = {f: (task.max_len if f in LT4REC_MULTI else 1) for f in LT4REC_FIELDS}
+    stats: Dict[str, int] = {}
+    # skip_corrupt needs the resynchronising Python reader; otherwise the native one when built
+    native = _native() is not None and not task.skip_corrupt
+    chunks = (_tf_chunks_native(task.path, names) if native
+              else _tf_chunks_python(task.path, names, task.skip_corrupt, stats))
+    out_chunks, rows = [], 0
+    for rec0, n, cols in chunks:
+        c_click, _, _, click = cols["label"]
+        c_conv, _, _, conv = cols["cvrlabel"]
+        click = np.where(c_click > 0, click, np.nan)
+        conv = np.where(c_conv > 0, conv, np.nan)
+        validate_labels(task.path, rec0, click, conv, "label", "cvrlabel")
+        enc: Dict[str, np.ndarray] = {}
+        for f in LT4REC_FIELDS:
+            counts, offs, data, _ = cols[f]
+            ids = _ids_from_lists(vocabs[f], _binary_array(offs, data), counts, lens[f])
+            enc[f"f.{f}"] = ids[:, 0] if lens[f] == 1 else ids
+        enc["l.click"] = click.astype(np.uint8)
+        enc["l.conversion"] = conv.astype(np.float32)
+        counts, offs, data, _ = cols["seqnum"]
+        first = _first_values(counts, offs, data, b"")
+        enc["g.request"] = _hash_strings(first)
+        counts, offs, data, _ = cols["FEA_UID"]
+        enc["g.user"] = _hash_strings(_first_values(counts, offs, data, b"-1"))
+        out_chunks.append(_save_chunk(task.work, len(out_chunks), enc))
+        rows += n
+    return TaskResult(task.index, rows, out_chunks, {f: v.values() for f, v in vocabs.items()},
+                      seconds=time.perf_counter() - t0, stats=stats)
+
+
+# --------------------------------------------------------------------------- CSV / Parquet
+def _run_table(task: Task) -> TaskResult:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from .table import _as_strings, _batches
+
+    t0 = time.perf_counter()
+    sch = task.schema
+    vocabs: Dict[str, Optional[LocalVocab]] = {}
+    for f in sch.fields:
+        if f.hash_buckets is not None:
+            vocabs[f.name] = None
+        elif task.fixed_vocab is not None and f.name in task.fixed_vocab:
+            vocabs[f.name] = LocalVocab(f.missing, fixed=task.fixed_vocab[f.name])
+        elif isinstance(f.vocab, list):
+            vocabs[f.name] = LocalVocab(f.missing, fixed={str(v): i + 1 for i, v in enumerate(f.vocab)})
+        else:
+            vocabs[f.name] = LocalVocab(f.missing)
+    out_chunks, rows = [], 0
+    if task.fmt == "parquet" and task.row_groups is not None:
+        import pyarrow.parquet as pq
+
+        pf = pq.ParquetFile(task.path)
+        batches = pf.iter_batches(batch_size=task.batch_rows, row_groups=task.row_groups, columns=sch.columns())
+        row0 = sum(pf.metadata.row_group(i).num_rows for i in range(task.row_groups[0])) if task.row_groups else 0
+    else:
+        batches = _batches(task.path, task.fmt, sch.columns(), task.batch_rows)
+        row0 = 0
+    granges: Dict[str, Tuple[int, int]] = {}
+    for batch in batches:
+        cols = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
+        n = batch.num_rows
+        click = _numeric(task.path, sch.click, cols[sch.click])
+        conv = _numeric(task.path, sch.conversion, cols[sch.conversion]) if sch.conversion else None
+        if conv is not None:
+            conv = np.where(np.isnan(conv) & (click == 0), 0.0, conv)  # empty conversion on a non-click: 0
+        validate_labels(task.path, row0, click, conv, sch.click, sch.conversion or "conversion",
+                        sch.conversion_type == "binary")
+        enc: Dict[str, np.ndarray] = {}
+        for f in sch.fields:
+            col = cols[f.column]
+            is_list = pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
+            if not f.multi and not is_list:
+                flat, counts = col, np.ones(n, dtype=np.int64)  # text made per distinct value
+            else:
+                if not is_list:
+                    col = pc.split_pattern(_as_strings(col), f.sep)
+                if not f.multi:
+                    col = pc.list_slice(col.fill_null(pa.scalar([], col.type)), 0, 1)
+                counts = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+                flat = pc.list_flatten(col)
+            if f.hash_buckets is not None:
+                out = place(_hash_ids(flat, f.missing, f.hash_buckets), counts, f.max_len)
+            else:
+                out = _ids_from_lists(vocabs[f.name], flat, counts, f.max_len)
+            enc[f"f.{f.name}"] = out[:, 0] if f.max_len == 1 else out
+        enc["l.click"] = click.astype(np.uint8)
+        enc["l.conversion"] = (conv if conv is not None else np.zeros(n)).astype(np.float32)
+        for g, c in sch.groups.items():
+            enc[f"g.{g}"], lo_hi = _group_column(task.path, g, c, cols[c])
+            if lo_hi is not None:
+                lo, hi = granges.get(g, lo_hi)
+                granges[g] = (min(lo, lo_hi[0]), max(hi, lo_hi[1]))
+        out_chunks.append(_save_chunk(task.work, len(out_chunks), enc))
+        rows += n
+        row0 += n
+    return TaskResult(task.index, rows, out_chunks, {k: v.values() for k, v in vocabs.items() if v is not None},
+                      group_range=granges, seconds=time.perf_counter() - t0)
+
+
+def _run(task: Task) -> TaskResult:
+    if task.fmt == "tfrecord":
+        return _run_tfrecord(task)
+    return _run_table(task)

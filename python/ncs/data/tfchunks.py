@@ -1,0 +1,157 @@
+"""TFRecord (LT4REC) files read in large chunks of records for `ncs data convert`.
+
+_tf_chunks_native   the native parser of ncs_kernels._C (tfrecord_parse_cpu; both CRCs checked):
+                    32 MiB of decompressed records per call
+_tf_chunks_python   the same chunks from the pure-Python reader (ncs.data.tfrecord), used when _C
+                    lacks the parser or with skip_corrupt (it resynchronises after a bad record)
+Each chunk: (first record, records, {feature: (counts, offsets, bytes, first numeric value)}).
+"""
+from __future__ import annotations
+
+import glob
+import os
+from typing import Any, Dict, List
+
+import numpy as np
+
+from .errors import DataError
+
+_TF_CHUNK = 32 << 20  # decompressed TFRecord bytes parsed per native call
+
+
+_NATIVE: List[Any] = []
+
+
+def _native():
+    """ncs_kernels._C when it has the TFRecord parser, else None. Loaded from its file without
+    running ncs_kernels/__init__ (which costs seconds: backends, Triton)."""
+    if _NATIVE:
+        return _NATIVE[0]
+    import sys
+
+    C = sys.modules.get("ncs_kernels._C")
+    if C is None:
+        try:
+            import importlib.util
+
+            import torch  # noqa: F401  (the extension links against it)
+
+            spec = importlib.util.find_spec("ncs_kernels")
+            so = []
+            for d in (spec.submodule_search_locations or []) if spec else []:
+                so += sorted(glob.glob(os.path.join(d, "_C*.so")) + glob.glob(os.path.join(d, "_C*.pyd")))
+            if so:
+                s2 = importlib.util.spec_from_file_location("ncs_kernels._C", so[0])
+                C = importlib.util.module_from_spec(s2)
+                s2.loader.exec_module(C)
+                sys.modules["ncs_kernels._C"] = C
+        except Exception:
+            C = None
+    C = C if C is not None and hasattr(C, "tfrecord_parse_cpu") else None
+    _NATIVE.append(C)
+    return C
+
+
+def _tf_chunks_native(path: str, names: List[str]):
+    """(first record, {name: (counts, offsets, data, num)}) per chunk, from the native parser."""
+    import zlib
+
+    import torch
+
+    C = _native()
+    with open(path, "rb") as raw:
+        gz = raw.read(2) == b"\x1f\x8b"
+        raw.seek(0)
+        inflate = zlib.decompressobj(wbits=31) if gz else None
+        left = b""
+        rec0 = 0
+        eof = False
+        while not eof:
+            parts = [left]
+            have = len(left)
+            while have < _TF_CHUNK:
+                data = raw.read(_TF_CHUNK // 8)
+                if not data:
+                    if gz and not inflate.eof:
+                        raise DataError(f"{path}: record {rec0}: compressed stream ends before its end marker")
+                    eof = True
+                    break
+                if gz:
+                    try:
+                        while data:
+                            if inflate.eof:
+                                inflate = zlib.decompressobj(wbits=31)
+                            out = inflate.decompress(data)
+                            parts.append(out)
+                            have += len(out)
+                            data = inflate.unused_data if inflate.eof else b""
+                    except zlib.error as e:
+                        raise DataError(f"{path}: record {rec0}: compressed stream is corrupt ({e})") from e
+                else:
+                    parts.append(data)
+                    have += len(data)
+            buf = b"".join(parts)
+            if not buf:
+                return
+            t = torch.frombuffer(bytearray(buf), dtype=torch.uint8)
+            try:
+                out = C.tfrecord_parse_cpu(t, names, True)
+            except ValueError as e:
+                msg = str(e)
+                if msg.startswith("record "):
+                    k, _, rest = msg[7:].partition(":")
+                    msg = f"record {rec0 + int(k)}:{rest}"
+                raise DataError(f"{path}: {msg}") from None
+            consumed, n = int(out[0][0]), int(out[1][0])
+            cols = {}
+            for j, name in enumerate(names):
+                c, o, d, num = out[2 + 4 * j: 6 + 4 * j]
+                cols[name] = (c.numpy().astype(np.int64), o.numpy(), d.numpy(), num.numpy())
+            left = buf[consumed:]
+            if n:
+                yield rec0, n, cols
+            rec0 += n
+            if eof and left:
+                raise DataError(f"{path}: record {rec0}: truncated (the file ends inside a record)")
+
+
+def _tf_chunks_python(path: str, names: List[str], skip_corrupt: bool, stats: Dict[str, int]):
+    """The same chunks from the pure-Python reader (when _C lacks the native parser)."""
+    from .tfrecord import iter_tfrecord, parse_example
+
+    def pack(exs):
+        cols = {}
+        for name in names:
+            counts, offs, blobs, num = [], [0], [], []
+            for ex in exs:
+                vals = ex.get(name, [])
+                counts.append(len(vals))
+                first = np.nan
+                for v in vals:
+                    if isinstance(v, bytes):
+                        blobs.append(v)
+                        offs.append(offs[-1] + len(v))
+                    elif first != first:
+                        first = float(v)
+                num.append(first if not (vals and isinstance(vals[0], bytes)) else np.nan)
+            cols[name] = (np.asarray(counts, dtype=np.int64), np.asarray(offs, dtype=np.int64),
+                          np.frombuffer(b"".join(blobs), dtype=np.uint8), np.asarray(num, dtype=np.float64))
+        return cols
+
+    exs, rec0, rec = [], 0, 0
+    for payload in iter_tfrecord(path, skip_corrupt=skip_corrupt, stats=stats):
+        try:
+            exs.append(parse_example(payload))
+        except DataError as e:
+            if not skip_corrupt:
+                raise DataError(f"{path}: record {rec}: {e}") from None
+            stats["corrupt_records"] = stats.get("corrupt_records", 0) + 1
+            rec += 1
+            continue
+        rec += 1
+        if len(exs) == 65536:
+            yield rec0, len(exs), pack(exs)
+            rec0 += len(exs)
+            exs = []
+    if exs:
+        yield rec0, len(exs), pack(exs)
