@@ -36,7 +36,7 @@ const Crc32cTables& tables() {
   return tb;
 }
 
-uint32_t crc32c(const uint8_t* p, size_t n) {
+uint32_t crc32c_sw(const uint8_t* p, size_t n) {
   const auto& T = tables().t;
   uint32_t c = 0xFFFFFFFFu;
   while (n >= 8) {
@@ -52,6 +52,34 @@ uint32_t crc32c(const uint8_t* p, size_t n) {
   while (n--) c = T[0][(c ^ *p++) & 0xFF] ^ (c >> 8);
   return c ^ 0xFFFFFFFFu;
 }
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// The SSE4.2 crc32 instruction computes CRC-32C (the same polynomial, 0x82F63B78 reflected):
+// about 8 bytes a cycle against ~1 for slicing by 8. Chosen at run time (cpuid), so the build
+// needs no -msse4.2 and runs on any x86-64.
+__attribute__((target("sse4.2"))) uint32_t crc32c_hw(const uint8_t* p, size_t n) {
+  uint64_t c = 0xFFFFFFFFu;
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    c = __builtin_ia32_crc32di(c, v);
+    p += 8;
+    n -= 8;
+  }
+  uint32_t c32 = uint32_t(c);
+  while (n--) c32 = __builtin_ia32_crc32qi(c32, *p++);
+  return c32 ^ 0xFFFFFFFFu;
+}
+
+bool have_sse42() {
+  static const bool yes = __builtin_cpu_supports("sse4.2");
+  return yes;
+}
+
+uint32_t crc32c(const uint8_t* p, size_t n) { return have_sse42() ? crc32c_hw(p, n) : crc32c_sw(p, n); }
+#else
+uint32_t crc32c(const uint8_t* p, size_t n) { return crc32c_sw(p, n); }
+#endif
 
 uint32_t masked(uint32_t crc) { return ((crc >> 15) | (crc << 17)) + 0xA282EAD8u; }
 
@@ -170,10 +198,12 @@ void parse_feature(const uint8_t* s, const uint8_t* e, Column& col, int64_t rec)
 
 }  // namespace
 
-int64_t crc32c_cpu(const at::Tensor& buf) {
+int64_t crc32c_cpu(const at::Tensor& buf, bool software) {
   TORCH_CHECK(buf.dtype() == at::kByte && buf.dim() == 1 && buf.is_contiguous() && !buf.is_cuda(),
               "crc32c_cpu: expected a contiguous 1-D uint8 CPU tensor");
-  return int64_t(crc32c(buf.data_ptr<uint8_t>(), size_t(buf.numel())));
+  const uint8_t* p = buf.data_ptr<uint8_t>();
+  const size_t n = size_t(buf.numel());
+  return int64_t(software ? crc32c_sw(p, n) : crc32c(p, n));
 }
 
 std::vector<at::Tensor> tfrecord_parse_cpu(const at::Tensor& buf, const std::vector<std::string>& features,
@@ -221,9 +251,11 @@ std::vector<at::Tensor> tfrecord_parse_cpu(const at::Tensor& buf, const std::vec
             }
           });
           if (!has_key) throw ProtoError{"feature map entry without a key"};
+          // (map entries come in no fixed order: writers serialise the map in hash order)
           auto it = index.find(key);
           if (it == index.end() || vs == nullptr) return;
-          Column& c = cols[size_t(it->second)];
+          const int col_idx = it->second;
+          Column& c = cols[size_t(col_idx)];
           if (c.counts[size_t(rec)] != 0) {  // a repeated key: the last entry wins, as in protobuf
             c.data.resize(size_t(c.offsets[c.offsets.size() - 1 - size_t(c.counts[size_t(rec)])]));
             c.offsets.resize(c.offsets.size() - size_t(c.counts[size_t(rec)]));

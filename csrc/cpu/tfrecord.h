@@ -20,7 +20,8 @@ namespace ncs {
 std::vector<at::Tensor> tfrecord_parse_cpu(const at::Tensor& buf, const std::vector<std::string>& features,
                                            bool check_crc);
 
-// CRC-32C (Castagnoli) of a uint8 tensor, for tests of the native implementation.
-int64_t crc32c_cpu(const at::Tensor& buf);
+// CRC-32C (Castagnoli) of a uint8 tensor, for tests of the native implementation: the one the
+// parser uses (the SSE4.2 instruction where the CPU has it), or the portable table (software).
+int64_t crc32c_cpu(const at::Tensor& buf, bool software = false);
 
 }  // namespace ncs

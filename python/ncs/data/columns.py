@@ -1,7 +1,8 @@
 """Vectorised column encoding for `ncs data convert` (pyarrow kernels, never a Python loop per row).
 
 validate_labels   click / conversion checks over a batch, naming file, row and column
-LocalVocab        a growing value -> id table matched per batch (only distinct values are looked up)
+LocalVocab        a growing value -> id table: the native hash table of csrc/cpu/vocab.cpp, or
+                  pyarrow kernels matched per batch (only distinct values are looked up)
 place             flat per-row ids -> [rows, width] ids (-1 padded), for vocabulary and hashed fields
 _ids_from_lists   per-row value lists -> [rows, width] ids through a LocalVocab
 _hash_ids         hash-bucket ids of a batch (hashed once per distinct value)
@@ -65,6 +66,8 @@ class LocalVocab:
             vals = [k.encode() if binary else k for k, _ in items]
             self.known = pa.array(vals, self.type)
             self.fixed_ids = np.asarray([v for _, v in items], dtype=np.int64)
+        # the native table (csrc/cpu/vocab.cpp) when built: the same ids, one hash probe per value
+        self.native = _native_vocab(missing, fixed)
 
     def ids(self, values) -> np.ndarray:
         """int32 ids of a flat pyarrow array (null and missing markers -> 0)."""
@@ -75,6 +78,11 @@ class LocalVocab:
             return np.zeros(0, dtype=np.int32)
         if isinstance(values, pa.ChunkedArray):
             values = values.combine_chunks()
+        if self.native is not None:
+            ids = _native_ids(self.native, values)
+            if ids is not None:
+                return ids
+            self._leave_native()
         if pa.types.is_dictionary(values.type):
             values = values.cast(values.type.value_type)
         enc = pc.dictionary_encode(values)
@@ -107,13 +115,77 @@ class LocalVocab:
         codes = enc.indices.fill_null(nd).to_numpy(zero_copy_only=False)
         return lut[codes].astype(np.int32)
 
+    def _leave_native(self) -> None:
+        """Continue on the pyarrow path (a value type the native table does not key): hand it the
+        values seen so far, in id order."""
+        if self.fixed_ids is None:
+            known = self._native_values()
+            self.known = known if len(known) else None
+            self.chunks = [known] if len(known) else []
+            self.n = len(known)
+        self.native = None
+
+    def _native_values(self):
+        import pyarrow as pa
+
+        off, data = self.native.values()
+        arr = pa.Array.from_buffers(pa.large_binary(), len(off) - 1,
+                                    [None, pa.py_buffer(off.numpy()), pa.py_buffer(data.numpy())])
+        return arr.cast(pa.large_string() if self.type == pa.string() else arr.type).cast(self.type)
+
     def values(self):
         """The values in id order (a pyarrow array; empty for a fixed vocabulary)."""
         import pyarrow as pa
 
-        if self.known is None or self.fixed_ids is not None:
+        if self.fixed_ids is not None:
+            return pa.array([], self.type)
+        if self.native is not None:
+            return self._native_values()
+        if self.known is None:
             return pa.array([], self.type)
         return self.known
+
+
+def _native_vocab(missing: Sequence[str], fixed: Optional[Dict[str, int]]):
+    """A csrc/cpu/vocab.cpp table holding the missing markers (-> 0) or the fixed ids; None
+    without the native extension."""
+    from .tfchunks import _native
+
+    C = _native()
+    if C is None or not hasattr(C, "NativeVocab"):
+        return None
+    v = C.NativeVocab(fixed is not None)
+    if fixed is not None:
+        for k, i in fixed.items():
+            v.add_fixed(k, int(i))
+    else:
+        for m in missing:
+            v.add_missing(m)
+    return v
+
+
+def _native_ids(vocab, values) -> Optional[np.ndarray]:
+    """int32 ids of a flat pyarrow array through the native table: strings and bytes by their
+    bytes, integers by their decimal text (the key the pyarrow path gives them). None for other
+    types (the caller falls back to pyarrow)."""
+    import pyarrow as pa
+    import torch
+
+    t = values.type
+    valid = None
+    if values.null_count:
+        valid = torch.from_numpy(values.is_valid().to_numpy(zero_copy_only=False).copy())
+    if pa.types.is_string(t) or pa.types.is_binary(t) or pa.types.is_large_string(t) or pa.types.is_large_binary(t):
+        large = pa.types.is_large_string(t) or pa.types.is_large_binary(t)
+        _, obuf, dbuf = values.buffers()
+        off = np.frombuffer(obuf, dtype=np.int64 if large else np.int32)[values.offset: values.offset + len(values) + 1]
+        data = np.frombuffer(dbuf, dtype=np.uint8) if dbuf is not None else np.zeros(0, np.uint8)
+        # pyarrow's buffers are read-only; the copies cost a memcpy of the chunk's bytes
+        return vocab.lookup_bytes(torch.from_numpy(off.copy()), torch.from_numpy(data.copy()), valid).numpy()
+    if pa.types.is_integer(t) and t != pa.uint64():
+        v = np.array(values.cast(pa.int64()).fill_null(0).to_numpy(zero_copy_only=False), dtype=np.int64)
+        return vocab.lookup_int64(torch.from_numpy(v), valid).numpy()
+    return None
 
 
 def _hash_strings(arr) -> np.ndarray:

@@ -1,0 +1,184 @@
+// NativeVocab: an open-addressing hash table (linear probing, load <= 1/2) over byte-string keys
+// kept in one arena; see vocab.h. Its ids are those of ncs.data's pyarrow LocalVocab.
+#include "cpu/vocab.h"
+
+#include <charconv>
+#include <cstring>
+#include <stdexcept>
+
+namespace ncs {
+
+namespace {
+
+inline uint64_t mix(uint64_t h) {
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdULL;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ULL;
+  return h ^ (h >> 33);
+}
+
+inline uint64_t hash_bytes(const uint8_t* p, size_t n) {
+  uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t(n) * 0x100000001B3ULL);
+  while (n >= 8) {
+    uint64_t v;
+    std::memcpy(&v, p, 8);
+    h = mix(h ^ v) + 0x2545F4914F6CDD1DULL;
+    p += 8;
+    n -= 8;
+  }
+  uint64_t v = 0;
+  std::memcpy(&v, p, n);
+  return mix(h ^ v ^ (uint64_t(n) << 56));
+}
+
+}  // namespace
+
+NativeVocab::NativeVocab(bool frozen) : frozen_(frozen), slots_(1024, Slot{0, -1, 0}) {}
+
+void NativeVocab::grow() {
+  std::vector<Slot> old(slots_.size() * 2, Slot{0, -1, 0});
+  old.swap(slots_);
+  const size_t mask = slots_.size() - 1;
+  for (const Slot& s : old) {
+    if (s.key < 0) continue;
+    size_t i = size_t(s.hash) & mask;
+    while (slots_[i].key >= 0) i = (i + 1) & mask;
+    slots_[i] = s;
+  }
+}
+
+void NativeVocab::insert(const uint8_t* p, size_t n, int32_t id, bool ordered) {
+  if (2 * (used_ + 1) > slots_.size()) grow();
+  const uint64_t h = hash_bytes(p, n);
+  const size_t mask = slots_.size() - 1;
+  size_t i = size_t(h) & mask;
+  while (slots_[i].key >= 0) {
+    const Slot& s = slots_[i];
+    const int64_t a = key_off_[size_t(s.key)], b = key_off_[size_t(s.key) + 1];
+    if (s.hash == h && size_t(b - a) == n && std::memcmp(keys_.data() + a, p, n) == 0) {
+      slots_[i].id = id;  // the last assignment wins
+      return;
+    }
+    i = (i + 1) & mask;
+  }
+  const int64_t k = int64_t(key_off_.size()) - 1;
+  keys_.insert(keys_.end(), p, p + n);
+  key_off_.push_back(int64_t(keys_.size()));
+  slots_[i] = Slot{h, k, id};
+  ++used_;
+  if (ordered) order_.push_back(k);
+}
+
+int32_t NativeVocab::find_or_add(const uint8_t* p, size_t n) {
+  const uint64_t h = hash_bytes(p, n);
+  const size_t mask = slots_.size() - 1;
+  size_t i = size_t(h) & mask;
+  while (slots_[i].key >= 0) {
+    const Slot& s = slots_[i];
+    if (s.hash == h) {
+      const int64_t a = key_off_[size_t(s.key)], b = key_off_[size_t(s.key) + 1];
+      if (size_t(b - a) == n && std::memcmp(keys_.data() + a, p, n) == 0) return s.id;
+    }
+    i = (i + 1) & mask;
+  }
+  if (frozen_) return 0;
+  if (order_.size() >= size_t(INT32_MAX - 1)) throw std::overflow_error("vocabulary larger than int32 ids");
+  const int32_t id = int32_t(order_.size()) + 1;
+  insert(p, n, id, true);
+  return id;
+}
+
+void NativeVocab::add_missing(const std::string& key) {
+  TORCH_CHECK(!frozen_, "NativeVocab.add_missing: a fixed vocabulary has no missing markers");
+  insert(reinterpret_cast<const uint8_t*>(key.data()), key.size(), 0, false);
+}
+
+void NativeVocab::add_fixed(const std::string& key, int64_t id) {
+  TORCH_CHECK(frozen_, "NativeVocab.add_fixed: only a fixed vocabulary takes given ids");
+  TORCH_CHECK(id >= 0 && id < INT32_MAX, "NativeVocab.add_fixed: id out of the int32 range");
+  insert(reinterpret_cast<const uint8_t*>(key.data()), key.size(), int32_t(id), false);
+}
+
+at::Tensor NativeVocab::lookup_bytes(const at::Tensor& offsets, const at::Tensor& data,
+                                     const c10::optional<at::Tensor>& valid) {
+  TORCH_CHECK(offsets.dim() == 1 && offsets.numel() >= 1 && offsets.is_contiguous() &&
+                  (offsets.scalar_type() == at::kInt || offsets.scalar_type() == at::kLong),
+              "NativeVocab.lookup_bytes: offsets must be a contiguous 1-D int32/int64 tensor of n + 1 entries");
+  TORCH_CHECK(data.dim() == 1 && data.is_contiguous() && data.scalar_type() == at::kByte,
+              "NativeVocab.lookup_bytes: data must be a contiguous 1-D uint8 tensor");
+  const int64_t n = offsets.numel() - 1;
+  const bool* ok = nullptr;
+  if (valid.has_value()) {
+    TORCH_CHECK(valid->numel() == n && valid->scalar_type() == at::kBool && valid->is_contiguous(),
+                "NativeVocab.lookup_bytes: valid must be a contiguous bool tensor of n entries");
+    ok = valid->data_ptr<bool>();
+  }
+  auto out = at::empty({n}, at::TensorOptions().dtype(at::kInt));
+  int32_t* ids = out.data_ptr<int32_t>();
+  const uint8_t* d = data.data_ptr<uint8_t>();
+  const int64_t size = data.numel();
+  auto run = [&](auto* off) {
+    for (int64_t i = 0; i < n; ++i) {
+      if (ok && !ok[i]) {
+        ids[i] = 0;
+        continue;
+      }
+      const int64_t a = int64_t(off[i]), b = int64_t(off[i + 1]);
+      TORCH_CHECK(0 <= a && a <= b && b <= size, "NativeVocab.lookup_bytes: offsets out of range at ", i);
+      ids[i] = find_or_add(d + a, size_t(b - a));
+    }
+  };
+  if (offsets.scalar_type() == at::kInt)
+    run(offsets.data_ptr<int32_t>());
+  else
+    run(offsets.data_ptr<int64_t>());
+  return out;
+}
+
+at::Tensor NativeVocab::lookup_int64(const at::Tensor& values, const c10::optional<at::Tensor>& valid) {
+  TORCH_CHECK(values.dim() == 1 && values.is_contiguous() && values.scalar_type() == at::kLong,
+              "NativeVocab.lookup_int64: values must be a contiguous 1-D int64 tensor");
+  const int64_t n = values.numel();
+  const bool* ok = nullptr;
+  if (valid.has_value()) {
+    TORCH_CHECK(valid->numel() == n && valid->scalar_type() == at::kBool && valid->is_contiguous(),
+                "NativeVocab.lookup_int64: valid must be a contiguous bool tensor of n entries");
+    ok = valid->data_ptr<bool>();
+  }
+  auto out = at::empty({n}, at::TensorOptions().dtype(at::kInt));
+  int32_t* ids = out.data_ptr<int32_t>();
+  const int64_t* v = values.data_ptr<int64_t>();
+  char buf[24];
+  for (int64_t i = 0; i < n; ++i) {
+    if (ok && !ok[i]) {
+      ids[i] = 0;
+      continue;
+    }
+    auto r = std::to_chars(buf, buf + sizeof(buf), v[i]);
+    ids[i] = find_or_add(reinterpret_cast<const uint8_t*>(buf), size_t(r.ptr - buf));
+  }
+  return out;
+}
+
+std::vector<at::Tensor> NativeVocab::values() const {
+  const int64_t n = int64_t(order_.size());
+  auto off = at::empty({n + 1}, at::TensorOptions().dtype(at::kLong));
+  int64_t* o = off.data_ptr<int64_t>();
+  int64_t total = 0;
+  o[0] = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const size_t k = size_t(order_[size_t(i)]);
+    total += key_off_[k + 1] - key_off_[k];
+    o[i + 1] = total;
+  }
+  auto data = at::empty({total}, at::TensorOptions().dtype(at::kByte));
+  uint8_t* d = data.data_ptr<uint8_t>();
+  for (int64_t i = 0; i < n; ++i) {
+    const size_t k = size_t(order_[size_t(i)]);
+    std::memcpy(d + o[i], keys_.data() + key_off_[k], size_t(key_off_[k + 1] - key_off_[k]));
+  }
+  return {off, data};
+}
+
+}  // namespace ncs

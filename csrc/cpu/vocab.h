@@ -1,0 +1,48 @@
+// A growing value -> id table for `ncs data convert` (csrc/cpu/vocab.cpp): ids from 1 in first
+// appearance order, missing markers and nulls -> 0, or a fixed table (another run's vocabulary)
+// where unknown values -> 0. Keys are byte strings; integers are keyed by their decimal text, the
+// same text the pyarrow path makes, so both paths build the same vocabulary.
+#pragma once
+
+#include <torch/extension.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace ncs {
+
+class NativeVocab {
+ public:
+  explicit NativeVocab(bool frozen);
+  // value -> 0 (a missing marker). Only for a growing table.
+  void add_missing(const std::string& key);
+  // value -> id (a fixed table).
+  void add_fixed(const std::string& key, int64_t id);
+  // ids (int32 [n]) of the n strings data[offsets[i]:offsets[i+1]]; valid (bool [n], optional):
+  // false -> 0. offsets int32 or int64 [n + 1] (pyarrow's string / large_string layout).
+  at::Tensor lookup_bytes(const at::Tensor& offsets, const at::Tensor& data, const c10::optional<at::Tensor>& valid);
+  // ids (int32 [n]) of n int64 values, keyed by their decimal text.
+  at::Tensor lookup_int64(const at::Tensor& values, const c10::optional<at::Tensor>& valid);
+  // The values of ids 1..size() in id order: (offsets int64 [size + 1], data uint8).
+  std::vector<at::Tensor> values() const;
+  int64_t size() const { return int64_t(order_.size()); }
+
+ private:
+  struct Slot {
+    uint64_t hash;
+    int64_t key;  // index into key_off_; -1: empty
+    int32_t id;
+  };
+  int32_t find_or_add(const uint8_t* p, size_t n);
+  void insert(const uint8_t* p, size_t n, int32_t id, bool ordered);
+  void grow();
+  bool frozen_;
+  std::vector<Slot> slots_;
+  size_t used_ = 0;
+  std::vector<int64_t> key_off_{0};  // key k = keys_[key_off_[k]:key_off_[k + 1]]
+  std::vector<uint8_t> keys_;
+  std::vector<int64_t> order_;  // key index of ids 1..n
+};
+
+}  // namespace ncs
