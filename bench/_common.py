@@ -275,7 +275,7 @@ def why_skip(op: str, variant: str, device: str, dtype_name: str, mode: str) -> 
             why = "ncs_kernels._C does not bind set_cuda_gemm_strategy"
     if why is None and variant.endswith("~materialize"):
         try:
-            from ncs_kernels.triton import _common as tc
+            from ncs_kernels.backends.triton import _common as tc
 
             tc.weight_mask_mode  # noqa: B018 - only its existence matters
         except (ImportError, AttributeError) as e:

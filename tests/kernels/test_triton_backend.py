@@ -26,8 +26,8 @@ elif torch.cuda.is_available():
 else:  # pragma: no cover - the module sets TRITON_INTERPRET itself when there is no GPU
     pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
-import ncs_kernels.triton as tb  # noqa: E402
-from ncs_kernels.triton import _common  # noqa: E402
+import ncs_kernels.backends.triton as tb  # noqa: E402
+from ncs_kernels.backends.triton import _common  # noqa: E402
 
 DENSITIES = [0.0, 1.0, 0.5]
 

@@ -2,7 +2,7 @@
 
 One pass reads p, g, m, v and the packed bits and writes p, m, v only where the task's bit is 1
 (masked-out elements are not even stored, so they stay bit-for-bit unchanged). Arithmetic follows
-ncs_kernels/reference.masked_adam_step_ operation by operation, in fp32 registers.
+ncs_kernels/backends/pytorch.masked_adam_step_ operation by operation, in fp32 registers.
 
 Two kernels, both on a 1-D grid (axis 0 allows 2^31 - 1 programs, axes 1 and 2 only 65535):
   _masked_adam_kernel  a masked weight [N, K]: tiles of BLOCK_N x BLOCK_K, program id split into
