@@ -6,6 +6,9 @@
   protocol.py  Backend: the entry points each of them provides
   registry.py  one BackendSpec per backend (module, dtypes per device type, why unavailable)
 
+Import from it with `from ncs_kernels.backends import triton` (or `from ncs_kernels.backends.triton
+import masked_linear`), not `import ncs_kernels.backends.triton as tb`: the attribute
+`ncs_kernels.backends` is the function nk.backends(), which that form would walk through.
 `from ncs_kernels.backends import cpu` (or cuda) gives that NativeBackend object.
 """
 from .protocol import ENTRY_POINTS, Backend

@@ -77,20 +77,18 @@ def _adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps, 
     return m_new, v_new, p_new - lr * (m_new / (1 - beta1 ** step)) / denom
 
 
+def _keep(param: torch.Tensor, packed: Optional[torch.Tensor]) -> torch.Tensor:
+    """Where a step may write: the task's mask as bool [N, K], or everywhere (packed None)."""
+    if packed is None:
+        return torch.ones_like(param, dtype=torch.bool)
+    return unpack_mask(packed, param.shape[1])
+
+
 @torch.no_grad()
 def masked_adam_step_(
-    param: torch.Tensor,
-    grad: torch.Tensor,
-    exp_avg: torch.Tensor,
-    exp_avg_sq: torch.Tensor,
-    packed: Optional[torch.Tensor],
-    step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float = 0.0,
-    decoupled: bool = False,
+    param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+    packed: Optional[torch.Tensor], step: int, lr: float, beta1: float, beta2: float, eps: float,
+    weight_decay: float = 0.0, decoupled: bool = False,
 ) -> None:
     """One Adam (decoupled=False, L2 weight decay) or AdamW (decoupled=True) step, in place.
 
@@ -100,10 +98,7 @@ def masked_adam_step_(
     """
     m_new, v_new, p_new = _adam_update(param, grad, exp_avg, exp_avg_sq, step, lr, beta1, beta2, eps,
                                        weight_decay, decoupled)
-    if packed is None:
-        keep = torch.ones_like(param, dtype=torch.bool)
-    else:
-        keep = unpack_mask(packed, param.shape[1])
+    keep = _keep(param, packed)
     exp_avg.copy_(torch.where(keep, m_new, exp_avg))
     exp_avg_sq.copy_(torch.where(keep, v_new, exp_avg_sq))
     param.copy_(torch.where(keep, p_new.to(param.dtype), param))
@@ -111,19 +106,9 @@ def masked_adam_step_(
 
 @torch.no_grad()
 def masked_adam_task_step_(
-    param: torch.Tensor,
-    grad: torch.Tensor,
-    exp_avg: torch.Tensor,
-    exp_avg_sq: torch.Tensor,
-    packed: Optional[torch.Tensor],
-    task: int,
-    step: int,
-    lr: float,
-    beta1: float,
-    beta2: float,
-    eps: float,
-    weight_decay: float = 0.0,
-    decoupled: bool = False,
+    param: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor, exp_avg_sq: torch.Tensor,
+    packed: Optional[torch.Tensor], task: int, step: int, lr: float, beta1: float, beta2: float, eps: float,
+    weight_decay: float = 0.0, decoupled: bool = False,
 ) -> None:
     """One Adam/AdamW step of task `task` with per-task moments, in place.
 
@@ -140,10 +125,7 @@ def masked_adam_task_step_(
     m_t = exp_avg.select(0, int(task))
     v_t = exp_avg_sq.select(0, int(task))
     m_new, v_new, p_new = _adam_update(param, grad, m_t, v_t, step, lr, beta1, beta2, eps, weight_decay, decoupled)
-    if packed is None:
-        keep = torch.ones_like(param, dtype=torch.bool)
-    else:
-        keep = unpack_mask(packed, param.shape[1])
+    keep = _keep(param, packed)
     keep_stack = own & keep.unsqueeze(0)
     exp_avg.copy_(torch.where(keep_stack, m_new.unsqueeze(0), exp_avg))
     exp_avg_sq.copy_(torch.where(keep_stack, v_new.unsqueeze(0), exp_avg_sq))
