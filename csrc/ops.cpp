@@ -33,13 +33,15 @@ struct DeviceOps {
 };
 
 // A forward (inp, weight, packed, bias) and its backward (dy, inp, weight, packed, need_inp,
-// need_w, need_b) -> (d inp, dW, db): masked_linear (inp = x) and cross_masked_linear (inp = emb).
-void bind_op_pair(pybind11::module_& m, const std::string& name, decltype(&ncs::masked_linear_forward_cpu) fwd,
+// need_w, need_b) -> (d inp, dW, db), bound as <name>_forward<suffix> and <name>_backward<suffix>:
+// masked_linear (inp = x) and cross_masked_linear (inp = emb).
+void bind_op_pair(pybind11::module_& m, const std::string& name, const std::string& suffix,
+                  decltype(&ncs::masked_linear_forward_cpu) fwd,
                   decltype(&ncs::masked_linear_backward_cpu) bwd, const char* inp, const char* need_inp) {
   namespace py = pybind11;
-  m.def((name + "_forward").c_str(), fwd, py::arg(inp), py::arg("weight"), py::arg("packed"),
+  m.def((name + "_forward" + suffix).c_str(), fwd, py::arg(inp), py::arg("weight"), py::arg("packed"),
         py::arg("bias") = py::none());
-  m.def((name + "_backward").c_str(),
+  m.def((name + "_backward" + suffix).c_str(),
         [bwd](const at::Tensor& dy, const at::Tensor& in, const at::Tensor& w, const at::Tensor& p, bool ni, bool nw,
               bool nb) { return as_tuple(bwd(dy, in, w, p, ni, nw, nb)); },
         py::arg("dy"), py::arg(inp), py::arg("weight"), py::arg("packed"), py::arg(need_inp) = true,
@@ -53,8 +55,8 @@ void bind_device_ops(pybind11::module_& m, const std::string& suffix, const Devi
   m.def(("mask_inplace" + suffix).c_str(),
         [f = d.mask_inplace](at::Tensor t, const at::Tensor& packed) { f(t, packed); },
         "t ⊙= M in place (exact 0 where the bit is 0)", py::arg("t"), py::arg("packed"));
-  bind_op_pair(m, "masked_linear" + suffix, d.masked_linear_forward, d.masked_linear_backward, "x", "need_x");
-  bind_op_pair(m, "cross_masked_linear" + suffix, d.cross_masked_linear_forward, d.cross_masked_linear_backward,
+  bind_op_pair(m, "masked_linear", suffix, d.masked_linear_forward, d.masked_linear_backward, "x", "need_x");
+  bind_op_pair(m, "cross_masked_linear", suffix, d.cross_masked_linear_forward, d.cross_masked_linear_backward,
                "emb", "need_emb");
   m.def(("masked_adam_step" + suffix).c_str(),
         [f = d.masked_adam_step](at::Tensor param, const at::Tensor& grad, at::Tensor exp_avg, at::Tensor exp_avg_sq,
