@@ -104,7 +104,7 @@ def why_unavailable(backend: str, device: str, dtype: Optional[torch.dtype] = No
     """None when `backend` runs on `device` (and `dtype`, if given) here, else why not."""
     why = _backends.why_unavailable(backend, device)
     if why is None and dtype is not None:
-        why = _backends._dtype_ok(backend, device, dtype)
+        why = _backends.dtype_error(backend, device, dtype)
     return why
 
 

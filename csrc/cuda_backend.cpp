@@ -12,8 +12,8 @@
 // kernel writes G [B, F*F], then "cublas" runs two GEMMs over the column slices of W ⊙ M
 // (G and emb) and "fused" one GEMM whose tile loader reads G and emb through two pointers.
 //
-// DESIGN.md asks to measure both strategies and keep the faster. That has not been measured yet
-// (no GPU where this was written), so "cublas" is the default: cuBLAS GEMMs are the safer bet
+// Which strategy is faster has not been measured on a GPU yet (bench/bench_ops.py times both:
+// `nk:cuda` against `nk:cuda~fused`), so "cublas" is the default: cuBLAS GEMMs are the safer bet
 // on performance. The environment variable NCS_CUDA_GEMM=cublas|fused, read once at the first
 // call, chooses; set_cuda_gemm_strategy() changes it at run time (tests, benchmarks).
 #include "ncs_native.h"
@@ -36,11 +36,6 @@
 #include "cuda/ncs_cuda.cuh"
 
 namespace ncs {
-
-// Exposed to Python by csrc/ops.cpp (declared here so this file does not depend on the header
-// declaring them).
-void set_cuda_gemm_strategy(const std::string& name);
-std::string cuda_gemm_strategy();
 
 namespace {
 
@@ -83,6 +78,14 @@ void check_same(const at::Tensor& t, const char* name, const at::Tensor& ref, co
               "), got ", t.device());
   TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, ": expected dtype ", ref.scalar_type(), " (the dtype of ",
               ref_name, "), got ", t.scalar_type());
+}
+
+// The op's input (x or emb) is a contiguous CUDA float tensor, and the weight one of its device and dtype.
+void check_input_and_weight(const at::Tensor& inp, const char* inp_name, const at::Tensor& weight) {
+  check_cuda(inp, inp_name);
+  check_float_type(inp, inp_name);
+  check_cuda(weight, "weight");
+  check_same(weight, "weight", inp, inp_name);
 }
 
 void check_packed(const at::Tensor& packed, int64_t n, int64_t k, const at::Tensor& ref) {
@@ -219,10 +222,7 @@ void mask_inplace_cuda(at::Tensor& t, const at::Tensor& packed) {
 
 namespace {
 void check_linear(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& packed) {
-  check_cuda(x, "x");
-  check_float_type(x, "x");
-  check_cuda(weight, "weight");
-  check_same(weight, "weight", x, "x");
+  check_input_and_weight(x, "x", weight);
   TORCH_CHECK(x.dim() == 2, "x: expected a 2-D [batch, in_features] tensor, got shape ", x.sizes());
   TORCH_CHECK(weight.dim() == 2 && weight.size(1) == x.size(1), "weight: expected shape [out_features, ", x.size(1),
               "], got ", weight.sizes());
@@ -306,10 +306,7 @@ struct CrossDims {
 };
 
 CrossDims check_cross(const at::Tensor& emb, const at::Tensor& weight, const at::Tensor& packed) {
-  check_cuda(emb, "emb");
-  check_float_type(emb, "emb");
-  check_cuda(weight, "weight");
-  check_same(weight, "weight", emb, "emb");
+  check_input_and_weight(emb, "emb", weight);
   TORCH_CHECK(emb.dim() == 3, "emb: expected a 3-D [batch, fields, dim] tensor, got shape ", emb.sizes());
   CrossDims c;
   c.b = emb.size(0);
@@ -449,19 +446,7 @@ void masked_adam_step_cuda(at::Tensor& param, const at::Tensor& grad, at::Tensor
   TORCH_CHECK(step >= 1, "step: expected a 1-based step count >= 1, got ", step);
   const c10::cuda::CUDAGuard guard(param.device());
 
-  cuda::AdamScalars s;
-  s.lr = static_cast<float>(lr);
-  s.beta1 = static_cast<float>(beta1);
-  s.beta2 = static_cast<float>(beta2);
-  s.one_minus_beta1 = static_cast<float>(1.0 - beta1);
-  s.one_minus_beta2 = static_cast<float>(1.0 - beta2);
-  s.bias_correction1 = static_cast<float>(1.0 - std::pow(beta1, static_cast<double>(step)));
-  s.bias_correction2 = static_cast<float>(1.0 - std::pow(beta2, static_cast<double>(step)));
-  s.eps = static_cast<float>(eps);
-  s.weight_decay = static_cast<float>(weight_decay);
-  s.decay_factor = static_cast<float>(1.0 - lr * weight_decay);
-  s.l2 = weight_decay != 0.0 && !decoupled;
-  s.decoupled = weight_decay != 0.0 && decoupled;
+  const cuda::AdamScalars s = adam_step_scalars<float>(step, lr, beta1, beta2, eps, weight_decay, decoupled);
 
   dispatch_float(param.scalar_type(), "masked_adam_step", [&](auto tag) {
     using T = typename decltype(tag)::type;

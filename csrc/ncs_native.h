@@ -1,7 +1,7 @@
-// The contract between the Python wrappers (ncs_kernels/backends/{cpu,cuda}.py), the binding
+// The contract between the Python wrapper (ncs_kernels/backends/native.py), the binding
 // file (csrc/ops.cpp) and the kernels (csrc/cpu/*.cpp, csrc/cuda_backend.cpp + csrc/cuda/*.cu).
 //
-// Semantics are those of ncs_kernels/reference.py:
+// Semantics are those of ncs_kernels/backends/pytorch.py (the `torch` backend, nk.reference):
 //   masked_linear:        y = x (W*M)^T + b; dx = dy (W*M); dW = (dy^T x)*M (exactly 0 where the
 //                         bit is 0); db = sum_b dy
 //   cross_masked_linear:  masked_linear(feature_cross(emb)) with feature_cross(emb)[b] =

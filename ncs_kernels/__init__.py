@@ -6,7 +6,7 @@
     y = nk.masked_linear(x, w, packed, bias, backend="auto")
     y = nk.cross_masked_linear(emb, w, packed, bias)   # == masked_linear(feature_cross(emb), ...)
 """
-# The subpackage ncs_kernels.backends (the cpu/cuda wrapper modules) must be imported before the
+# The subpackage ncs_kernels.backends (the backends and their registry) must be imported before the
 # function backends() is bound: importing a subpackage for the first time sets the attribute of
 # the same name on its parent, which would otherwise replace nk.backends with a module.
 from . import backends as _backend_modules  # noqa: F401  (keep above the next line)

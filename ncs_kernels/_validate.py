@@ -36,27 +36,28 @@ def check_tensor(
         raise ValueError(f"{name}: expected a contiguous tensor (call .contiguous() first), got strides {t.stride()}")
 
 
-def check_same_device(**tensors) -> None:
+def _short(v) -> str:
+    return str(v).replace("torch.", "")
+
+
+def _check_same(what: str, error: type, tensors) -> None:
+    """Every tensor (None skipped) has the `what` ("device" / "dtype") of the first one."""
     items = [(k, v) for k, v in tensors.items() if v is not None]
     if not items:
         return
     ref_name, ref = items[0]
     for name, t in items[1:]:
-        if t.device != ref.device:
-            raise ValueError(f"{name}: expected device {ref.device} (the device of {ref_name}), got {t.device}")
+        if getattr(t, what) != getattr(ref, what):
+            raise error(f"{name}: expected {what} {_short(getattr(ref, what))} (the {what} of {ref_name}), "
+                        f"got {_short(getattr(t, what))}")
+
+
+def check_same_device(**tensors) -> None:
+    _check_same("device", ValueError, tensors)
 
 
 def check_same_dtype(**tensors) -> None:
-    items = [(k, v) for k, v in tensors.items() if v is not None]
-    if not items:
-        return
-    ref_name, ref = items[0]
-    for name, t in items[1:]:
-        if t.dtype != ref.dtype:
-            raise TypeError(
-                f"{name}: expected dtype {str(ref.dtype).replace('torch.', '')} (the dtype of {ref_name}), "
-                f"got {str(t.dtype).replace('torch.', '')}"
-            )
+    _check_same("dtype", TypeError, tensors)
 
 
 def check_packed(name: str, packed, n: int, k: int) -> None:
@@ -77,6 +78,18 @@ def check_packed(name: str, packed, n: int, k: int) -> None:
         raise ValueError(f"{name}: expected a contiguous packed mask")
 
 
+def _check_packed_bias_alike(inp_name: str, inp, weight, packed, bias) -> None:
+    """The checks after the input's and weight's own: the packed mask and the bias fit the weight,
+    and all share the input's device (and, but for the mask, its dtype)."""
+    check_packed("packed", packed, weight.shape[0], weight.shape[1])
+    if bias is not None:
+        check_tensor("bias", bias, ndim=1, dtypes=FLOAT_DTYPES)
+        if bias.shape[0] != weight.shape[0]:
+            raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
+    check_same_device(**{inp_name: inp}, weight=weight, packed=packed, bias=bias)
+    check_same_dtype(**{inp_name: inp}, weight=weight, bias=bias)
+
+
 def check_linear_args(x, weight, packed, bias, x_name: str = "x") -> None:
     check_tensor(x_name, x, ndim=2, dtypes=FLOAT_DTYPES)
     check_tensor("weight", weight, ndim=2, dtypes=FLOAT_DTYPES)
@@ -85,13 +98,7 @@ def check_linear_args(x, weight, packed, bias, x_name: str = "x") -> None:
             f"{x_name}: expected {weight.shape[1]} features (weight is {tuple(weight.shape)} = [out, in]), "
             f"got shape {tuple(x.shape)}"
         )
-    check_packed("packed", packed, weight.shape[0], weight.shape[1])
-    if bias is not None:
-        check_tensor("bias", bias, ndim=1, dtypes=FLOAT_DTYPES)
-        if bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    check_same_device(**{x_name: x}, weight=weight, packed=packed, bias=bias)
-    check_same_dtype(**{x_name: x}, weight=weight, bias=bias)
+    _check_packed_bias_alike(x_name, x, weight, packed, bias)
 
 
 def check_cross_args(emb, weight, packed, bias) -> None:
@@ -104,10 +111,4 @@ def check_cross_args(emb, weight, packed, bias) -> None:
             f"weight: expected {width} = F*F + F*d input features for emb with F={f}, d={d}, "
             f"got weight shape {tuple(weight.shape)}"
         )
-    check_packed("packed", packed, weight.shape[0], weight.shape[1])
-    if bias is not None:
-        check_tensor("bias", bias, ndim=1, dtypes=FLOAT_DTYPES)
-        if bias.shape[0] != weight.shape[0]:
-            raise ValueError(f"bias: expected shape ({weight.shape[0]},), got {tuple(bias.shape)}")
-    check_same_device(emb=emb, weight=weight, packed=packed, bias=bias)
-    check_same_dtype(emb=emb, weight=weight, bias=bias)
+    _check_packed_bias_alike("emb", emb, weight, packed, bias)

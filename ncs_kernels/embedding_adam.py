@@ -21,7 +21,7 @@ Functions
     embedding_rowwise_adam_(weight, exp_avg, exp_avg_sq, rows, grad, step, lr, beta1, beta2, eps,
                             mode="mean", padding_idx=None, backend="auto")
         one step in place; backends: torch (the reference below), cpu (csrc/cpu/embedding_adam.cpp),
-        triton (ncs_kernels/triton/embedding_adam.py: the sort in torch, one program per unique
+        triton (ncs_kernels/backends/triton/embedding_adam.py: the sort in torch, one program per unique
         row); auto: cpu for CPU tensors, triton for CUDA tensors, else torch.
     embedding_bag(weight, rows, mode, padding_idx, sink)
         the forward; its backward hands (rows, dL/dpooled) to `sink` and returns no weight gradient.
@@ -165,7 +165,7 @@ def embedding_rowwise_adam_(weight: torch.Tensor, exp_avg: torch.Tensor, exp_avg
         _native()[0].embedding_rowwise_adam_cpu(weight, exp_avg, exp_avg_sq, rows.contiguous(), grad.contiguous(),
                                                *args, mode == "mean", -1 if padding_idx is None else int(padding_idx))
     else:
-        from .triton.embedding_adam import rowwise_adam_triton_
+        from .backends.triton.embedding_adam import rowwise_adam_triton_
         rowwise_adam_triton_(weight, exp_avg, exp_avg_sq, rows, grad, *args, mode, padding_idx)
 
 

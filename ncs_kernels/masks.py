@@ -6,13 +6,12 @@ packed[n, k // 32]; bits past K in the last word are zero. One packed tensor per
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from typing import Dict, Mapping, Optional, Tuple
 
 import torch
 
 from ._validate import words_for
+from .atomic import atomic_path
 from .integrity import checksums, tensor_crc32, text_crc32
 
 MASK_FORMAT_VERSION = 1
@@ -168,19 +167,8 @@ def save_masks(path: str, masks: Mapping[str, Mapping[str, torch.Tensor]], in_fe
     # before checksums have no "crc32" entry and load unverified; readers that predate it ignore it)
     meta["crc32"] = json.dumps({"tensors": checksums(tensors), "tasks": text_crc32(meta["tasks"]),
                                 "layers": text_crc32(meta["layers"])})
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=meta)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def load_masks(

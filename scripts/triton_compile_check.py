@@ -24,9 +24,9 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from ncs_kernels.triton import embedding_adam as EA  # noqa: E402
-from ncs_kernels.triton import masked_adam as MA  # noqa: E402
-from ncs_kernels.triton import masked_linear as ML  # noqa: E402
+from ncs_kernels.backends.triton import embedding_adam as EA  # noqa: E402
+from ncs_kernels.backends.triton import masked_adam as MA  # noqa: E402
+from ncs_kernels.backends.triton import masked_linear as ML  # noqa: E402
 
 # bytes of shared memory one block may use (opt-in maximum): H100/H200 and A100
 SHARED_LIMIT = {90: 227 * 1024, 80: 163 * 1024}

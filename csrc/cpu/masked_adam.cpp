@@ -4,6 +4,7 @@
 // The arithmetic follows ncs_kernels.reference.masked_adam_step_ operation by operation.
 #include "ncs_native.h"
 #include "cpu/cpu_common.h"
+#include "adam_scalars.h"
 
 #include <cmath>
 #include <utility>
@@ -13,10 +14,7 @@ namespace ncs {
 namespace {
 
 template <typename scalar_t>
-struct AdamConsts {
-  scalar_t lr, beta1, beta2, omb1, omb2, bc1, bc2, eps, wd, decay;  // decay = 1 - lr*wd
-  bool l2, decoupled;  // which of the template instances runs
-};
+using AdamConsts = AdamStepScalars<scalar_t>;  // csrc/adam_scalars.h; l2 / decoupled pick the instance
 
 // Update `count` (<= 32) consecutive elements under `word` (all ones for a plain step).
 // L2 and DECOUPLED are template parameters so that the loop has no branch left in it and the
@@ -29,13 +27,13 @@ inline void adam_span(scalar_t* p, const scalar_t* g, scalar_t* m, scalar_t* v, 
     const U keep = cpu::bit_set(word, j) ? ~U(0) : U(0);
     const scalar_t pj = p[j], mj = m[j], vj = v[j];
     scalar_t gj = g[j];
-    if (L2) gj = gj + k.wd * pj;
-    const scalar_t m_new = k.beta1 * mj + k.omb1 * gj;
-    const scalar_t v_new = k.beta2 * vj + k.omb2 * gj * gj;
-    const scalar_t denom = std::sqrt(v_new / k.bc2) + k.eps;
+    if (L2) gj = gj + k.weight_decay * pj;
+    const scalar_t m_new = k.beta1 * mj + k.one_minus_beta1 * gj;
+    const scalar_t v_new = k.beta2 * vj + k.one_minus_beta2 * gj * gj;
+    const scalar_t denom = std::sqrt(v_new / k.bias_correction2) + k.eps;
     scalar_t p_new = pj;
-    if (DECOUPLED) p_new = p_new * k.decay;
-    p_new = p_new - k.lr * (m_new / k.bc1) / denom;
+    if (DECOUPLED) p_new = p_new * k.decay_factor;
+    p_new = p_new - k.lr * (m_new / k.bias_correction1) / denom;
     m[j] = cpu::select_bits(keep, m_new, mj);
     v[j] = cpu::select_bits(keep, v_new, vj);
     p[j] = cpu::select_bits(keep, p_new, pj);
@@ -85,20 +83,7 @@ void masked_adam_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor&
   const bool masked = packed.has_value() && packed->defined();
   if (masked) cpu::check_packed(*packed, param.size(0), param.size(1));
   AT_DISPATCH_FLOATING_TYPES(param.scalar_type(), "masked_adam_step_cpu", [&] {
-    AdamConsts<scalar_t> k;
-    k.lr = static_cast<scalar_t>(lr);
-    k.beta1 = static_cast<scalar_t>(beta1);
-    k.beta2 = static_cast<scalar_t>(beta2);
-    k.omb1 = static_cast<scalar_t>(1.0 - beta1);
-    k.omb2 = static_cast<scalar_t>(1.0 - beta2);
-    // bias corrections in double, as the reference computes them in Python
-    k.bc1 = static_cast<scalar_t>(1.0 - std::pow(beta1, static_cast<double>(step)));
-    k.bc2 = static_cast<scalar_t>(1.0 - std::pow(beta2, static_cast<double>(step)));
-    k.eps = static_cast<scalar_t>(eps);
-    k.wd = static_cast<scalar_t>(weight_decay);
-    k.decay = static_cast<scalar_t>(1.0 - lr * weight_decay);
-    k.l2 = weight_decay != 0.0 && !decoupled;
-    k.decoupled = weight_decay != 0.0 && decoupled;
+    const auto k = adam_step_scalars<scalar_t>(step, lr, beta1, beta2, eps, weight_decay, decoupled);
     const at::Tensor* pk = masked ? &*packed : nullptr;
     if (k.l2)
       adam_kernel<scalar_t, true, false>(param, grad, exp_avg, exp_avg_sq, pk, k);

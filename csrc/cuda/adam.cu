@@ -15,37 +15,28 @@ namespace ncs {
 namespace cuda {
 namespace {
 
-using detail::from_float;
-using detail::kEltThreads;
-using detail::to_float;
-using detail::word_bit;
+using namespace detail;  // the helpers of common.cuh
 
 template <typename T>
 __global__ void __launch_bounds__(kEltThreads)
     masked_adam_kernel(T* __restrict__ param, const T* __restrict__ grad, T* __restrict__ exp_avg,
                        T* __restrict__ exp_avg_sq, const int32_t* __restrict__ packed, int64_t n, int64_t k,
                        AdamScalars s) {
-  const int64_t words = (k + 31) >> 5;
-  for (int64_t row = blockIdx.y; row < n; row += gridDim.y) {
-    const int64_t base = row * k;
-    for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < k;
-         c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-      if (packed != nullptr && !word_bit(__ldg(packed + row * words + (c >> 5)), static_cast<int>(c & 31))) continue;
-      const int64_t i = base + c;
-      const float p = to_float(param[i]);
-      float g = to_float(grad[i]);
-      if (s.l2) g = __fadd_rn(g, __fmul_rn(s.weight_decay, p));
-      const float m = __fadd_rn(__fmul_rn(s.beta1, to_float(exp_avg[i])), __fmul_rn(s.one_minus_beta1, g));
-      const float v = __fadd_rn(__fmul_rn(s.beta2, to_float(exp_avg_sq[i])),
-                                __fmul_rn(__fmul_rn(s.one_minus_beta2, g), g));
-      const float denom = __fadd_rn(__fsqrt_rn(__fdiv_rn(v, s.bias_correction2)), s.eps);
-      float pn = s.decoupled ? __fmul_rn(p, s.decay_factor) : p;
-      pn = __fsub_rn(pn, __fdiv_rn(__fmul_rn(s.lr, __fdiv_rn(m, s.bias_correction1)), denom));
-      exp_avg[i] = from_float<T>(m);
-      exp_avg_sq[i] = from_float<T>(v);
-      param[i] = from_float<T>(pn);
-    }
-  }
+  for_each_element(packed, n, k, [&](int64_t i, bool keep) {
+    if (!keep) return;
+    const float p = to_float(param[i]);
+    float g = to_float(grad[i]);
+    if (s.l2) g = __fadd_rn(g, __fmul_rn(s.weight_decay, p));
+    const float m = __fadd_rn(__fmul_rn(s.beta1, to_float(exp_avg[i])), __fmul_rn(s.one_minus_beta1, g));
+    const float v = __fadd_rn(__fmul_rn(s.beta2, to_float(exp_avg_sq[i])),
+                              __fmul_rn(__fmul_rn(s.one_minus_beta2, g), g));
+    const float denom = __fadd_rn(__fsqrt_rn(__fdiv_rn(v, s.bias_correction2)), s.eps);
+    float pn = s.decoupled ? __fmul_rn(p, s.decay_factor) : p;
+    pn = __fsub_rn(pn, __fdiv_rn(__fmul_rn(s.lr, __fdiv_rn(m, s.bias_correction1)), denom));
+    exp_avg[i] = from_float<T>(m);
+    exp_avg_sq[i] = from_float<T>(v);
+    param[i] = from_float<T>(pn);
+  });
 }
 
 }  // namespace

@@ -77,6 +77,23 @@ inline dim3 elementwise_grid(int64_t rows, int64_t cols) {
   return dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy), 1);
 }
 
+// The grid-stride loops of an element-wise [n, k] kernel launched on elementwise_grid: calls
+// f(i, keep) for every element (row, c), with i = row * k + c and keep its mask bit (true
+// everywhere when packed is nullptr). Threads run along a row (k), so the 32 lanes of a warp read
+// 32 consecutive elements and, since blockDim.x is a multiple of 32 and the row loop starts at a
+// multiple of 32, exactly one packed word: one broadcast load per warp, coalesced data accesses.
+template <class F>
+__device__ __forceinline__ void for_each_element(const int32_t* __restrict__ packed, int64_t n, int64_t k, F&& f) {
+  const int64_t words = (k + 31) >> 5;
+  for (int64_t row = blockIdx.y; row < n; row += gridDim.y) {
+    const int32_t* pr = packed == nullptr ? nullptr : packed + row * words;
+    for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < k;
+         c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+      f(row * k + c, pr == nullptr || word_bit(__ldg(pr + (c >> 5)), static_cast<int>(c & 31)));
+    }
+  }
+}
+
 }  // namespace detail
 }  // namespace cuda
 }  // namespace ncs

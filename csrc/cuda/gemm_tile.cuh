@@ -43,58 +43,44 @@ constexpr int kThreads = 256;
 
 // ---- operand loaders: A(m, k) / B(k, n), called only in range ----------------------------------
 
+// A dense row-major matrix p with leading dimension ld, read as an operand: op(i, j) =
+// p[i * ld + j], or p[j * ld + i] with kSwap. kContig: whether consecutive reduction indices k
+// are consecutive in memory (it picks the order in which a tile is filled).
+template <typename T, bool kSwap, bool kContig>
+struct Dense {
+  static constexpr bool kContigK = kContig;
+  const T* __restrict__ p;
+  int64_t ld;
+  __device__ __forceinline__ T operator()(int i, int j) const { return kSwap ? p[j * ld + i] : p[i * ld + j]; }
+};
 // A(m, k) = p[m * ld + k]  (x in the forward pass, dy in dx = dy W)
 template <typename T>
-struct RowMajorA {
-  static constexpr bool kContigK = true;
-  const T* __restrict__ p;
-  int64_t ld;
-  __device__ __forceinline__ T operator()(int m, int k) const { return p[m * ld + k]; }
-};
-
+using RowMajorA = Dense<T, false, true>;
 // A(m, k) = p[k * ld + m]  (dy^T in dW = dy^T x: m runs over the outputs, k over the batch)
 template <typename T>
-struct TransposedA {
-  static constexpr bool kContigK = false;
-  const T* __restrict__ p;
-  int64_t ld;
-  __device__ __forceinline__ T operator()(int m, int k) const { return p[k * ld + m]; }
-};
-
+using TransposedA = Dense<T, true, false>;
 // B(k, n) = p[k * ld + n]  (x in dW = dy^T x)
 template <typename T>
-struct RowMajorB {
-  static constexpr bool kContigK = false;
-  const T* __restrict__ p;
-  int64_t ld;
-  __device__ __forceinline__ T operator()(int k, int n) const { return p[k * ld + n]; }
-};
+using RowMajorB = Dense<T, false, false>;
 
-// B(k, n) = (W ⊙ M)[n, k]  (forward: y = x (W ⊙ M)^T; the bit is unpacked while loading)
-template <typename T>
-struct MaskedWeightT {
-  static constexpr bool kContigK = true;
+// B(k, n) = (W ⊙ M)[n, k] with kT (forward: y = x (W ⊙ M)^T), else (W ⊙ M)[k, n] (input
+// gradient: dx = dy (W ⊙ M); k runs over the outputs). The bit is unpacked while loading.
+template <typename T, bool kT>
+struct MaskedWeightOp {
+  static constexpr bool kContigK = kT;
   const T* __restrict__ w;
   const int32_t* __restrict__ packed;
   int64_t k_in;   // in_features (row length of W)
   int64_t words;  // ceil(k_in / 32)
   __device__ __forceinline__ T operator()(int k, int n) const {
-    return mask_bit(packed, words, n, k) ? w[n * k_in + k] : zero<T>();
+    const int row = kT ? n : k, col = kT ? k : n;
+    return mask_bit(packed, words, row, col) ? w[row * k_in + col] : zero<T>();
   }
 };
-
-// B(k, n) = (W ⊙ M)[k, n]  (input gradient: dx = dy (W ⊙ M); k runs over the outputs)
 template <typename T>
-struct MaskedWeight {
-  static constexpr bool kContigK = false;
-  const T* __restrict__ w;
-  const int32_t* __restrict__ packed;
-  int64_t k_in;
-  int64_t words;
-  __device__ __forceinline__ T operator()(int k, int n) const {
-    return mask_bit(packed, words, k, n) ? w[k * k_in + n] : zero<T>();
-  }
-};
+using MaskedWeightT = MaskedWeightOp<T, true>;
+template <typename T>
+using MaskedWeight = MaskedWeightOp<T, false>;
 
 // The feature-cross input X[b, c] = c < FF ? G[b, c] : emb[b, c - FF], read from two pointers so
 // that X [B, FF + F*d] never exists in memory.
@@ -109,21 +95,18 @@ struct CrossInput {
   }
 };
 
-// A(m = b, k = c) = X[b, c]  (cross forward)
-template <typename T>
-struct CrossA {
-  static constexpr bool kContigK = true;
+// X[b, c] as an operand: A(m = b, k = c) in the cross forward (kContig), B(k = b, n = c) in the
+// cross dW = dy^T X.
+template <typename T, bool kContig>
+struct CrossOperand {
+  static constexpr bool kContigK = kContig;
   CrossInput<T> x;
-  __device__ __forceinline__ T operator()(int m, int k) const { return x.at(m, k); }
+  __device__ __forceinline__ T operator()(int i, int j) const { return x.at(i, j); }
 };
-
-// B(k = b, n = c) = X[b, c]  (cross dW = dy^T X)
 template <typename T>
-struct CrossB {
-  static constexpr bool kContigK = false;
-  CrossInput<T> x;
-  __device__ __forceinline__ T operator()(int k, int n) const { return x.at(k, n); }
-};
+using CrossA = CrossOperand<T, true>;
+template <typename T>
+using CrossB = CrossOperand<T, false>;
 
 // ---- epilogues: called once per in-range output (m, n) with the fp32 sum ----------------------
 
@@ -178,45 +161,45 @@ struct MaskedGradStore {
 
 // ---- tile loading -------------------------------------------------------------------------------
 
-// Fill the A tile for rows [m0, m0 + BM) and reduction indices [k0, k0 + BK) (0 outside m < M,
-// k < k_end). Consecutive threads take consecutive elements along the contiguous dimension.
-template <typename T, int PAD, class AOp>
-__device__ __forceinline__ void load_a_tile(T* sa, const AOp& a, int m0, int k0, int m_lim, int k_end) {
-  if constexpr (AOp::kContigK) {  // row-major [BM][BK + PAD]
+// Fill a tile of R operand rows [r0, r0 + R) by reduction indices [k0, k0 + BK) (0 outside
+// r < r_lim, k < k_end) from get(r, k): [R][BK + PAD] when kContigK, else [BK][R + PAD].
+// Consecutive threads take consecutive elements along the contiguous dimension.
+template <typename T, int PAD, int R, bool kContigK, class Get>
+__device__ __forceinline__ void load_tile(T* s, const Get& get, int r0, int k0, int r_lim, int k_end) {
+  if constexpr (kContigK) {
 #pragma unroll 4
-    for (int e = threadIdx.x; e < BM * BK; e += kThreads) {
+    for (int e = threadIdx.x; e < R * BK; e += kThreads) {
       const int r = e / BK, c = e % BK;
-      const int m = m0 + r, k = k0 + c;
-      sa[r * (BK + PAD) + c] = (m < m_lim && k < k_end) ? a(m, k) : zero<T>();
+      const int i = r0 + r, k = k0 + c;
+      s[r * (BK + PAD) + c] = (i < r_lim && k < k_end) ? get(i, k) : zero<T>();
     }
-  } else {  // column-major [BK][BM + PAD]
+  } else {
 #pragma unroll 4
-    for (int e = threadIdx.x; e < BM * BK; e += kThreads) {
-      const int c = e / BM, r = e % BM;
-      const int m = m0 + r, k = k0 + c;
-      sa[c * (BM + PAD) + r] = (m < m_lim && k < k_end) ? a(m, k) : zero<T>();
+    for (int e = threadIdx.x; e < R * BK; e += kThreads) {
+      const int c = e / R, r = e % R;
+      const int i = r0 + r, k = k0 + c;
+      s[c * (R + PAD) + r] = (i < r_lim && k < k_end) ? get(i, k) : zero<T>();
     }
   }
 }
 
-// Fill the B tile for reduction indices [k0, k0 + BK) and columns [n0, n0 + BN).
+// B(k, n) read as get(n, k): the B tile's rows are its columns n.
+template <class BOp>
+struct ByColumn {
+  const BOp& b;
+  __device__ __forceinline__ auto operator()(int n, int k) const { return b(k, n); }
+};
+
+// The A tile: rows [m0, m0 + BM), row-major [BM][BK + PAD] or column-major [BK][BM + PAD].
+template <typename T, int PAD, class AOp>
+__device__ __forceinline__ void load_a_tile(T* sa, const AOp& a, int m0, int k0, int m_lim, int k_end) {
+  load_tile<T, PAD, BM, AOp::kContigK>(sa, a, m0, k0, m_lim, k_end);
+}
+
+// The B tile: columns [n0, n0 + BN), column-major [BN][BK + PAD] or row-major [BK][BN + PAD].
 template <typename T, int PAD, class BOp>
 __device__ __forceinline__ void load_b_tile(T* sb, const BOp& b, int k0, int n0, int k_end, int n_lim) {
-  if constexpr (BOp::kContigK) {  // column-major [BN][BK + PAD]
-#pragma unroll 4
-    for (int e = threadIdx.x; e < BN * BK; e += kThreads) {
-      const int c = e / BK, r = e % BK;  // c: column n, r: k
-      const int n = n0 + c, k = k0 + r;
-      sb[c * (BK + PAD) + r] = (n < n_lim && k < k_end) ? b(k, n) : zero<T>();
-    }
-  } else {  // row-major [BK][BN + PAD]
-#pragma unroll 4
-    for (int e = threadIdx.x; e < BN * BK; e += kThreads) {
-      const int r = e / BN, c = e % BN;
-      const int n = n0 + c, k = k0 + r;
-      sb[r * (BN + PAD) + c] = (n < n_lim && k < k_end) ? b(k, n) : zero<T>();
-    }
-  }
+  load_tile<T, PAD, BN, BOp::kContigK>(sb, ByColumn<BOp>{b}, n0, k0, n_lim, k_end);
 }
 
 template <bool kContigK>

@@ -1,9 +1,5 @@
 // Element-wise mask kernels: W ⊙ M, t ⊙= M, and the fp32-workspace -> masked T conversion that
-// ends a split-K dW.
-//
-// Threads run along a row (k), so the 32 lanes of a warp read 32 consecutive elements and, since
-// blockDim.x is a multiple of 32 and the row loop starts at a multiple of 32, exactly one packed
-// word: one broadcast load of the word per warp, coalesced loads and stores of the data.
+// ends a split-K dW (the loops over the elements: detail::for_each_element).
 #include "common.cuh"
 #include "ncs_cuda.cuh"
 
@@ -11,58 +7,30 @@ namespace ncs {
 namespace cuda {
 namespace {
 
-using detail::from_float;
-using detail::kEltThreads;
-using detail::to_float;
-using detail::word_bit;
-using detail::zero;
+using namespace detail;  // the helpers of common.cuh
 
 template <typename T>
 __global__ void __launch_bounds__(kEltThreads)
     apply_mask_kernel(const T* __restrict__ w, const int32_t* __restrict__ packed, T* out, int64_t n, int64_t k) {
-  const int64_t words = (k + 31) >> 5;
-  for (int64_t row = blockIdx.y; row < n; row += gridDim.y) {
-    const T* wr = w + row * k;
-    T* orow = out + row * k;
-    const int32_t* pr = packed + row * words;
-    for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < k;
-         c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-      const bool keep = word_bit(__ldg(pr + (c >> 5)), static_cast<int>(c & 31));
-      // select, not multiply: a masked-out NaN/Inf must still give exactly 0
-      orow[c] = keep ? wr[c] : zero<T>();
-    }
-  }
+  // select, not multiply: a masked-out NaN/Inf must still give exactly 0
+  for_each_element(packed, n, k, [&](int64_t i, bool keep) { out[i] = keep ? w[i] : zero<T>(); });
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kEltThreads)
     mask_inplace_kernel(T* t, const int32_t* __restrict__ packed, int64_t n, int64_t k) {
-  const int64_t words = (k + 31) >> 5;
-  for (int64_t row = blockIdx.y; row < n; row += gridDim.y) {
-    T* tr = t + row * k;
-    const int32_t* pr = packed + row * words;
-    for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < k;
-         c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-      if (!word_bit(__ldg(pr + (c >> 5)), static_cast<int>(c & 31))) tr[c] = zero<T>();
-    }
-  }
+  for_each_element(packed, n, k, [&](int64_t i, bool keep) {
+    if (!keep) t[i] = zero<T>();
+  });
 }
 
 template <typename T>
 __global__ void __launch_bounds__(kEltThreads)
     masked_convert_kernel(const float* src, const int32_t* __restrict__ packed, T* out, int64_t n, int64_t k) {
-  const int64_t words = (k + 31) >> 5;
-  for (int64_t row = blockIdx.y; row < n; row += gridDim.y) {
-    const float* sr = src + row * k;
-    T* orow = out + row * k;
-    const int32_t* pr = packed + row * words;
-    for (int64_t c = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; c < k;
-         c += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-      const bool keep = word_bit(__ldg(pr + (c >> 5)), static_cast<int>(c & 31));
-      const float v = sr[c];  // read before the write: out may alias src when T = float
-      orow[c] = keep ? from_float<T>(v) : zero<T>();
-    }
-  }
+  for_each_element(packed, n, k, [&](int64_t i, bool keep) {
+    const float v = src[i];  // read before the write: out may alias src when T = float
+    out[i] = keep ? from_float<T>(v) : zero<T>();
+  });
 }
 
 }  // namespace

@@ -17,6 +17,8 @@
 
 #include <cstdint>
 
+#include "adam_scalars.h"
+
 namespace ncs {
 namespace cuda {
 
@@ -78,17 +80,7 @@ cudaError_t cross_dw(const T* dy, const T* g, const T* emb, const int32_t* packe
 // ---- adam.cu -----------------------------------------------------------------------------------
 // Scalars of one step, computed on the host in double (as Python computes them in
 // ncs_kernels.reference.masked_adam_step_) and rounded once to float.
-struct AdamScalars {
-  float lr;
-  float beta1, beta2;
-  float one_minus_beta1, one_minus_beta2;
-  float bias_correction1, bias_correction2;  // 1 - beta^step
-  float eps;
-  float weight_decay;
-  float decay_factor;  // 1 - lr * weight_decay (decoupled only)
-  bool l2;             // weight_decay != 0 and not decoupled: g += wd * p
-  bool decoupled;      // weight_decay != 0 and decoupled: p *= decay_factor
-};
+using AdamScalars = AdamStepScalars<float>;  // csrc/adam_scalars.h
 // One strict masked Adam/AdamW step in place over [n, k] tensors of one dtype; packed == nullptr
 // updates every element. Where the bit is 0 nothing is written.
 template <typename T>

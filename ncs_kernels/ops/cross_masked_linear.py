@@ -17,13 +17,8 @@ from ._masked_family import define_masked_op
 _apply = define_masked_op("cross_masked_linear", "cross_masked_linear_forward", "cross_masked_linear_backward")
 
 
-def cross_masked_linear(
-    emb: torch.Tensor,
-    weight: torch.Tensor,
-    packed: torch.Tensor,
-    bias: Optional[torch.Tensor] = None,
-    backend: str = "auto",
-) -> torch.Tensor:
+def cross_masked_linear(emb: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor,
+                        bias: Optional[torch.Tensor] = None, backend: str = "auto") -> torch.Tensor:
     """== masked_linear(feature_cross(emb), weight, packed, bias), fused.
 
     emb [B, F, d]; weight [N, F*F + F*d] whose first F*F columns read the Gram matrix

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 
 from .._validate import FLOAT_DTYPES, check_tensor
-from ..reference import feature_cross as _reference_feature_cross
+from ..backends.pytorch import feature_cross as _reference_feature_cross
 
 
 def feature_cross(emb: torch.Tensor) -> torch.Tensor:

@@ -16,13 +16,8 @@ from ._masked_family import define_masked_op
 _apply = define_masked_op("masked_linear", "masked_linear_forward", "masked_linear_backward")
 
 
-def masked_linear(
-    x: torch.Tensor,
-    weight: torch.Tensor,
-    packed: torch.Tensor,
-    bias: Optional[torch.Tensor] = None,
-    backend: str = "auto",
-) -> torch.Tensor:
+def masked_linear(x: torch.Tensor, weight: torch.Tensor, packed: torch.Tensor,
+                  bias: Optional[torch.Tensor] = None, backend: str = "auto") -> torch.Tensor:
     """y = x (W ⊙ M)^T + b.
 
     x [B, K], weight [N, K] (nn.Linear layout), packed int32 [N, ceil(K/32)] (see pack_mask),

@@ -9,7 +9,7 @@ import triton
 
 from ncs_kernels import _backends
 from ncs_kernels import reference as ref
-from ncs_kernels.triton import masked_adam as MA
+from ncs_kernels.backends.triton import masked_adam as MA
 
 from _cases import assert_close, make_mask, randn
 

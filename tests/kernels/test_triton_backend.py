@@ -9,7 +9,7 @@ import os
 import torch
 
 if not torch.cuda.is_available():
-    # must precede the first import of triton (ncs_kernels.triton imports it)
+    # must precede the first import of triton (ncs_kernels.backends.triton imports it)
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
@@ -26,8 +26,8 @@ elif torch.cuda.is_available():
 else:  # pragma: no cover - the module sets TRITON_INTERPRET itself when there is no GPU
     pytest.skip("Triton needs CUDA or TRITON_INTERPRET=1", allow_module_level=True)
 
-import ncs_kernels.triton as tb  # noqa: E402
-from ncs_kernels.triton import _common  # noqa: E402
+from ncs_kernels.backends import triton as tb  # noqa: E402
+from ncs_kernels.backends.triton import _common  # noqa: E402
 
 DENSITIES = [0.0, 1.0, 0.5]
 

@@ -18,8 +18,8 @@ import triton.language as tl  # noqa: E402
 
 from conftest import backend_device_params, triton_cpu_skip_reason  # noqa: E402
 from ncs_kernels import pack_mask  # noqa: E402
-from ncs_kernels.triton import _common as TC  # noqa: E402
-from ncs_kernels.triton import masked_linear as ML  # noqa: E402
+from ncs_kernels.backends.triton import _common as TC  # noqa: E402
+from ncs_kernels.backends.triton import masked_linear as ML  # noqa: E402
 
 INTERPRET = TC.interpreting()
 DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"

@@ -2,7 +2,7 @@
 
 One pass reads p, g, m, v and the packed bits and writes p, m, v only where the task's bit is 1
 (masked-out elements are not even stored, so they stay bit-for-bit unchanged). Arithmetic follows
-ncs_kernels/reference.masked_adam_step_ operation by operation, in fp32 registers.
+ncs_kernels/backends/pytorch.masked_adam_step_ operation by operation, in fp32 registers.
 
 Two kernels, both on a 1-D grid (axis 0 allows 2^31 - 1 programs, axes 1 and 2 only 65535):
   _masked_adam_kernel  a masked weight [N, K]: tiles of BLOCK_N x BLOCK_K, program id split into
@@ -29,8 +29,15 @@ MAX_GRID0 = 2 ** 31 - 1  # CUDA's limit on gridDim.x (gridDim.y and .z: 65535)
 
 
 @triton.jit
-def _adam_math(p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, bc1, bc2, eps, weight_decay,
-               decay_factor, L2_DECAY: tl.constexpr, DECOUPLED: tl.constexpr):
+def _adam_at(p_ptr, g_ptr, m_ptr, v_ptr, offs, ok, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, bc1, bc2, eps,
+             weight_decay, decay_factor, L2_DECAY: tl.constexpr, DECOUPLED: tl.constexpr):
+    """The step on the elements at offs where ok: load p, g, m, v, update in fp32 registers, store
+    p, m, v back in their own dtypes (nothing is stored where ok is False)."""
+    p_raw = tl.load(p_ptr + offs, mask=ok, other=0.0)
+    p = p_raw.to(tl.float32)
+    g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    m = tl.load(m_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    v = tl.load(v_ptr + offs, mask=ok, other=0.0).to(tl.float32)
     if L2_DECAY:
         g = g + weight_decay * p
     m = beta1 * m + one_minus_beta1 * g
@@ -39,7 +46,9 @@ def _adam_math(p, g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2, b
     if DECOUPLED:
         p = p * decay_factor
     p = p - tl.div_rn(lr * tl.div_rn(m, bc1), denom)
-    return p, m, v
+    tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=ok)
+    tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=ok)
+    tl.store(p_ptr + offs, p.to(p_raw.dtype), mask=ok)
 
 
 @triton.jit
@@ -58,16 +67,8 @@ def _masked_adam_kernel(
     if HAS_MASK:
         word = tl.load(packed_ptr + n64 * WORDS + (rk // 32)[None, :], mask=ok, other=0)
         ok = ok & (((word >> (rk % 32)[None, :]) & 1) != 0)
-    offs = n64 * K + rk[None, :]
-    p_raw = tl.load(p_ptr + offs, mask=ok, other=0.0)
-    g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    m = tl.load(m_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    v = tl.load(v_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    p, m, v = _adam_math(p_raw.to(tl.float32), g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
-                         bc1, bc2, eps, weight_decay, decay_factor, L2_DECAY, DECOUPLED)
-    tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=ok)
-    tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=ok)
-    tl.store(p_ptr + offs, p.to(p_raw.dtype), mask=ok)
+    _adam_at(p_ptr, g_ptr, m_ptr, v_ptr, n64 * K + rk[None, :], ok, lr, beta1, one_minus_beta1, beta2,
+             one_minus_beta2, bc1, bc2, eps, weight_decay, decay_factor, L2_DECAY, DECOUPLED)
 
 
 @triton.jit
@@ -77,16 +78,8 @@ def _adam_flat_kernel(
     L2_DECAY: tl.constexpr, DECOUPLED: tl.constexpr, BLOCK: tl.constexpr,
 ):
     offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    ok = offs < NUMEL
-    p_raw = tl.load(p_ptr + offs, mask=ok, other=0.0)
-    g = tl.load(g_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    m = tl.load(m_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    v = tl.load(v_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    p, m, v = _adam_math(p_raw.to(tl.float32), g, m, v, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
-                         bc1, bc2, eps, weight_decay, decay_factor, L2_DECAY, DECOUPLED)
-    tl.store(m_ptr + offs, m.to(m_ptr.dtype.element_ty), mask=ok)
-    tl.store(v_ptr + offs, v.to(v_ptr.dtype.element_ty), mask=ok)
-    tl.store(p_ptr + offs, p.to(p_raw.dtype), mask=ok)
+    _adam_at(p_ptr, g_ptr, m_ptr, v_ptr, offs, offs < NUMEL, lr, beta1, one_minus_beta1, beta2, one_minus_beta2,
+             bc1, bc2, eps, weight_decay, decay_factor, L2_DECAY, DECOUPLED)
 
 
 def launch_config(n: int, k: int, masked: bool, interpret: bool = None) -> Dict[str, object]:

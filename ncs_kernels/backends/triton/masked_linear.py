@@ -43,6 +43,16 @@ def _load_a_tile(a_ptr, a2_ptr, rm, rr, M, R, FF, A_CROSS: tl.constexpr):
 
 
 @triton.jit
+def _grouped_tile(pid, num_rows, num_cols, GROUP: tl.constexpr):
+    """(row tile, column tile) of program `pid` in grouped launch order: GROUP row tiles share each
+    column tile (of W, or of x for dW) while it is in L2."""
+    per_group = GROUP * num_cols
+    first = (pid // per_group) * GROUP
+    group_size = tl.minimum(num_rows - first, GROUP)
+    return first + (pid % per_group) % group_size, (pid % per_group) // group_size
+
+
+@triton.jit
 def _masked_mm_kernel(
     a_ptr, a2_ptr, w_ptr, p_ptr, bias_ptr, c_ptr, c2_ptr,
     M, P, R, K, WORDS, FF,
@@ -54,15 +64,7 @@ def _masked_mm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_R: tl.constexpr, GROUP_M: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    # grouped launch order: GROUP_M row tiles share each column tile of W while it is in L2
-    pid = tl.program_id(0)
-    num_m = tl.cdiv(M, BLOCK_M)
-    num_p = tl.cdiv(P, BLOCK_P)
-    per_group = GROUP_M * num_p
-    first_m = (pid // per_group) * GROUP_M
-    group_size = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_size
-    pid_p = (pid % per_group) // group_size
+    pid_m, pid_p = _grouped_tile(tl.program_id(0), tl.cdiv(M, BLOCK_M), tl.cdiv(P, BLOCK_P), GROUP_M)
 
     rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     rp = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -124,15 +126,8 @@ def _dw_kernel(
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_B: tl.constexpr, GROUP_N: tl.constexpr,
     DOT_PREC: tl.constexpr,
 ):
-    pid = tl.program_id(0)
     split = tl.program_id(1)
-    num_n = tl.cdiv(N, BLOCK_N)
-    num_k = tl.cdiv(K, BLOCK_K)
-    per_group = GROUP_N * num_k
-    first_n = (pid // per_group) * GROUP_N
-    group_size = tl.minimum(num_n - first_n, GROUP_N)
-    pid_n = first_n + (pid % per_group) % group_size
-    pid_k = (pid % per_group) // group_size
+    pid_n, pid_k = _grouped_tile(tl.program_id(0), tl.cdiv(N, BLOCK_N), tl.cdiv(K, BLOCK_K), GROUP_N)
 
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rk = pid_k * BLOCK_K + tl.arange(0, BLOCK_K)

@@ -53,7 +53,7 @@ def _rowwise_adam_kernel(
 
 @torch.no_grad()
 def rowwise_adam_triton_(weight, exp_avg, exp_avg_sq, rows, grad, step, lr, beta1, beta2, eps, mode, padding_idx):
-    from ..embedding_adam import segment_rows
+    from ...embedding_adam import segment_rows
 
     uniq, offsets, bag_sorted, div = segment_rows(rows, mode, padding_idx)
     U = int(uniq.numel())

@@ -1,4 +1,4 @@
-"""The Triton backend: the five entry points of ncs_kernels/reference.py as Triton kernels.
+"""The Triton backend: the five entry points of backends/protocol.Backend as Triton kernels.
 
 Runs on CUDA tensors (fp32, fp16, bf16; fp32 accumulation), and on CPU tensors under the Triton
 interpreter (TRITON_INTERPRET=1 set before triton is imported; fp32 only, as bf16 tl.dot is
