@@ -1,18 +1,229 @@
-"""Shapes, masks and comparison helpers shared by the cross-backend op tests."""
+"""The one case matrix of the kernel tests, and the helpers every kernel test shares.
+
+Targets. A target is one backend on one device type (and, for `cuda`, one GEMM strategy):
+
+  cpu-cpu              C++ kernels (ncs_kernels._C)                 fp32, fp64
+  triton-cpu           Triton kernels in the Triton interpreter      fp32, small shapes only
+  triton-cuda          Triton kernels on the GPU                     fp32 (+ fp16/bf16 on LOW_PRECISION cases)
+  cuda[cublas|fused]   CUDA C++ kernels, both GEMM strategies         fp32, fp16, bf16
+
+Each target has its own case list per op and dtype: (shape, density) pairs, the shapes COMMON to
+every target (B = 1, sizes off every 32-bit word and block size, K = 1680 the paper's width) plus
+the target's own (the cpu's word-boundary shapes, Triton's split-batch dW, CUDA's multi-tile
+shapes). `linear_cases()`, `cross_cases()` and `adam_cases()` turn them into pytest params;
+targets that cannot run here are kept and skipped with the reason (no GPU, interpreter off).
+
+Internals. The tests import ncs_kernels through its public names where they can (`nk.*`,
+backend="..." strings). What they must reach below that (a backend module's entry points, the
+Triton launch helpers, the compiled extension) is imported HERE only, so a move of those modules
+is fixed in this one place.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import pytest
 import torch
 
 import ncs_kernels as nk
 from ncs_kernels import reference as ref
+from ncs_kernels import _backends
 
-# (B, K, N): B = 1, K and N not multiples of 32 or of any block size, K = 1680 (the paper's width)
-LINEAR_SHAPES = [(1, 1, 1), (1, 33, 5), (7, 31, 3), (5, 70, 33), (3, 1680, 9), (16, 64, 32), (13, 100, 17)]
-# (B, F, d, N)
-CROSS_SHAPES = [(1, 1, 1, 1), (3, 2, 3, 5), (5, 3, 8, 7), (2, 20, 3, 9), (4, 27, 1, 3), (1, 20, 64, 3), (3, 2, 64, 4)]
+from conftest import backend_device_params
+
+# ---- internals: the one place tests reach below the public API --------------------------------
+
+
+def _import_first(*names: str):
+    """The first of the modules `names` that exists (modules move between package layouts)."""
+    for name in names:
+        try:
+            return importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name is None or not name.startswith(e.name):
+                raise  # the module exists but an import inside it failed: a real error
+    raise ModuleNotFoundError(f"none of {names} is importable")
+
+
+def impl(backend: str):
+    """The entry points (masked_linear_forward, ...) of a backend, by its public name."""
+    return _backends.impl(backend)
+
+
+def why_unavailable(backend: str, device_type: Optional[str] = None) -> Optional[str]:
+    return _backends.why_unavailable(backend, device_type)
+
+
+def triton_module(name: Optional[str] = None):
+    """ncs_kernels' Triton backend package, or one of its modules (masked_linear, _common, ...)."""
+    pkg = ("ncs_kernels.backends.triton", "ncs_kernels.triton")
+    return _import_first(*(p + ("." + name if name else "") for p in pkg))
+
+
+def resolve(backend: str, tensor: torch.Tensor) -> str:
+    """The concrete backend that runs a call on `tensor` ("auto" resolved)."""
+    return _backends.resolve(backend, tensor)
+
+
+def native():
+    """The compiled extension ncs_kernels._C (None when not built; nk.native_error() says why)."""
+    return nk.native()
+
+
+# ---- the targets and their case lists ----------------------------------------------------------
+
+F32, F64, F16, BF16 = torch.float32, torch.float64, torch.float16, torch.bfloat16
+LOW_PRECISION = (F16, BF16)
 DENSITIES = [0.0, 1.0, 0.5]
-LOW_PRECISION = (torch.float16, torch.bfloat16)
+# the gradient subsets a backend is asked for (autograd asks only for what is needed)
+NEEDS = [(True, False, False), (False, True, False), (False, False, True), (True, True, False)]
 
+
+def _grid(shapes, densities=DENSITIES):
+    return [(s, d) for s in shapes for d in densities]
+
+
+# masked_linear (B, K, N)
+LINEAR_COMMON = [(1, 1, 1), (1, 33, 5), (7, 31, 3), (5, 70, 33), (3, 1680, 9), (16, 64, 32), (13, 100, 17)]
+LINEAR_CPU = [(1, 31, 5), (3, 33, 4), (5, 70, 9), (16, 1680, 12), (8, 32, 1), (4, 64, 33)]
+LINEAR_TRITON = [(2, 31, 33), (3, 70, 1), (70, 33, 5)]  # 70 > 32 rows: the split-batch dW
+LINEAR_CUDA = [(130, 100, 65), (257, 1680, 130)]  # several M and N tiles
+LINEAR_LOW_PRECISION = [(67, 1680, 129)]
+# cross_masked_linear (B, F, d, N); the width is F*F + F*d
+CROSS_COMMON = [(1, 1, 1, 1), (3, 2, 3, 5), (5, 3, 8, 7), (2, 20, 3, 9), (4, 27, 1, 3), (1, 20, 64, 3), (3, 2, 64, 4)]
+CROSS_CPU = [(1, 1, 1, 3), (2, 2, 3, 5), (3, 3, 8, 4), (4, 20, 64, 6), (5, 3, 1, 7), (2, 20, 3, 2), (3, 2, 64, 33)]
+CROSS_TRITON = [(3, f, d, 5) for f in (1, 2, 3, 20) for d in (1, 3, 8) if (f, d) != (2, 3)]
+CROSS_CUDA = [(130, 20, 64, 70)]
+CROSS_LOW_PRECISION = [(65, 20, 64, 129)]
+# masked Adam (N, K, density)
+ADAM_COMMON = [(1, 1, 1.0), (5, 33, 0.5), (7, 70, 0.0), (3, 100, 0.3), (1, 1680, 0.5)]
+ADAM_CPU_F64 = [(6, 1, 0.5), (6, 33, 0.5), (6, 70, 0.7)]
+ADAM_TRITON = [(19, 70, 0.5), (3, 33, 0.0), (3, 33, 1.0)]
+ADAM_CUDA = [(1, 1, 0.5), (7, 33, 0.5), (64, 1680, 0.5), (1, 1000, 0.5)]
+
+
+@dataclass(frozen=True)
+class Target:
+    """One backend on one device type; the case lists map a dtype to its (shape, density) pairs."""
+
+    backend: str
+    device: str
+    linear: Dict[torch.dtype, list]
+    cross: Dict[torch.dtype, list]
+    adam: Dict[torch.dtype, list]
+    strategy: Optional[str] = None  # cuda: the GEMM strategy ("cublas" | "fused")
+    marks: tuple = field(default=(), compare=False)
+
+    @property
+    def id(self) -> str:
+        return f"{self.backend}-{self.device}" + (f"-{self.strategy}" if self.strategy else "")
+
+    @property
+    def interpreted(self) -> bool:
+        """Runs in the Triton interpreter: every launch is slow, so cases stay few and small."""
+        return self.backend == "triton" and self.device == "cpu"
+
+    @contextlib.contextmanager
+    def running(self):
+        """The target's run-time settings, for the duration of one test."""
+        if self.strategy is None:
+            yield
+            return
+        ext = native()
+        prev = ext.cuda_gemm_strategy()
+        ext.set_cuda_gemm_strategy(self.strategy)
+        try:
+            yield
+        finally:
+            ext.set_cuda_gemm_strategy(prev)
+
+
+def _targets() -> List[Target]:
+    marks = {p.id: p.marks for p in backend_device_params()}
+    cpu = Target("cpu", "cpu",
+                 linear={F32: _grid(LINEAR_COMMON + LINEAR_CPU), F64: _grid(LINEAR_COMMON + LINEAR_CPU)},
+                 cross={F32: _grid(CROSS_COMMON + CROSS_CPU), F64: _grid(CROSS_COMMON + CROSS_CPU)},
+                 adam={F32: ADAM_COMMON, F64: ADAM_CPU_F64}, marks=marks["cpu-cpu"])
+    triton_cases = dict(linear={F32: _grid(LINEAR_COMMON + LINEAR_TRITON)},
+                        cross={F32: _grid(CROSS_COMMON) + _grid(CROSS_TRITON, [0.5]) + _grid([(4, 3, 8, 33)], [0.0, 1.0])
+                               + _grid([(1, 2, 3, 1)], [0.5])},
+                        adam={F32: ADAM_COMMON + ADAM_TRITON})
+    triton_cpu = Target("triton", "cpu", **triton_cases, marks=marks["triton-cpu"])
+    triton_cuda = Target("triton", "cuda",
+                         linear={**triton_cases["linear"], F16: _grid(LINEAR_LOW_PRECISION, [0.5]),
+                                 BF16: _grid(LINEAR_LOW_PRECISION, [0.5])},
+                         cross={**triton_cases["cross"], F16: _grid(CROSS_LOW_PRECISION, [0.5]),
+                                BF16: _grid(CROSS_LOW_PRECISION, [0.5])},
+                         adam=triton_cases["adam"], marks=marks["triton-cuda"])
+    out = [cpu, triton_cpu, triton_cuda]
+    for strategy in ("cublas", "fused"):
+        lin = _grid(LINEAR_COMMON + LINEAR_CUDA)
+        cro = _grid(CROSS_COMMON + CROSS_CUDA)
+        out.append(Target("cuda", "cuda", strategy=strategy,
+                          linear={F32: lin, F16: lin + _grid(LINEAR_LOW_PRECISION, [0.5]),
+                                  BF16: lin + _grid(LINEAR_LOW_PRECISION, [0.5])},
+                          cross={F32: cro, F16: cro + _grid(CROSS_LOW_PRECISION, [0.5]),
+                                 BF16: cro + _grid(CROSS_LOW_PRECISION, [0.5])},
+                          adam={F32: ADAM_COMMON + ADAM_CUDA}, marks=marks["cuda-cuda"]))
+    return out
+
+
+TARGETS = _targets()
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+def _cases(op: str, targets=None) -> list:
+    out = []
+    for t in targets or TARGETS:
+        for dtype, cases in getattr(t, op).items():
+            for shape, density in cases:
+                sid = "x".join(map(str, shape))
+                out.append(pytest.param(t, dtype, shape, density, marks=t.marks,
+                                        id=f"{t.id}-{_dtype_name(dtype)}-{sid}-d{density:g}"))
+    return out
+
+
+def linear_cases():
+    """(target, dtype, (B, K, N), density) for every target."""
+    return _cases("linear")
+
+
+def cross_cases():
+    """(target, dtype, (B, F, d, N), density) for every target."""
+    return _cases("cross")
+
+
+def adam_cases():
+    """(target, dtype, (N, K), density) for every target (density is part of the Adam case lists)."""
+    out = []
+    for t in TARGETS:
+        for dtype, cases in t.adam.items():
+            for n, k, density in cases:
+                out.append(pytest.param(t, dtype, (n, k), density, marks=t.marks,
+                                        id=f"{t.id}-{_dtype_name(dtype)}-{n}x{k}-d{density:g}"))
+    return out
+
+
+def target_params(targets=None) -> list:
+    """One param per target (each CUDA GEMM strategy its own), for tests that are not a matrix."""
+    return [pytest.param(t, marks=t.marks, id=t.id) for t in targets or TARGETS]
+
+
+def one_per_backend() -> list:
+    """One param per (backend, device): the CUDA strategies collapsed into the default one."""
+    return target_params([t for t in TARGETS if t.strategy in (None, "cublas")])
+
+
+# ---- inputs -------------------------------------------------------------------------------------
 
 def make_mask(n, k, density, device="cpu", seed=0):
+    """(bool mask [n, k], its packed int32 form) on `device`; density 0 and 1 exactly, else random."""
     g = torch.Generator().manual_seed(seed)
     if density in (0.0, 1.0):
         m = torch.full((n, k), bool(density))
@@ -26,11 +237,41 @@ def randn(*shape, scale=1.0, dtype=torch.float32, device="cpu", seed=0):
     return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype=dtype, device=device)
 
 
-def assert_close(actual, expected, name, rtol=2e-4, atol_scale=2e-4):
-    """Compare with a tolerance relative to the magnitude of the expected tensor."""
+def linear_inputs(b, k, n, density, dtype=torch.float32, device="cpu", seed=0):
+    """x, w, bias, dy, bool mask, packed mask of one masked_linear case."""
+    x = randn(b, k, dtype=dtype, device=device, seed=seed)
+    w = randn(n, k, scale=k ** -0.5, dtype=dtype, device=device, seed=seed + 1)
+    bias = randn(n, dtype=dtype, device=device, seed=seed + 2)
+    dy = randn(b, n, dtype=dtype, device=device, seed=seed + 3)
+    m, packed = make_mask(n, k, density, device, seed)
+    return x, w, bias, dy, m, packed
+
+
+def cross_inputs(b, f, d, n, density, dtype=torch.float32, device="cpu", seed=0):
+    """emb, w, bias, dy, bool mask, packed mask of one cross_masked_linear case."""
+    k = f * f + f * d
+    emb = randn(b, f, d, scale=0.5, dtype=dtype, device=device, seed=seed)
+    w = randn(n, k, scale=k ** -0.5, dtype=dtype, device=device, seed=seed + 1)
+    bias = randn(n, dtype=dtype, device=device, seed=seed + 2)
+    dy = randn(b, n, dtype=dtype, device=device, seed=seed + 3)
+    m, packed = make_mask(n, k, density, device, seed)
+    return emb, w, bias, dy, m, packed
+
+
+# ---- comparisons ----------------------------------------------------------------------------------
+
+TOL = {torch.float32: (2e-4, 2e-4), torch.float64: (1e-9, 1e-9), torch.float16: (1e-3, 1e-3),
+       torch.bfloat16: (1e-2, 1e-2)}
+
+
+def assert_close(actual, expected, name, rtol=None, atol_scale=None):
+    """Compare with a tolerance relative to the magnitude of the expected tensor (per dtype)."""
     assert actual is not None, f"{name}: backend returned None"
     assert actual.shape == expected.shape, f"{name}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert actual.dtype == expected.dtype, f"{name}: dtype {actual.dtype} != {expected.dtype}"
+    d_rtol, d_atol = TOL.get(expected.dtype, TOL[torch.float32])
+    rtol = d_rtol if rtol is None else rtol
+    atol_scale = d_atol if atol_scale is None else atol_scale
     scale = max(1.0, float(expected.abs().max())) if expected.numel() else 1.0
     torch.testing.assert_close(actual, expected, rtol=rtol, atol=atol_scale * scale, msg=lambda m: f"{name}: {m}")
 
@@ -44,4 +285,46 @@ def assert_low_precision_close(actual, expected_lp, expected_fp32, name):
     assert err <= 2 * own + floor, f"{name}: error {err:.3g} > 2 x torch's own {own:.3g} + {floor:.3g}"
 
 
-__all__ = ["LINEAR_SHAPES", "CROSS_SHAPES", "DENSITIES", "make_mask", "randn", "assert_close", "ref"]
+def check_against_reference(name: str, got, ref_fn: Callable, args: Sequence):
+    """`got` against ref_fn(*args) in got's dtype; fp16/bf16: within twice the reference's own
+    low-precision error against ref_fn on fp32 copies of the inputs."""
+    want = ref_fn(*args)
+    if want.dtype in LOW_PRECISION:
+        assert got.dtype == want.dtype, f"{name}: dtype {got.dtype} != {want.dtype}"
+        assert got.shape == want.shape, f"{name}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+        up = [a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a for a in args]
+        if got.numel():
+            assert_low_precision_close(got, want, ref_fn(*up), name)
+    else:
+        assert_close(got, want, name)
+
+
+def assert_exact_zero_outside(dw, m, name="dW"):
+    """The masked gradient scatter: exactly +0.0 where the bit is 0 (not -0.0, not tiny)."""
+    off = dw[~m]
+    assert bool((off == 0).all()) and not bool(torch.signbit(off).any()), f"{name} is not exactly +0 outside the mask"
+
+
+# ---- the textbook Adam step (hand-written, independent of ncs_kernels.reference) -----------------
+
+def textbook_adam(p, g, m_, v_, step, keep, lr, betas, eps, wd, decoupled):
+    """One Adam (L2 decay) / AdamW (decoupled) step on one tensor, masked element-wise by `keep`
+    (None: every element); returns the new (p, m, v)."""
+    g = g.clone()
+    if wd and not decoupled:
+        g = g + wd * p
+    m_new = betas[0] * m_ + (1 - betas[0]) * g
+    v_new = betas[1] * v_ + (1 - betas[1]) * g * g
+    upd = (m_new / (1 - betas[0] ** step)) / ((v_new / (1 - betas[1] ** step)).sqrt() + eps)
+    p_new = p * (1 - lr * wd) if (wd and decoupled) else p.clone()
+    p_new = p_new - lr * upd
+    keep = torch.ones_like(p, dtype=torch.bool) if keep is None else keep
+    return torch.where(keep, p_new, p), torch.where(keep, m_new, m_), torch.where(keep, v_new, v_)
+
+
+Shape = Tuple[int, ...]
+
+__all__ = ["TARGETS", "Target", "linear_cases", "cross_cases", "adam_cases", "target_params", "one_per_backend",
+           "DENSITIES", "NEEDS", "LOW_PRECISION", "make_mask", "randn", "linear_inputs", "cross_inputs",
+           "assert_close", "assert_low_precision_close", "check_against_reference", "assert_exact_zero_outside",
+           "textbook_adam", "impl", "resolve", "why_unavailable", "triton_module", "native", "ref"]
