@@ -68,6 +68,18 @@ def resolve(backend: str, tensor: torch.Tensor) -> str:
     return _backends.resolve(backend, tensor)
 
 
+def popcount_words(words: torch.Tensor) -> torch.Tensor:
+    """Set bits per int32 word (ncs_kernels.masks' helper behind nk.popcount)."""
+    from ncs_kernels.masks import _popcount_words
+
+    return _popcount_words(words)
+
+
+def embedding_adam():
+    """ncs_kernels' fused embedding-bag backward + row-wise sparse Adam module."""
+    return importlib.import_module("ncs_kernels.embedding_adam")
+
+
 def native():
     """The compiled extension ncs_kernels._C (None when not built; nk.native_error() says why)."""
     return nk.native()
@@ -79,7 +91,7 @@ F32, F64, F16, BF16 = torch.float32, torch.float64, torch.float16, torch.bfloat1
 LOW_PRECISION = (F16, BF16)
 DENSITIES = [0.0, 1.0, 0.5]
 # the gradient subsets a backend is asked for (autograd asks only for what is needed)
-NEEDS = [(True, False, False), (False, True, False), (False, False, True), (True, True, False)]
+NEEDS = [(True, False, False), (False, True, False), (False, False, True), (True, True, False), (False, True, True)]
 
 
 def _grid(shapes, densities=DENSITIES):
@@ -103,6 +115,11 @@ ADAM_COMMON = [(1, 1, 1.0), (5, 33, 0.5), (7, 70, 0.0), (3, 100, 0.3), (1, 1680,
 ADAM_CPU_F64 = [(6, 1, 0.5), (6, 33, 0.5), (6, 70, 0.7)]
 ADAM_TRITON = [(19, 70, 0.5), (3, 33, 0.0), (3, 33, 1.0)]
 ADAM_CUDA = [(1, 1, 0.5), (7, 33, 0.5), (64, 1680, 0.5), (1, 1000, 0.5)]
+
+# the property-based tests (test_fuzz_ops.py): every backend that runs on CPU tensors here, the
+# largest size drawn (the Triton interpreter: small) and the dtypes
+FUZZ_MAX = {"torch": 300, "cpu": 300, "triton": 40}
+FUZZ_DTYPES = {"torch": [F32, F64], "cpu": [F32, F64], "triton": [F32]}
 
 
 @dataclass(frozen=True)
@@ -324,7 +341,7 @@ def textbook_adam(p, g, m_, v_, step, keep, lr, betas, eps, wd, decoupled):
 
 Shape = Tuple[int, ...]
 
-__all__ = ["TARGETS", "Target", "linear_cases", "cross_cases", "adam_cases", "target_params", "one_per_backend",
+__all__ = ["TARGETS", "FUZZ_MAX", "FUZZ_DTYPES", "Target", "linear_cases", "cross_cases", "adam_cases", "target_params", "one_per_backend",
            "DENSITIES", "NEEDS", "LOW_PRECISION", "make_mask", "randn", "linear_inputs", "cross_inputs",
            "assert_close", "assert_low_precision_close", "check_against_reference", "assert_exact_zero_outside",
-           "textbook_adam", "impl", "resolve", "why_unavailable", "triton_module", "native", "ref"]
+           "textbook_adam", "impl", "resolve", "popcount_words", "embedding_adam", "why_unavailable", "triton_module", "native", "ref"]

@@ -4,7 +4,9 @@ against the pure-PyTorch reference; the optimizer's state round trip."""
 import pytest
 import torch
 
-from ncs_kernels import embedding_adam as EA
+from _cases import embedding_adam
+
+EA = embedding_adam()
 
 BACKENDS = ["torch", "cpu", "triton"]
 

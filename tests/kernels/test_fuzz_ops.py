@@ -17,7 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import ncs_kernels as nk
-from ncs_kernels import reference as ref
+
+from _cases import FUZZ_DTYPES, FUZZ_MAX, make_mask, randn, ref
 
 N_EXAMPLES = int(os.environ.get("NCS_FUZZ_EXAMPLES", "40"))
 LONG = "NCS_FUZZ_EXAMPLES" in os.environ
@@ -41,10 +42,9 @@ def _report():
     print("\nhypothesis examples tried: " + ", ".join(f"{k} {v}" for k, v in sorted(COUNTS.items())))
 
 
-BACKENDS = ["torch", "cpu", "triton"]  # every backend that runs on CPU tensors here
-MAX = {"torch": 300, "cpu": 300, "triton": 40}
-DTYPES = {"torch": [torch.float32, torch.float64], "cpu": [torch.float32, torch.float64],
-          "triton": [torch.float32]}
+BACKENDS = list(FUZZ_MAX)  # every backend that runs on CPU tensors here
+MAX = FUZZ_MAX
+DTYPES = FUZZ_DTYPES
 TOL = {torch.float32: (2e-4, 2e-4), torch.float64: (1e-9, 1e-9)}
 
 
@@ -53,15 +53,13 @@ def masks(draw, n, k):
     """A bool mask [n, k]: density 0, 1 or random, by a seeded generator (fast for 300 x 300)."""
     kind = draw(st.sampled_from(["zeros", "ones", "random"]))
     if kind != "random":
-        return torch.full((n, k), kind == "ones")
+        return make_mask(n, k, float(kind == "ones"))[0]
     p = draw(st.floats(0.0, 1.0))
-    g = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    return torch.rand(n, k, generator=g) < p
+    return make_mask(n, k, p, seed=draw(st.integers(0, 2**31 - 1)))[0]
 
 
 def _randn(shape, dtype, seed, scale=1.0):
-    g = torch.Generator().manual_seed(seed)
-    return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+    return randn(*shape, scale=scale, dtype=dtype, seed=seed)
 
 
 def _maybe_noncontiguous(t, flag):
@@ -88,6 +86,25 @@ def _call_public(op, args, backend):
         return op(*[a.contiguous() if isinstance(a, torch.Tensor) else a for a in args], backend=backend)
 
 
+def _check_public_op(op, ref_forward, ref_backward, inp0, w0, b0, m, dy, dtype, noncontig, backend, names):
+    """op(inp, w, packed, bias) through autograd on (possibly non-contiguous) copies of the inputs:
+    output and every gradient against the reference in float64; dW exactly 0 outside the mask."""
+    packed = nk.pack_mask(m)
+    inp = _maybe_noncontiguous(inp0.clone(), noncontig).requires_grad_(True)
+    w = _maybe_noncontiguous(w0.clone(), noncontig).requires_grad_(True)
+    bias = b0.clone().requires_grad_(True) if b0 is not None else None
+    y = _call_public(op, (inp, w, packed, bias), backend)
+    y.backward(dy)
+    ind, wd = inp0.double(), w0.double()
+    _close(y.detach(), ref_forward(ind, wd, packed, None if b0 is None else b0.double()), dtype, "y")
+    rdi, rdw, rdb = ref_backward(dy.double(), ind, wd, packed)
+    _close(inp.grad, rdi, dtype, names[0])
+    _close(w.grad, rdw, dtype, "dW")
+    assert bool((w.grad[~m] == 0).all()), "dW not exactly 0 outside the mask"
+    if bias is not None:
+        _close(bias.grad, rdb, dtype, "db")
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_fuzz_masked_linear(backend):
     @_settings(backend)
@@ -107,21 +124,8 @@ def test_fuzz_masked_linear(backend):
         b0 = _randn((n,), dtype, seed + 2) if with_bias else None
         for t in range(ntasks):  # one mask per task on the same weight, as in a shared layer
             m = data.draw(masks(n, k), f"mask{t}")
-            packed = nk.pack_mask(m)
-            x = _maybe_noncontiguous(x0.clone(), noncontig).requires_grad_(True)
-            w = _maybe_noncontiguous(w0.clone(), noncontig).requires_grad_(True)
-            bias = b0.clone().requires_grad_(True) if b0 is not None else None
-            y = _call_public(nk.masked_linear, (x, w, packed, bias), backend)
-            dy = _randn((b, n), dtype, seed + 3 + t)
-            y.backward(dy)
-            xd, wd, dyd = x0.double(), w0.double(), dy.double()
-            _close(y.detach(), ref.masked_linear_forward(xd, wd, packed, None if b0 is None else b0.double()), dtype, "y")
-            rdx, rdw, rdb = ref.masked_linear_backward(dyd, xd, wd, packed)
-            _close(x.grad, rdx, dtype, "dx")
-            _close(w.grad, rdw, dtype, "dW")
-            assert bool((w.grad[~m] == 0).all()), "dW not exactly 0 outside the mask"
-            if bias is not None:
-                _close(bias.grad, rdb, dtype, "db")
+            _check_public_op(nk.masked_linear, ref.masked_linear_forward, ref.masked_linear_backward, x0, w0, b0, m,
+                             _randn((b, n), dtype, seed + 3 + t), dtype, noncontig, backend, ("dx",))
         _count(f"masked_linear[{backend}]")
 
     check()
@@ -143,24 +147,11 @@ def test_fuzz_cross_masked_linear(backend):
         seed = data.draw(st.integers(0, 10**6), "seed")
         k = f * f + f * d
         m = data.draw(masks(n, k), "mask")
-        packed = nk.pack_mask(m)
         e0 = _randn((b, f, d), dtype, seed, 0.5)
         w0 = _randn((n, k), dtype, seed + 1, k ** -0.5)
         b0 = _randn((n,), dtype, seed + 2) if with_bias else None
-        emb = _maybe_noncontiguous(e0.clone(), noncontig).requires_grad_(True)
-        w = _maybe_noncontiguous(w0.clone(), noncontig).requires_grad_(True)
-        bias = b0.clone().requires_grad_(True) if b0 is not None else None
-        y = _call_public(nk.cross_masked_linear, (emb, w, packed, bias), backend)
-        dy = _randn((b, n), dtype, seed + 3)
-        y.backward(dy)
-        ed, wd = e0.double(), w0.double()
-        _close(y.detach(), ref.cross_masked_linear_forward(ed, wd, packed, None if b0 is None else b0.double()), dtype, "y")
-        rde, rdw, rdb = ref.cross_masked_linear_backward(dy.double(), ed, wd, packed)
-        _close(emb.grad, rde, dtype, "d emb")
-        _close(w.grad, rdw, dtype, "dW")
-        assert bool((w.grad[~m] == 0).all()), "dW not exactly 0 outside the mask"
-        if bias is not None:
-            _close(bias.grad, rdb, dtype, "db")
+        _check_public_op(nk.cross_masked_linear, ref.cross_masked_linear_forward, ref.cross_masked_linear_backward,
+                         e0, w0, b0, m, _randn((b, n), dtype, seed + 3), dtype, noncontig, backend, ("d emb",))
         _count(f"cross_masked_linear[{backend}]")
 
     check()
