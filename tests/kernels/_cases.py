@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
 import pytest
 import torch
@@ -103,13 +103,15 @@ LINEAR_COMMON = [(1, 1, 1), (1, 33, 5), (7, 31, 3), (5, 70, 33), (3, 1680, 9), (
 LINEAR_CPU = [(1, 31, 5), (3, 33, 4), (5, 70, 9), (16, 1680, 12), (8, 32, 1), (4, 64, 33)]
 LINEAR_TRITON = [(2, 31, 33), (3, 70, 1), (70, 33, 5)]  # 70 > 32 rows: the split-batch dW
 LINEAR_CUDA = [(130, 100, 65), (257, 1680, 130)]  # several M and N tiles
-LINEAR_LOW_PRECISION = [(67, 1680, 129)]
+LINEAR_LOW_PRECISION = [((67, 1680, 129), 0.5)]  # (shape, density) pairs
 # cross_masked_linear (B, F, d, N); the width is F*F + F*d
 CROSS_COMMON = [(1, 1, 1, 1), (3, 2, 3, 5), (5, 3, 8, 7), (2, 20, 3, 9), (4, 27, 1, 3), (1, 20, 64, 3), (3, 2, 64, 4)]
 CROSS_CPU = [(1, 1, 1, 3), (2, 2, 3, 5), (3, 3, 8, 4), (4, 20, 64, 6), (5, 3, 1, 7), (2, 20, 3, 2), (3, 2, 64, 33)]
-CROSS_TRITON = [(3, f, d, 5) for f in (1, 2, 3, 20) for d in (1, 3, 8) if (f, d) != (2, 3)]
+# (shape, density) pairs: F x d around the interpreter's block sizes, a wide and a one-output layer
+CROSS_TRITON = ([((3, f, d, 5), 0.5) for f in (1, 2, 3, 20) for d in (1, 3, 8) if (f, d) != (2, 3)]
+                + [((4, 3, 8, 33), 0.0), ((4, 3, 8, 33), 1.0), ((1, 2, 3, 1), 0.5)])
 CROSS_CUDA = [(130, 20, 64, 70)]
-CROSS_LOW_PRECISION = [(65, 20, 64, 129)]
+CROSS_LOW_PRECISION = [((65, 20, 64, 129), 0.5)]
 # masked Adam (N, K, density)
 ADAM_COMMON = [(1, 1, 1.0), (5, 33, 0.5), (7, 70, 0.0), (3, 100, 0.3), (1, 1680, 0.5)]
 ADAM_CPU_F64 = [(6, 1, 0.5), (6, 33, 0.5), (6, 70, 0.7)]
@@ -165,25 +167,20 @@ def _targets() -> List[Target]:
                  cross={F32: _grid(CROSS_COMMON + CROSS_CPU), F64: _grid(CROSS_COMMON + CROSS_CPU)},
                  adam={F32: ADAM_COMMON, F64: ADAM_CPU_F64}, marks=marks["cpu-cpu"])
     triton_cases = dict(linear={F32: _grid(LINEAR_COMMON + LINEAR_TRITON)},
-                        cross={F32: _grid(CROSS_COMMON) + _grid(CROSS_TRITON, [0.5]) + _grid([(4, 3, 8, 33)], [0.0, 1.0])
-                               + _grid([(1, 2, 3, 1)], [0.5])},
+                        cross={F32: _grid(CROSS_COMMON) + CROSS_TRITON},
                         adam={F32: ADAM_COMMON + ADAM_TRITON})
     triton_cpu = Target("triton", "cpu", **triton_cases, marks=marks["triton-cpu"])
     triton_cuda = Target("triton", "cuda",
-                         linear={**triton_cases["linear"], F16: _grid(LINEAR_LOW_PRECISION, [0.5]),
-                                 BF16: _grid(LINEAR_LOW_PRECISION, [0.5])},
-                         cross={**triton_cases["cross"], F16: _grid(CROSS_LOW_PRECISION, [0.5]),
-                                BF16: _grid(CROSS_LOW_PRECISION, [0.5])},
+                         linear={**triton_cases["linear"], F16: LINEAR_LOW_PRECISION, BF16: LINEAR_LOW_PRECISION},
+                         cross={**triton_cases["cross"], F16: CROSS_LOW_PRECISION, BF16: CROSS_LOW_PRECISION},
                          adam=triton_cases["adam"], marks=marks["triton-cuda"])
     out = [cpu, triton_cpu, triton_cuda]
     for strategy in ("cublas", "fused"):
         lin = _grid(LINEAR_COMMON + LINEAR_CUDA)
         cro = _grid(CROSS_COMMON + CROSS_CUDA)
         out.append(Target("cuda", "cuda", strategy=strategy,
-                          linear={F32: lin, F16: lin + _grid(LINEAR_LOW_PRECISION, [0.5]),
-                                  BF16: lin + _grid(LINEAR_LOW_PRECISION, [0.5])},
-                          cross={F32: cro, F16: cro + _grid(CROSS_LOW_PRECISION, [0.5]),
-                                 BF16: cro + _grid(CROSS_LOW_PRECISION, [0.5])},
+                          linear={F32: lin, F16: lin + LINEAR_LOW_PRECISION, BF16: lin + LINEAR_LOW_PRECISION},
+                          cross={F32: cro, F16: cro + CROSS_LOW_PRECISION, BF16: cro + CROSS_LOW_PRECISION},
                           adam={F32: ADAM_COMMON + ADAM_CUDA}, marks=marks["cuda-cuda"]))
     return out
 
@@ -322,6 +319,80 @@ def assert_exact_zero_outside(dw, m, name="dW"):
     assert bool((off == 0).all()) and not bool(torch.signbit(off).any()), f"{name} is not exactly +0 outside the mask"
 
 
+# ---- the two layer ops: op(inp, weight, packed, bias), backward(dy, inp, weight, packed, needs) ----
+
+GRAD_NAMES = {"masked_linear": ("dx", "dW", "db"), "cross_masked_linear": ("d(emb)", "dW", "db")}
+
+
+def check_layer_op(target: Target, op: str, inputs, partial: bool = True):
+    """A backend's <op>_forward (with and without bias) and <op>_backward (every gradient; and,
+    when `partial`, each subset in NEEDS alone) against the reference; dW exactly +0 off the mask."""
+    inp, w, bias, dy, m, packed = inputs
+    be = impl(target.backend)
+    fwd, bwd = getattr(be, f"{op}_forward"), getattr(be, f"{op}_backward")
+    rfwd, rbwd = getattr(ref, f"{op}_forward"), getattr(ref, f"{op}_backward")
+    names = GRAD_NAMES[op]
+    with target.running():
+        y, y0 = fwd(inp, w, packed, bias), fwd(inp, w, packed, None)
+        grads = bwd(dy, inp, w, packed, True, True, True)
+        parts = [(nd, bwd(dy, inp, w, packed, *nd)) for nd in NEEDS] if partial else []
+    check_against_reference("y", y, lambda i_, w_, b_: rfwd(i_, w_, packed, b_), (inp, w, bias))
+    check_against_reference("y (no bias)", y0, lambda i_, w_: rfwd(i_, w_, packed, None), (inp, w))
+    for i, (got, name) in enumerate(zip(grads, names)):
+        check_against_reference(name, got, lambda d_, i_, w_: rbwd(d_, i_, w_, packed)[i], (dy, inp, w))
+    assert_exact_zero_outside(grads[1], m)
+    # a gradient asked for alone is the one computed with all three; one not asked for is None
+    for needs, part in parts:
+        for got, full, need, name in zip(part, grads, needs, names):
+            if need:
+                assert_close(got, full, f"{name} alone")
+            else:
+                assert got is None, f"{name} was not asked for but was computed"
+
+
+def check_needs(target: Target, op: str, inputs, needs):
+    """<op>_backward asked for the subset `needs` computes exactly those, each as the reference."""
+    inp, w, _, dy, _, packed = inputs
+    got = getattr(impl(target.backend), f"{op}_backward")(dy, inp, w, packed, *needs)
+    want = getattr(ref, f"{op}_backward")(dy, inp, w, packed)
+    for g, r, need, name in zip(got, want, needs, GRAD_NAMES[op]):
+        if need:
+            assert_close(g, r, name)
+        else:
+            assert g is None, f"{name} was not asked for but was computed"
+
+
+def layer_op_tests(op: str):
+    """The two matrix tests of a layer op, for the op's test module to bind by name:
+
+        test_kernels_match_reference, test_backward_respects_needs = layer_op_tests("masked_linear")
+
+    test_kernels_match_reference: every target over its case list (check_layer_op; each gradient
+    subset alone too, except in the slow Triton interpreter, where the second test covers them).
+    test_backward_respects_needs: each subset in NEEDS on one shape, on every backend."""
+    cases, inputs, needs_shape = {"masked_linear": (linear_cases, linear_inputs, (6, 45, 7)),
+                                  "cross_masked_linear": (cross_cases, cross_inputs, (4, 3, 5, 6))}[op]
+
+    @pytest.mark.parametrize("target,dtype,shape,density", cases())
+    def test_kernels_match_reference(target, dtype, shape, density):
+        check_layer_op(target, op, inputs(*shape, density, dtype, target.device), partial=not target.interpreted)
+
+    @pytest.mark.parametrize("target", one_per_backend())
+    @pytest.mark.parametrize("needs", NEEDS)
+    def test_backward_respects_needs(target, needs):
+        check_needs(target, op, inputs(*needs_shape, 0.5, torch.float32, target.device), needs)
+
+    return test_kernels_match_reference, test_backward_respects_needs
+
+
+def autograd_results(fn, inputs, weight):
+    """(y, the gradient of every input) of (fn(*inputs) * weight).sum(), on fresh leaf copies."""
+    leaves = [v.clone().requires_grad_(True) for v in inputs]
+    y = fn(*leaves)
+    (y * weight).sum().backward()
+    return (y.detach(),) + tuple(leaf.grad for leaf in leaves)
+
+
 # ---- the textbook Adam step (hand-written, independent of ncs_kernels.reference) -----------------
 
 def textbook_adam(p, g, m_, v_, step, keep, lr, betas, eps, wd, decoupled):
@@ -337,11 +408,3 @@ def textbook_adam(p, g, m_, v_, step, keep, lr, betas, eps, wd, decoupled):
     p_new = p_new - lr * upd
     keep = torch.ones_like(p, dtype=torch.bool) if keep is None else keep
     return torch.where(keep, p_new, p), torch.where(keep, m_new, m_), torch.where(keep, v_new, v_)
-
-
-Shape = Tuple[int, ...]
-
-__all__ = ["TARGETS", "FUZZ_MAX", "FUZZ_DTYPES", "Target", "linear_cases", "cross_cases", "adam_cases", "target_params", "one_per_backend",
-           "DENSITIES", "NEEDS", "LOW_PRECISION", "make_mask", "randn", "linear_inputs", "cross_inputs",
-           "assert_close", "assert_low_precision_close", "check_against_reference", "assert_exact_zero_outside",
-           "textbook_adam", "impl", "resolve", "popcount_words", "embedding_adam", "why_unavailable", "triton_module", "native", "ref"]

@@ -105,93 +105,97 @@ def _check_public_op(op, ref_forward, ref_backward, inp0, w0, b0, m, dy, dtype, 
         _close(bias.grad, rdb, dtype, "db")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_fuzz_masked_linear(backend):
-    @_settings(backend)
-    @given(data=st.data())
-    def check(data):
-        hi = MAX[backend]
-        b = data.draw(st.integers(1, min(hi, 64)), "B")
-        k = data.draw(st.integers(1, hi), "K")
-        n = data.draw(st.integers(1, hi), "N")
-        dtype = data.draw(st.sampled_from(DTYPES[backend]), "dtype")
-        ntasks = data.draw(st.integers(1, 3), "tasks")
-        noncontig = data.draw(st.booleans(), "non-contiguous")
-        with_bias = data.draw(st.booleans(), "bias")
-        seed = data.draw(st.integers(0, 10**6), "seed")
-        x0 = _randn((b, k), dtype, seed)
-        w0 = _randn((n, k), dtype, seed + 1, k ** -0.5)
-        b0 = _randn((n,), dtype, seed + 2) if with_bias else None
-        for t in range(ntasks):  # one mask per task on the same weight, as in a shared layer
-            m = data.draw(masks(n, k), f"mask{t}")
-            _check_public_op(nk.masked_linear, ref.masked_linear_forward, ref.masked_linear_backward, x0, w0, b0, m,
-                             _randn((b, n), dtype, seed + 3 + t), dtype, noncontig, backend, ("dx",))
-        _count(f"masked_linear[{backend}]")
-
-    check()
+def _draw_weight(data, backend, n, k):
+    """The draws both layer ops share: dtype, layout, bias, seed; and the weight [n, k] and bias."""
+    dtype = data.draw(st.sampled_from(DTYPES[backend]), "dtype")
+    noncontig = data.draw(st.booleans(), "non-contiguous")
+    with_bias = data.draw(st.booleans(), "bias")
+    seed = data.draw(st.integers(0, 10**6), "seed")
+    w0 = _randn((n, k), dtype, seed + 1, k ** -0.5)
+    b0 = _randn((n,), dtype, seed + 2) if with_bias else None
+    return dtype, noncontig, seed, w0, b0
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_fuzz_cross_masked_linear(backend):
-    @_settings(backend)
-    @given(data=st.data())
-    def check(data):
-        small = backend == "triton"
-        b = data.draw(st.integers(1, 8 if small else 32), "B")
-        f = data.draw(st.integers(1, 4 if small else 16), "F")
-        d = data.draw(st.integers(1, 4 if small else 16), "d")
-        n = data.draw(st.integers(1, 16 if small else 300), "N")
-        dtype = data.draw(st.sampled_from(DTYPES[backend]), "dtype")
-        noncontig = data.draw(st.booleans(), "non-contiguous")
-        with_bias = data.draw(st.booleans(), "bias")
-        seed = data.draw(st.integers(0, 10**6), "seed")
-        k = f * f + f * d
-        m = data.draw(masks(n, k), "mask")
-        e0 = _randn((b, f, d), dtype, seed, 0.5)
-        w0 = _randn((n, k), dtype, seed + 1, k ** -0.5)
-        b0 = _randn((n,), dtype, seed + 2) if with_bias else None
-        _check_public_op(nk.cross_masked_linear, ref.cross_masked_linear_forward, ref.cross_masked_linear_backward,
-                         e0, w0, b0, m, _randn((b, n), dtype, seed + 3), dtype, noncontig, backend, ("d emb",))
-        _count(f"cross_masked_linear[{backend}]")
+def _fuzz_test(name, case):
+    """A test of `case(data, backend)` on every backend, hypothesis drawing the examples."""
+    @pytest.mark.parametrize("backend", BACKENDS)
+    def test(backend):
+        @_settings(backend)
+        @given(data=st.data())
+        def check(data):
+            case(data, backend)
+            _count(f"{name}[{backend}]")
 
-    check()
+        check()
+
+    return test
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_fuzz_masked_adam_step(backend):
-    @_settings(backend)
-    @given(data=st.data())
-    def check(data):
-        hi = MAX[backend]
-        n = data.draw(st.integers(1, hi), "N")
-        k = data.draw(st.integers(1, hi), "K")
-        dtype = data.draw(st.sampled_from(DTYPES[backend]), "dtype")
-        masked = data.draw(st.booleans(), "masked")
-        m = data.draw(masks(n, k), "mask")
-        packed = nk.pack_mask(m) if masked else None
-        step = data.draw(st.integers(1, 1000), "step")
-        lr = data.draw(st.floats(1e-5, 1e-1), "lr")
-        b1 = data.draw(st.floats(0.0, 0.99), "beta1")
-        b2 = data.draw(st.floats(0.9, 0.9999), "beta2")
-        wd = data.draw(st.sampled_from([0.0, 1e-2]), "weight_decay")
-        decoupled = data.draw(st.booleans(), "decoupled")
-        seed = data.draw(st.integers(0, 10**6), "seed")
-        p, g, ea = (_randn((n, k), dtype, seed + i) for i in range(3))
-        eas = _randn((n, k), dtype, seed + 3).abs()
-        mine = [t.clone() for t in (p, ea, eas)]
-        want = [t.double().clone() for t in (p, ea, eas)]
-        nk.masked_adam_step_(mine[0], g, mine[1], mine[2], packed, step, lr, b1, b2, 1e-8, wd, decoupled,
-                             backend=backend)
-        ref.masked_adam_step_(want[0], g.double(), want[1], want[2], packed, step, lr, b1, b2, 1e-8, wd, decoupled)
-        for got, exp, name in zip(mine, want, ("param", "exp_avg", "exp_avg_sq")):
-            rtol, atol = (1e-5, 1e-6) if dtype == torch.float32 else (1e-10, 1e-12)
-            torch.testing.assert_close(got.double(), exp, rtol=rtol, atol=atol, msg=lambda s: f"{name}: {s}")
-        if masked:  # strict: bit-identical outside the mask
-            for got, old in zip(mine, (p, ea, eas)):
-                assert torch.equal(got[~m], old[~m])
-        _count(f"masked_adam_step[{backend}]")
+def _masked_linear_case(data, backend):
+    hi = MAX[backend]
+    b = data.draw(st.integers(1, min(hi, 64)), "B")
+    k = data.draw(st.integers(1, hi), "K")
+    n = data.draw(st.integers(1, hi), "N")
+    dtype, noncontig, seed, w0, b0 = _draw_weight(data, backend, n, k)
+    ntasks = data.draw(st.integers(1, 3), "tasks")
+    x0 = _randn((b, k), dtype, seed)
+    for t in range(ntasks):  # one mask per task on the same weight, as in a shared layer
+        m = data.draw(masks(n, k), f"mask{t}")
+        _check_public_op(nk.masked_linear, ref.masked_linear_forward, ref.masked_linear_backward, x0, w0, b0, m,
+                         _randn((b, n), dtype, seed + 3 + t), dtype, noncontig, backend, ("dx",))
 
-    check()
+
+test_fuzz_masked_linear = _fuzz_test("masked_linear", _masked_linear_case)
+
+
+def _cross_masked_linear_case(data, backend):
+    small = backend == "triton"
+    b = data.draw(st.integers(1, 8 if small else 32), "B")
+    f = data.draw(st.integers(1, 4 if small else 16), "F")
+    d = data.draw(st.integers(1, 4 if small else 16), "d")
+    n = data.draw(st.integers(1, 16 if small else 300), "N")
+    k = f * f + f * d
+    dtype, noncontig, seed, w0, b0 = _draw_weight(data, backend, n, k)
+    m = data.draw(masks(n, k), "mask")
+    e0 = _randn((b, f, d), dtype, seed, 0.5)
+    _check_public_op(nk.cross_masked_linear, ref.cross_masked_linear_forward, ref.cross_masked_linear_backward,
+                     e0, w0, b0, m, _randn((b, n), dtype, seed + 3), dtype, noncontig, backend, ("d emb",))
+
+
+test_fuzz_cross_masked_linear = _fuzz_test("cross_masked_linear", _cross_masked_linear_case)
+
+
+def _masked_adam_step_case(data, backend):
+    hi = MAX[backend]
+    n = data.draw(st.integers(1, hi), "N")
+    k = data.draw(st.integers(1, hi), "K")
+    dtype = data.draw(st.sampled_from(DTYPES[backend]), "dtype")
+    masked = data.draw(st.booleans(), "masked")
+    m = data.draw(masks(n, k), "mask")
+    packed = nk.pack_mask(m) if masked else None
+    step = data.draw(st.integers(1, 1000), "step")
+    lr = data.draw(st.floats(1e-5, 1e-1), "lr")
+    b1 = data.draw(st.floats(0.0, 0.99), "beta1")
+    b2 = data.draw(st.floats(0.9, 0.9999), "beta2")
+    wd = data.draw(st.sampled_from([0.0, 1e-2]), "weight_decay")
+    decoupled = data.draw(st.booleans(), "decoupled")
+    seed = data.draw(st.integers(0, 10**6), "seed")
+    p, g, ea = (_randn((n, k), dtype, seed + i) for i in range(3))
+    eas = _randn((n, k), dtype, seed + 3).abs()
+    mine = [t.clone() for t in (p, ea, eas)]
+    want = [t.double().clone() for t in (p, ea, eas)]
+    nk.masked_adam_step_(mine[0], g, mine[1], mine[2], packed, step, lr, b1, b2, 1e-8, wd, decoupled,
+                         backend=backend)
+    ref.masked_adam_step_(want[0], g.double(), want[1], want[2], packed, step, lr, b1, b2, 1e-8, wd, decoupled)
+    for got, exp, name in zip(mine, want, ("param", "exp_avg", "exp_avg_sq")):
+        rtol, atol = (1e-5, 1e-6) if dtype == torch.float32 else (1e-10, 1e-12)
+        torch.testing.assert_close(got.double(), exp, rtol=rtol, atol=atol, msg=lambda s: f"{name}: {s}")
+    if masked:  # strict: bit-identical outside the mask
+        for got, old in zip(mine, (p, ea, eas)):
+            assert torch.equal(got[~m], old[~m])
+
+
+test_fuzz_masked_adam_step = _fuzz_test("masked_adam_step", _masked_adam_step_case)
 
 
 @_settings("torch")

@@ -5,8 +5,8 @@ import torch
 
 import ncs_kernels as nk
 
-from _cases import (NEEDS, assert_close, assert_exact_zero_outside, check_against_reference, cross_cases, cross_inputs,
-                    impl, make_mask, one_per_backend, randn, ref)
+from _cases import (assert_close, assert_exact_zero_outside, autograd_results, layer_op_tests, make_mask,
+                    one_per_backend, randn, ref)
 
 
 def test_feature_cross_layout():
@@ -28,43 +28,8 @@ def test_feature_cross_backward_matches_autograd():
     torch.testing.assert_close(ref.feature_cross_backward(dz, emb.detach()), emb.grad)
 
 
-@pytest.mark.parametrize("target,dtype,shape,density", cross_cases())
-def test_kernels_match_reference(target, dtype, shape, density):
-    b, f, d, n = shape
-    emb, w, bias, dy, m, packed = cross_inputs(b, f, d, n, density, dtype, target.device)
-    be = impl(target.backend)
-    with target.running():
-        y = be.cross_masked_linear_forward(emb, w, packed, bias)
-        y0 = be.cross_masked_linear_forward(emb, w, packed, None)
-        grads = be.cross_masked_linear_backward(dy, emb, w, packed, True, True, True)
-        partial = [] if target.interpreted else [(nd, be.cross_masked_linear_backward(dy, emb, w, packed, *nd))
-                                                 for nd in NEEDS]
-    check_against_reference("y", y, lambda e_, w_, b_: ref.cross_masked_linear_forward(e_, w_, packed, b_), (emb, w, bias))
-    check_against_reference("y (no bias)", y0, lambda e_, w_: ref.cross_masked_linear_forward(e_, w_, packed, None),
-                            (emb, w))
-    for i, (got, name) in enumerate(zip(grads, ("d(emb)", "dW", "db"))):
-        check_against_reference(name, got, lambda d_, e_, w_: ref.cross_masked_linear_backward(d_, e_, w_, packed)[i],
-                                (dy, emb, w))
-    assert_exact_zero_outside(grads[1], m)
-    for needs, part in partial:
-        for got, full, need, name in zip(part, grads, needs, ("d(emb)", "dW", "db")):
-            if need:
-                assert_close(got, full, f"{name} alone")
-            else:
-                assert got is None, f"{name} was not asked for but was computed"
-
-
-@pytest.mark.parametrize("target", one_per_backend())
-@pytest.mark.parametrize("needs", NEEDS)
-def test_backward_respects_needs(target, needs):
-    emb, w, bias, dy, m, packed = cross_inputs(4, 3, 5, 6, 0.5, torch.float32, target.device)
-    got = impl(target.backend).cross_masked_linear_backward(dy, emb, w, packed, *needs)
-    want = ref.cross_masked_linear_backward(dy, emb, w, packed)
-    for g, r, need, name in zip(got, want, needs, ("d(emb)", "dW", "db")):
-        if need:
-            assert_close(g, r, name)
-        else:
-            assert g is None, f"{name} was not asked for but was computed"
+# every backend over its case list (_cases.py), and each gradient subset
+test_kernels_match_reference, test_backward_respects_needs = layer_op_tests("cross_masked_linear")
 
 
 @pytest.mark.parametrize("target", one_per_backend())
@@ -79,15 +44,11 @@ def test_public_op_equals_unfused_masked_linear(target, ntasks):
     b0 = randn(n, device=device, seed=2)
     for t in range(ntasks):
         m, packed = make_mask(n, k, [0.5, 0.2, 1.0][t], device, seed=20 + t)
-        results = []
-        for fused in (True, False):
-            emb, w, bias = (v.clone().requires_grad_(True) for v in (emb0, w0, b0))
-            if fused:
-                y = nk.cross_masked_linear(emb, w, packed, bias, backend=backend)
-            else:
-                y = nk.masked_linear(nk.feature_cross(emb), w, packed, bias, backend="torch")
-            (y * torch.linspace(-1, 1, n, device=device)).sum().backward()
-            results.append((y.detach(), emb.grad, w.grad, bias.grad))
+        weight = torch.linspace(-1, 1, n, device=device)
+        results = [autograd_results(lambda e, w, bias: nk.cross_masked_linear(e, w, packed, bias, backend=backend),
+                                    (emb0, w0, b0), weight),
+                   autograd_results(lambda e, w, bias: nk.masked_linear(nk.feature_cross(e), w, packed, bias,
+                                                                        backend="torch"), (emb0, w0, b0), weight)]
         for got, want, name in zip(results[0], results[1], ("y", "d(emb)", "dW", "db")):
             assert_close(got, want, f"task {t} {name}")
         assert_exact_zero_outside(results[0][2], m)
