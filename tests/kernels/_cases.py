@@ -120,6 +120,9 @@ ADAM_COMMON = [(1, 1, 1.0), (5, 33, 0.5), (7, 70, 0.0), (3, 100, 0.3), (1, 1680,
 ADAM_CPU_F64 = [(6, 1, 0.5), (6, 33, 0.5), (6, 70, 0.7)]
 ADAM_TRITON = [(19, 70, 0.5), (3, 33, 0.0), (3, 33, 1.0)]
 ADAM_CUDA = [(1, 1, 0.5), (7, 33, 0.5), (64, 1680, 0.5), (1, 1000, 0.5)]
+# the per-task Adam step on every backend (n, k, density, tasks): one-element weights, K off the
+# 32-bit word, densities 0 / 1 / 0.5, one to three tasks
+ADAM_TASK_CASES = [(1, 1, 1.0, 1), (5, 33, 0.5, 2), (7, 70, 0.0, 3), (3, 100, 0.5, 2), (2, 257, 1.0, 3), (1, 1680, 0.5, 2)]
 
 # the property-based tests (test_fuzz_ops.py): every backend that runs on CPU tensors here, the
 # largest size drawn (the Triton interpreter: small) and the dtypes
@@ -229,6 +232,13 @@ def adam_cases():
                 out.append(pytest.param(t, dtype, (n, k), density, marks=t.marks,
                                         id=f"{t.id}-{_dtype_name(dtype)}-{n}x{k}-d{density:g}"))
     return out
+
+
+def cpu_tensor_backends(*backends: str) -> list:
+    """pytest params of backends run on CPU tensors (default torch, cpu, triton), each with the
+    skip of its CPU target (triton: only in the interpreter, i.e. not on a GPU machine)."""
+    marks = {t.backend: t.marks for t in TARGETS if t.device == "cpu"}
+    return [pytest.param(b, marks=marks.get(b, ()), id=b) for b in backends or ("torch", "cpu", "triton")]
 
 
 def target_params(targets=None) -> list:

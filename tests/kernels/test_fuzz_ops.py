@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 import ncs_kernels as nk
 
-from _cases import FUZZ_DTYPES, FUZZ_MAX, make_mask, randn, ref
+from _cases import FUZZ_DTYPES, FUZZ_MAX, cpu_tensor_backends, make_mask, randn, ref
 
 N_EXAMPLES = int(os.environ.get("NCS_FUZZ_EXAMPLES", "40"))
 LONG = "NCS_FUZZ_EXAMPLES" in os.environ
@@ -42,7 +42,7 @@ def _report():
     print("\nhypothesis examples tried: " + ", ".join(f"{k} {v}" for k, v in sorted(COUNTS.items())))
 
 
-BACKENDS = list(FUZZ_MAX)  # every backend that runs on CPU tensors here
+BACKENDS = cpu_tensor_backends(*FUZZ_MAX)  # every backend that runs on CPU tensors here
 MAX = FUZZ_MAX
 DTYPES = FUZZ_DTYPES
 TOL = {torch.float32: (2e-4, 2e-4), torch.float64: (1e-9, 1e-9)}

@@ -9,11 +9,9 @@ import ncs_kernels as nk
 from ncs_kernels import reference as ref
 from ncs.train.checkpoint import flatten_optimizer, load_tensors, save_tensors, unflatten_optimizer
 
-from _cases import assert_close, make_mask, one_per_backend, randn, textbook_adam
+from _cases import ADAM_TASK_CASES as TASK_CASES, assert_close, make_mask, one_per_backend, randn, textbook_adam
 
 BACKEND_DEVICE = one_per_backend()
-# (n, k, density, tasks): odd sizes, K not a multiple of 32, one-element weights, densities 0/1/0.5
-TASK_CASES = [(1, 1, 1.0, 1), (5, 33, 0.5, 2), (7, 70, 0.0, 3), (3, 100, 0.5, 2), (2, 257, 1.0, 3), (1, 1680, 0.5, 2)]
 
 
 def _stacks(t_count, n, k, device, seed=0):
