@@ -122,7 +122,8 @@ ADAM_TRITON = [(19, 70, 0.5), (3, 33, 0.0), (3, 33, 1.0)]
 ADAM_CUDA = [(1, 1, 0.5), (7, 33, 0.5), (64, 1680, 0.5), (1, 1000, 0.5)]
 # the per-task Adam step on every backend (n, k, density, tasks): one-element weights, K off the
 # 32-bit word, densities 0 / 1 / 0.5, one to three tasks
-ADAM_TASK_CASES = [(1, 1, 1.0, 1), (5, 33, 0.5, 2), (7, 70, 0.0, 3), (3, 100, 0.5, 2), (2, 257, 1.0, 3), (1, 1680, 0.5, 2)]
+ADAM_TASK_CASES = [(1, 1, 1.0, 1), (5, 33, 0.5, 2), (7, 70, 0.0, 3), (3, 100, 0.5, 2), (2, 257, 1.0, 3),
+                   (1, 1680, 0.5, 2)]
 
 # the property-based tests (test_fuzz_ops.py): every backend that runs on CPU tensors here, the
 # largest size drawn (the Triton interpreter: small) and the dtypes

@@ -7,7 +7,7 @@ import torch
 
 import ncs_kernels as nk
 
-from _cases import impl, native, resolve
+from _cases import NEEDS, impl, native, resolve
 
 pytestmark = pytest.mark.skipif(native() is None, reason=f"ncs_kernels._C is not built: {nk.native_error()}")
 
@@ -45,7 +45,7 @@ def test_rejects_unsupported_input():
         native().apply_mask_cpu(w.float(), nk.ones_mask(4, 70))
 
 
-@pytest.mark.parametrize("need", [(True, False, False), (False, True, False), (False, False, True), (False, False, False)])
+@pytest.mark.parametrize("need", NEEDS[:3] + [(False, False, False)])
 def test_masked_linear_backward_skips_what_is_not_needed(need):
     x, w, dy = torch.randn(3, 40), torch.randn(5, 40), torch.randn(3, 5)
     packed = nk.ones_mask(5, 40)

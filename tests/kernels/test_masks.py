@@ -107,15 +107,14 @@ def test_load_rejects_corrupt_and_foreign_files(tmp_path):
         nk.load_masks(str(wrong))
 
 
-# the native extension's masking, per device: (device, dtype) with the k that cross word boundaries
-APPLY_MASK = ([pytest.param("cpu", dt, k, id=f"cpu-{dt}-{k}".replace("torch.", ""),
-                            marks=pytest.mark.skipif(native() is None, reason=f"ncs_kernels._C is not built: "
-                                                                               f"{nk.native_error()}"))
-               for dt in (torch.float32, torch.float64) for k in (1, 31, 32, 33, 70, 1680)]
-              + [pytest.param("cuda", dt, k, id=f"cuda-{dt}-{k}".replace("torch.", ""),
-                              marks=pytest.mark.skipif(why_unavailable("cuda", "cuda") is not None,
-                                                       reason=f"cuda backend unavailable: {why_unavailable('cuda', 'cuda')}"))
-                 for dt in (torch.float32, torch.float16, torch.bfloat16) for k in (1, 31, 32, 33, 1680)])
+# the native extension's masking, per device: its dtypes, with K around the 32-bit word boundaries
+_NATIVE_WHY = {"cpu": None if native() is not None else f"ncs_kernels._C is not built: {nk.native_error()}",
+               "cuda": why_unavailable("cuda", "cuda")}
+APPLY_MASK = [pytest.param(dev, dt, k, id=f"{dev}-{str(dt)[6:]}-{k}",
+                           marks=pytest.mark.skipif(_NATIVE_WHY[dev] is not None, reason=str(_NATIVE_WHY[dev])))
+              for dev, dtypes, ks in (("cpu", (torch.float32, torch.float64), (1, 31, 32, 33, 70, 1680)),
+                                      ("cuda", (torch.float32, torch.float16, torch.bfloat16), (1, 31, 32, 33, 1680)))
+              for dt in dtypes for k in ks]
 
 
 @pytest.mark.parametrize("device,dtype,k", APPLY_MASK)

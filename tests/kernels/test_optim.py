@@ -75,7 +75,7 @@ def test_public_step_empty_and_full_mask(target):
 
 
 @pytest.mark.parametrize("dtype", LOW_PRECISION)
-@pytest.mark.parametrize("target", target_params([t for t in TARGETS if t.backend == "cuda" and t.strategy == "cublas"]))
+@pytest.mark.parametrize("target", target_params([t for t in TARGETS if t.id == "cuda-cuda-cublas"]))
 def test_step_low_precision_state(target, dtype):
     """fp16 / bf16 weight and state: computed in fp32, rounded once to the state dtype."""
     n, k, device = 9, 70, target.device

@@ -43,7 +43,7 @@ def _check_cross(b, f, d, n, density, seed=0, splits=None):
 @pytest.mark.parametrize("splits", [1, 2, 3])
 def test_dw_split_batch_is_deterministic(splits):
     """dW summed over batch splits equals the reference and is bitwise reproducible."""
-    x, w, dy = randn(130, 45, device=DEVICE, seed=3), randn(6, 45, device=DEVICE, seed=4), randn(130, 6, device=DEVICE, seed=5)
+    x, w, dy = (randn(*shape, device=DEVICE, seed=seed) for shape, seed in (((130, 45), 3), ((6, 45), 4), ((130, 6), 5)))
     m, p = make_mask(6, 45, 0.5, DEVICE, seed=3)
     cfg = _common.dw_config(130, 6, 45, torch.float32, 4, splits)
     assert cfg.splits == splits
