@@ -17,6 +17,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 CUDA_DIR = ROOT / "csrc" / "cuda"
@@ -85,14 +86,20 @@ def test_cu_compiles_alone(source, arch, tmp_path):
     assert (tmp_path / "out.o").stat().st_size > 0
 
 
-@needs_nvcc
-def test_host_api_header_parses_with_host_compiler(tmp_path):
+def _host_toolchain():
+    """(CUDA include directory, host C++ compiler), or skip saying which is missing."""
     inc = _cuda_include()
     if inc is None:
         pytest.skip("CUDA include directory not found")
     cxx = os.environ.get("CXX", "g++")
     if shutil.which(cxx) is None:
         pytest.skip(f"host compiler {cxx} not found")
+    return inc, cxx
+
+
+@needs_nvcc
+def test_host_api_header_parses_with_host_compiler(tmp_path):
+    inc, cxx = _host_toolchain()
     src = tmp_path / "host_api.cpp"
     src.write_text('#include "cuda/ncs_cuda.cuh"\nint main() { return 0; }\n')
     _run([cxx, "-std=c++17", "-fsyntax-only", "-Wall", "-Werror", "-I", "csrc", "-isystem", inc, str(src)])
@@ -100,13 +107,7 @@ def test_host_api_header_parses_with_host_compiler(tmp_path):
 
 @needs_nvcc
 def test_cuda_backend_cpp_syntax():
-    inc = _cuda_include()
-    if inc is None:
-        pytest.skip("CUDA include directory not found")
-    cxx = os.environ.get("CXX", "g++")
-    if shutil.which(cxx) is None:
-        pytest.skip(f"host compiler {cxx} not found")
-    torch = pytest.importorskip("torch")
+    inc, cxx = _host_toolchain()
     tdir = Path(torch.__file__).resolve().parent / "include"
     defs = ["-DNCS_WITH_CUDA"]
     if not (tdir / "c10" / "cuda" / "impl" / "cuda_cmake_macros.h").is_file():

@@ -4,9 +4,11 @@ against the pure-PyTorch reference; the optimizer's state round trip."""
 import pytest
 import torch
 
-from ncs_kernels import embedding_adam as EA
+from _cases import cpu_tensor_backends, embedding_adam
 
-BACKENDS = ["torch", "cpu", "triton"]
+EA = embedding_adam()
+
+BACKENDS = cpu_tensor_backends()
 
 
 def _ids(bags, L, V, pad, dup, seed):
@@ -93,7 +95,10 @@ def test_forward_equals_embedding_bag():
 
 
 # the Triton kernel computes in fp32 registers: fp64 tables are for the reference and cpu
-@pytest.mark.parametrize("backend,dtype", [("cpu", torch.float32), ("cpu", torch.float64), ("triton", torch.float32)])
+@pytest.mark.parametrize("backend,dtype", [
+    pytest.param(p.values[0], dt, marks=p.marks, id=f"{p.id}-{str(dt)[6:]}")
+    for p, dtypes in zip(cpu_tensor_backends("cpu", "triton"), ([torch.float32, torch.float64], [torch.float32]))
+    for dt in dtypes])
 def test_backends_match_the_reference(backend, dtype):
     for bags, L, V, d, pad, dup in CASES:
         for mode in ("mean", "sum"):

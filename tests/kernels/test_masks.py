@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ncs_kernels as nk
-from ncs_kernels.masks import _popcount_words
+from _cases import make_mask, native, popcount_words, randn, ref, why_unavailable
 
 
 def _bool_masks(max_n=9, max_k=100):
@@ -15,8 +15,7 @@ def _bool_masks(max_n=9, max_k=100):
 
 
 def _mask(n, k, seed, p):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, k, generator=g) < p
+    return make_mask(n, k, p, seed=seed)[0]
 
 
 @settings(max_examples=150, deadline=None)
@@ -55,7 +54,7 @@ def test_popcount_density_overlap(args, seed2, p2):
 
 def test_popcount_words_sign_bit():
     words = torch.tensor([-1, 0, 1, -(2**31), 2**31 - 1], dtype=torch.int32)
-    assert _popcount_words(words).tolist() == [32, 0, 1, 1, 31]
+    assert popcount_words(words).tolist() == [32, 0, 1, 1, 31]
 
 
 def test_pack_rejects_bad_input():
@@ -106,3 +105,33 @@ def test_load_rejects_corrupt_and_foreign_files(tmp_path):
     save_file({"l/ctr": torch.zeros(2, 1, dtype=torch.int32)}, str(wrong), metadata=meta)
     with pytest.raises(ValueError, match="l/ctr"):
         nk.load_masks(str(wrong))
+
+
+# the native extension's masking, per device: its dtypes, with K around the 32-bit word boundaries
+_NATIVE_WHY = {"cpu": None if native() is not None else f"ncs_kernels._C is not built: {nk.native_error()}",
+               "cuda": why_unavailable("cuda", "cuda")}
+APPLY_MASK = [pytest.param(dev, dt, k, id=f"{dev}-{str(dt)[6:]}-{k}",
+                           marks=pytest.mark.skipif(_NATIVE_WHY[dev] is not None, reason=str(_NATIVE_WHY[dev])))
+              for dev, dtypes, ks in (("cpu", (torch.float32, torch.float64), (1, 31, 32, 33, 70, 1680)),
+                                      ("cuda", (torch.float32, torch.float16, torch.bfloat16), (1, 31, 32, 33, 1680)))
+              for dt in dtypes for k in ks]
+
+
+@pytest.mark.parametrize("device,dtype,k", APPLY_MASK)
+def test_native_apply_mask_and_mask_inplace_exact(device, dtype, k):
+    """_C.apply_mask_<device> and mask_inplace_<device> against the reference, bit for bit."""
+    w = randn(7, k, dtype=dtype, device=device, seed=k)
+    w[0, 0] = float("nan")  # masking is a select: NaN/Inf under a 0 bit become exactly +0.0
+    w[-1, -1] = float("inf")
+    m, _ = make_mask(7, k, 0.5, device, seed=k)
+    m[0, 0] = False
+    m[-1, -1] = False
+    packed = nk.pack_mask(m)
+    expect = ref.apply_mask(w, packed)
+    got = getattr(native(), f"apply_mask_{device}")(w, packed)
+    assert got.dtype == dtype and got.shape == w.shape
+    assert torch.equal(got, expect)
+    assert not torch.signbit(got[~m]).any()  # +0.0, not -0.0
+    t = w.clone()
+    getattr(native(), f"mask_inplace_{device}")(t, packed)
+    assert torch.equal(t, expect)

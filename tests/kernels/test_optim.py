@@ -4,42 +4,96 @@ import pytest
 import torch
 
 import ncs_kernels as nk
-from ncs_kernels import reference as ref
 
-from conftest import backend_device_params
-from _cases import assert_close, make_mask, randn
+from _cases import (LOW_PRECISION, TARGETS, adam_cases, assert_close, impl, make_mask, one_per_backend, randn, ref,
+                    target_params, textbook_adam)
 
-BACKEND_DEVICE = backend_device_params()
+WD = [(False, 0.0), (False, 0.1), (True, 0.01)]  # (decoupled, weight_decay): Adam, Adam + L2, AdamW
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
-@pytest.mark.parametrize("decoupled,wd", [(False, 0.0), (False, 0.1), (True, 0.01)])
-@pytest.mark.parametrize("n,k,density", [(1, 1, 1.0), (5, 33, 0.5), (7, 70, 0.0), (3, 100, 0.3), (1, 1680, 0.5)])
-def test_step_matches_reference(backend, device, n, k, density, decoupled, wd):
-    m, packed = make_mask(n, k, density, device)
-    state = [randn(n, k, device=device, seed=s) for s in range(3)]
+@pytest.mark.parametrize("decoupled,wd", WD, ids=["adam", "adam-l2", "adamw"])
+@pytest.mark.parametrize("target,dtype,shape,density", adam_cases())
+def test_step_matches_reference(target, dtype, shape, density, decoupled, wd):
+    """Several steps alternating two tasks' masks and unmasked steps; strict: every masked step
+    leaves the off-mask weight and moments bit-identical."""
+    n, k = shape
+    device = target.device
+    m_a, packed_a = make_mask(n, k, density, device)
+    m_b, packed_b = make_mask(n, k, 0.7, device, seed=1)
+    state = [randn(n, k, dtype=dtype, device=device, seed=s) for s in range(3)]
     state[2] = state[2].abs()  # exp_avg_sq >= 0
     mine = [t.clone() for t in state]
     theirs = [t.clone() for t in state]
-    for step in (1, 2, 3):
-        g = randn(n, k, device=device, seed=10 + step)
-        for masks in (packed, None):
-            nk._backends.impl(backend).masked_adam_step_(mine[0], g, mine[1], mine[2], masks, step, 1e-2, 0.9, 0.999, 1e-8, wd, decoupled)
-            ref.masked_adam_step_(theirs[0], g, theirs[1], theirs[2], masks, step, 1e-2, 0.9, 0.999, 1e-8, wd, decoupled)
+    be = impl(target.backend)
+    for step in (1, 7):  # the first step and a later bias correction; 6 calls in all
+        g = randn(n, k, dtype=dtype, device=device, seed=10 + step)
+        for m, packed in ((m_a, packed_a), (m_b, packed_b), (None, None)):
+            before = [t.clone() for t in mine]
+            hp = (packed, step, 1e-2, 0.9, 0.999, 1e-8, wd, decoupled)
+            be.masked_adam_step_(mine[0], g, mine[1], mine[2], *hp)
+            ref.masked_adam_step_(theirs[0], g, theirs[1], theirs[2], *hp)
+            if m is not None:
+                for after, old, name in zip(mine, before, ("param", "exp_avg", "exp_avg_sq")):
+                    assert torch.equal(after[~m], old[~m]), f"{name} moved outside the mask"
+    tol = dict(rtol=1e-5, atol_scale=1e-6) if dtype == torch.float32 else {}
     for a, b, name in zip(mine, theirs, ("param", "exp_avg", "exp_avg_sq")):
-        assert_close(a, b, name, rtol=1e-5, atol_scale=1e-6)
+        assert_close(a, b, name, **tol)
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
-def test_strict_leaves_masked_out_weights_bit_identical(backend, device):
+@pytest.mark.parametrize("target", one_per_backend())
+def test_strict_leaves_masked_out_weights_bit_identical(target):
+    device = target.device
     m, packed = make_mask(6, 45, 0.5, device)
     p = randn(6, 45, device=device)
     ea, eas = randn(6, 45, device=device, seed=1), randn(6, 45, device=device, seed=2).abs()
     before = [t.clone() for t in (p, ea, eas)]
-    nk._backends.impl(backend).masked_adam_step_(p, randn(6, 45, device=device, seed=3), ea, eas, packed, 4, 0.1, 0.9, 0.99, 1e-8, 0.1, True)
+    impl(target.backend).masked_adam_step_(p, randn(6, 45, device=device, seed=3), ea, eas, packed, 4, 0.1, 0.9, 0.99,
+                                           1e-8, 0.1, True)
     for after, old in zip((p, ea, eas), before):
         assert torch.equal(after[~m], old[~m])
         assert not torch.equal(after[m], old[m])
+
+
+@pytest.mark.parametrize("target", one_per_backend())
+def test_public_step_empty_and_full_mask(target):
+    """Through nk.masked_adam_step_: an all-zero mask changes nothing, bit for bit; an all-ones
+    mask is the plain step."""
+    device = target.device
+    state = [randn(3, 33, device=device, seed=s) for s in range(4)]
+    state[3] = state[3].abs()
+    ours = [t.clone() for t in state]
+    _, p0 = make_mask(3, 33, 0.0, device)
+    nk.masked_adam_step_(*ours, p0, 1, 1e-3, backend=target.backend)
+    for a, e in zip(ours, state):
+        assert torch.equal(a, e)
+    _, p1 = make_mask(3, 33, 1.0, device)
+    theirs = [t.clone() for t in state]
+    nk.masked_adam_step_(*ours, p1, 1, 1e-3, weight_decay=0.01, decoupled=True, backend=target.backend)
+    ref.masked_adam_step_(*theirs, None, 1, 1e-3, 0.9, 0.999, 1e-8, 0.01, True)
+    for a, e, name in zip(ours, theirs, ("param", "grad", "exp_avg", "exp_avg_sq")):
+        assert_close(a, e, name, rtol=1e-6, atol_scale=1e-7)
+
+
+@pytest.mark.parametrize("dtype", LOW_PRECISION)
+@pytest.mark.parametrize("target", target_params([t for t in TARGETS if t.id == "cuda-cuda-cublas"]))
+def test_step_low_precision_state(target, dtype):
+    """fp16 / bf16 weight and state: computed in fp32, rounded once to the state dtype."""
+    n, k, device = 9, 70, target.device
+    p, g = randn(n, k, seed=51, dtype=dtype, device=device), randn(n, k, seed=52, dtype=dtype, device=device)
+    m_state = randn(n, k, seed=53, scale=0.1, dtype=dtype, device=device)
+    v_state = (randn(n, k, seed=54, device=device).abs() * 0.01).to(dtype)
+    mask, packed = make_mask(n, k, 0.5, device, seed=55)
+    got = [p.clone(), g, m_state.clone(), v_state.clone()]
+    exp32 = [t.float().clone() for t in (p, g, m_state, v_state)]
+    args = (packed, 3, 1e-2, 0.9, 0.999, 1e-8, 0.01, True)
+    impl(target.backend).masked_adam_step_(*got, *args)
+    ref.masked_adam_step_(*exp32, *args)
+    for name, a, e in (("param", got[0], exp32[0]), ("exp_avg", got[2], exp32[2]), ("exp_avg_sq", got[3], exp32[3])):
+        assert a.dtype == dtype
+        torch.testing.assert_close(a.float(), e.to(dtype).float(), rtol=1e-2, atol=1e-3, msg=lambda s: f"{name}: {s}")
+    assert torch.equal(got[0][~mask], p[~mask])
+    assert torch.equal(got[2][~mask], m_state[~mask])
+    assert torch.equal(got[3][~mask], v_state[~mask])
 
 
 def _reference_adam_loop(params, grads_per_step, masks_per_step, lr, betas, eps, wd, decoupled, strict):
@@ -47,19 +101,10 @@ def _reference_adam_loop(params, grads_per_step, masks_per_step, lr, betas, eps,
     state = {i: (torch.zeros_like(p), torch.zeros_like(p)) for i, p in enumerate(params)}
     for step, (grads, masks) in enumerate(zip(grads_per_step, masks_per_step), start=1):
         for i, (p, g) in enumerate(zip(params, grads)):
-            m_, v_ = state[i]
-            g = g.clone()
-            if wd and not decoupled:
-                g = g + wd * p
-            m_new = betas[0] * m_ + (1 - betas[0]) * g
-            v_new = betas[1] * v_ + (1 - betas[1]) * g * g
-            upd = (m_new / (1 - betas[0] ** step)) / ((v_new / (1 - betas[1] ** step)).sqrt() + eps)
-            p_new = p * (1 - lr * wd) if (wd and decoupled) else p.clone()
-            p_new = p_new - lr * upd
             keep = masks.get(i) if strict else None
-            keep = torch.ones_like(p, dtype=torch.bool) if keep is None else keep
-            p.copy_(torch.where(keep, p_new, p))
-            state[i] = (torch.where(keep, m_new, m_), torch.where(keep, v_new, v_))
+            p_new, m_new, v_new = textbook_adam(p, g, *state[i], step, keep, lr, betas, eps, wd, decoupled)
+            p.copy_(p_new)
+            state[i] = (m_new, v_new)
     return params
 
 

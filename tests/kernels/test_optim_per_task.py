@@ -9,12 +9,9 @@ import ncs_kernels as nk
 from ncs_kernels import reference as ref
 from ncs.train.checkpoint import flatten_optimizer, load_tensors, save_tensors, unflatten_optimizer
 
-from conftest import backend_device_params
-from _cases import assert_close, make_mask, randn
+from _cases import ADAM_TASK_CASES as TASK_CASES, assert_close, make_mask, one_per_backend, randn, textbook_adam
 
-BACKEND_DEVICE = backend_device_params()
-# (n, k, density, tasks): odd sizes, K not a multiple of 32, one-element weights, densities 0/1/0.5
-TASK_CASES = [(1, 1, 1.0, 1), (5, 33, 0.5, 2), (7, 70, 0.0, 3), (3, 100, 0.5, 2), (2, 257, 1.0, 3), (1, 1680, 0.5, 2)]
+BACKEND_DEVICE = one_per_backend()
 
 
 def _stacks(t_count, n, k, device, seed=0):
@@ -23,11 +20,12 @@ def _stacks(t_count, n, k, device, seed=0):
     return m, v
 
 
-@pytest.mark.parametrize("backend,device", BACKEND_DEVICE)
+@pytest.mark.parametrize("target", BACKEND_DEVICE)
 @pytest.mark.parametrize("decoupled,wd", [(False, 0.0), (False, 0.1), (True, 0.01)])
 @pytest.mark.parametrize("n,k,density,t_count", TASK_CASES)
-def test_task_step_matches_reference(backend, device, n, k, density, t_count, decoupled, wd):
+def test_task_step_matches_reference(target, n, k, density, t_count, decoupled, wd):
     """Steps alternating over the tasks (each with its own step count), masked and plain."""
+    backend, device = target.backend, target.device
     masks = [make_mask(n, k, density if t % 2 == 0 else 0.5, device, seed=t)[1] for t in range(t_count)]
     p0 = randn(n, k, device=device, seed=7)
     m0, v0 = _stacks(t_count, n, k, device)
@@ -47,12 +45,13 @@ def test_task_step_matches_reference(backend, device, n, k, density, t_count, de
         assert_close(a, b, name, rtol=1e-5, atol_scale=1e-6)
 
 
-@pytest.mark.parametrize("backend,device", [pytest.param("torch", "cpu", id="torch-cpu")] + BACKEND_DEVICE)
+@pytest.mark.parametrize("target", [pytest.param(None, id="torch-cpu")] + BACKEND_DEVICE)
 @pytest.mark.parametrize("t_count,task", [(2, 0), (2, 1), (3, 1), (3, 2)])
-def test_task_step_reads_and_writes_only_its_own_moments(backend, device, t_count, task):
+def test_task_step_reads_and_writes_only_its_own_moments(target, t_count, task):
     """The defining property. Other tasks' slices: bit-identical after the step, and the result
     does not depend on them (replaced by NaN / inf, the step gives bit-identical results).
     Strict: within the own slice and the weight, off-mask entries are bit-identical too."""
+    backend, device = ("torch", "cpu") if target is None else (target.backend, target.device)
     n, k = 6, 45
     m_bool, packed = make_mask(n, k, 0.5, device)
     p0, g = randn(n, k, device=device, seed=3), randn(n, k, device=device, seed=4)
@@ -98,20 +97,6 @@ def test_task_step_validation():
 
 # ---------------------------------------------------------------------------------------------
 # The optimizer
-
-def _adam(p, g, m_, v_, step, keep, lr, betas, eps, wd, decoupled):
-    """Textbook Adam on one tensor (masked by `keep`); returns the new (p, m, v)."""
-    g = g.clone()
-    if wd and not decoupled:
-        g = g + wd * p
-    m_new = betas[0] * m_ + (1 - betas[0]) * g
-    v_new = betas[1] * v_ + (1 - betas[1]) * g * g
-    upd = (m_new / (1 - betas[0] ** step)) / ((v_new / (1 - betas[1] ** step)).sqrt() + eps)
-    p_new = p * (1 - lr * wd) if (wd and decoupled) else p.clone()
-    p_new = p_new - lr * upd
-    keep = torch.ones_like(p, dtype=torch.bool) if keep is None else keep
-    return torch.where(keep, p_new, p), torch.where(keep, m_new, m_), torch.where(keep, v_new, v_)
-
 
 def _layer_and_masks(tasks=("ctr", "cvr", "like"), k=37, n=5, seed=0):
     torch.manual_seed(seed)
@@ -161,13 +146,13 @@ def test_per_task_optimizer_matches_reference_loop(cls, wd, mode):
     for task, (gw, gb) in zip(SEQUENCE, grads):
         keep = masks[task] if (task is not None and mode == "strict") else None
         m_, v_, s = own[task] if task is not None else shared["w"]
-        w, m_, v_ = _adam(w, gw, m_, v_, s + 1, keep, lr, betas, eps, wd, dec)
+        w, m_, v_ = textbook_adam(w, gw, m_, v_, s + 1, keep, lr, betas, eps, wd, dec)
         if task is not None:
             own[task] = (m_, v_, s + 1)
         else:
             shared["w"] = (m_, v_, s + 1)
         m_, v_, s = shared["b"]
-        b, m_, v_ = _adam(b, gb, m_, v_, s + 1, None, lr, betas, eps, wd, dec)
+        b, m_, v_ = textbook_adam(b, gb, m_, v_, s + 1, None, lr, betas, eps, wd, dec)
         shared["b"] = (m_, v_, s + 1)
     torch.testing.assert_close(layer.weight.detach(), w, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(layer.bias.detach(), b, rtol=1e-5, atol=1e-6)

@@ -7,11 +7,9 @@ import pytest
 import torch
 import triton
 
-from ncs_kernels import _backends
-from ncs_kernels import reference as ref
-from ncs_kernels.backends.triton import masked_adam as MA
+from _cases import assert_close, make_mask, randn, ref, triton_module, why_unavailable
 
-from _cases import assert_close, make_mask, randn
+MA = triton_module("masked_adam")
 
 GRID_Y_LIMIT = 65535  # CUDA's limit on gridDim.y / .z; gridDim.x allows 2^31 - 1
 
@@ -106,7 +104,7 @@ def test_device_guard_selects_the_tensors_cuda_device():
         pass
 
 
-@pytest.mark.skipif(not _backends.triton_interpreting(),
+@pytest.mark.skipif(why_unavailable("triton", "cpu") is not None,
                     reason="CPU tensors need the Triton interpreter (TRITON_INTERPRET=1); the GPU runs are in test_optim*.py")
 def test_flat_kernel_matches_reference_under_the_interpreter():
     """The flat kernel really runs (interpreter): several programs, a ragged last block."""

@@ -2,24 +2,20 @@
 sum, every masked_linear launch made under the tensors' device (mocked), and the conftest rule
 that skips the triton-on-CPU cases where CUDA is present and the interpreter is off.
 """
-import os
+import contextlib
 
+import pytest
 import torch
+import triton
+import triton.language as tl
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before triton is imported
+from conftest import backend_device_params, triton_cpu_skip_reason
+from ncs_kernels import pack_mask
 
-import contextlib  # noqa: E402
+from _cases import triton_module
 
-import pytest  # noqa: E402
-
-triton = pytest.importorskip("triton")
-import triton.language as tl  # noqa: E402
-
-from conftest import backend_device_params, triton_cpu_skip_reason  # noqa: E402
-from ncs_kernels import pack_mask  # noqa: E402
-from ncs_kernels.backends.triton import _common as TC  # noqa: E402
-from ncs_kernels.backends.triton import masked_linear as ML  # noqa: E402
+TC = triton_module("_common")
+ML = triton_module("masked_linear")
 
 INTERPRET = TC.interpreting()
 DEVICE = "cpu" if INTERPRET or not torch.cuda.is_available() else "cuda"
