@@ -75,7 +75,7 @@ def cmd_train(args) -> int:
                   log=_logger(args) if rank0 else (lambda msg: None))
     if not rank0:
         return 0
-    print(results_table(results, cfg["tasks"]))
+    print(results_table(results, cfg.tasks))
     print(f"run directory: {out} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
@@ -83,7 +83,7 @@ def cmd_train(args) -> int:
 def _load_eval_data(run_dir: str, cfg: Dict[str, Any], data_arg: Optional[str]):
     """(EncodedData to evaluate, description). No --data: the run's own test split. --data
     CONFIG.yaml: that config's data and split, its test split. --data FILE: every row of FILE."""
-    from .config import load_config, merge, resolve_config
+    from .config import load_config
     from .train.runner import load_data, split_data
 
     if data_arg is None:
@@ -93,7 +93,7 @@ def _load_eval_data(run_dir: str, cfg: Dict[str, Any], data_arg: Optional[str]):
         raise UserError(f"--data: {data_arg}: no such file")
     if data_arg.lower().endswith((".yaml", ".yml")):
         other = load_config(data_arg)
-        use = resolve_config(merge(cfg, {"data": other["data"]}))
+        use = cfg.override({"data": other.data.to_dict()})
         _, _, test = split_data(use, load_data(use))
         return test, f"the test split of {data_arg}"
     import ncs.data as D
@@ -110,7 +110,7 @@ def _load_eval_data(run_dir: str, cfg: Dict[str, Any], data_arg: Optional[str]):
                         f"{data_arg} cannot be encoded like its training data; pass a config YAML instead")
     with open(vocab_path, "r", encoding="utf-8") as f:
         vocab = json.load(f)
-    opts = cfg["data"]["options"]
+    opts = cfg.data.options
     if low.endswith((".parquet", ".pq", ".csv", ".csv.gz", ".tsv")):
         if opts.get("schema") is None:
             raise UserError(f"--data: {data_arg} is a table; the run's config has no data.options.schema for it")
@@ -132,7 +132,7 @@ def cmd_eval(args) -> int:
     from .train import results_table
     from .train.batches import prepare_split
     from .train.runner import load_model, resolve_device
-    from .train.stages import ModelTrainer  # noqa: F401  (evaluate logic lives on the trainer)
+    from .train.evaluate import evaluate
 
     if getattr(args, "replay", False):
         from .serve.commands import cmd_replay
@@ -142,12 +142,12 @@ def cmd_eval(args) -> int:
     if not os.path.isfile(cfg_path):
         raise UserError(f"--run: {run_dir} is not a run directory (no config.yaml)")
     cfg = load_config(cfg_path, {"device": args.device} if args.device else None)
-    device = resolve_device(cfg["device"])
+    device = resolve_device(cfg.device)
     data, what = _load_eval_data(run_dir, cfg, args.data)
-    kinds = [k for k in cfg["models"] if os.path.isfile(os.path.join(run_dir, "models", f"{k}.safetensors"))]
+    kinds = [k for k in cfg.models if os.path.isfile(os.path.join(run_dir, "models", f"{k}.safetensors"))]
     if not kinds:
         raise UserError(f"--run: {run_dir} has no trained models (models/*.safetensors); train it first")
-    split = prepare_split(data, cfg["tasks"], cfg["data"]["click_label"], device)
+    split = prepare_split(data, cfg.tasks, cfg.data.click_label, device)
     results: Dict[str, Any] = {"models": {}, "data": what}
     for kind in kinds:
         model, fields = load_model(run_dir, kind, cfg, device)
@@ -160,33 +160,10 @@ def cmd_eval(args) -> int:
                 check_ids(data.ids, [f.vocab_size for f in fields], "--data ids")
         except ValueError as e:
             raise UserError(f"{e}; the data was encoded with another vocabulary than the run's") from None
-        results["models"][kind] = _evaluate(model, split, cfg)
+        results["models"][kind] = evaluate(model, split, cfg.tasks, cfg.train.eval_batch_size, device)
     print(json.dumps(json_safe(results), indent=2))
-    print(results_table(results, cfg["tasks"]), file=sys.stderr)
+    print(results_table(results, cfg.tasks), file=sys.stderr)
     return 0
-
-
-def _evaluate(model, split, cfg) -> Dict[str, float]:
-    import torch
-
-    from .metrics import task_metrics
-    from .train.batches import eval_slices
-
-    model.eval()
-    names = [t["name"] for t in cfg["tasks"]]
-    outs: Dict[str, list] = {t: [] for t in names}
-    with torch.no_grad():
-        for sl in eval_slices(len(split), cfg["train"]["eval_batch_size"]):
-            pred = model.predict(split.ids[sl].to(split.device))
-            for t in names:
-                outs[t].append(pred[t].float().cpu())
-    metrics: Dict[str, float] = {}
-    for t in cfg["tasks"]:
-        n = t["name"]
-        logits = torch.cat(outs[n]) if outs[n] else torch.zeros(0)
-        sp = split.spaces[n]
-        metrics.update(task_metrics(t, logits, split.targets[n].cpu(), None if sp is None else sp.cpu()))
-    return metrics
 
 
 def cmd_masks(args) -> int:
@@ -258,19 +235,19 @@ def _cmd_data_synth(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .config import demo_config, merge, resolve_config
+    from .config import demo_config
     from .train import results_table, run
 
     cfg = demo_config(args.rows)
     over = _overrides(args)
     if over:
-        cfg = resolve_config(merge(cfg, over))
+        cfg = cfg.override(over)
     out = args.out or tempfile.mkdtemp(prefix="ncs-demo-")
     log = _logger(args)
-    log(f"ncs demo: {cfg['data']['rows']} synthetic rows, models {','.join(cfg['models'])}, out {out}")
+    log(f"ncs demo: {cfg.data.rows} synthetic rows, models {','.join(cfg.models)}, out {out}")
     t0 = time.perf_counter()
     results = run(cfg, out, resume=args.resume, progress=_progress_enabled(args), log=log)
-    print(results_table(results, cfg["tasks"]))
+    print(results_table(results, cfg.tasks))
     st = results["stages"].get("connection")
     if st:
         dens = ", ".join(f"{t} {v['density']:.3f} (round {v['selected_round']})" for t, v in st["masks"].items())
@@ -286,7 +263,7 @@ def cmd_tune(args) -> int:
 
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    from .config import BACKEND_NAMES
+    from .config import BACKEND_NAMES, DEMO_ROWS
 
     p = argparse.ArgumentParser(prog="ncs", description="NCS4CVR: neuron-connection level sharing for CTR + CVR")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
@@ -401,7 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dm = sub.add_parser("demo", help="all stages and both baselines on built-in synthetic data")
     dm.add_argument("--out", help="run directory (default: a new temporary directory)")
-    dm.add_argument("--rows", type=int, help="synthetic rows (default 20000)")
+    dm.add_argument("--rows", type=int, help=f"synthetic rows (default {DEMO_ROWS})")
     dm.add_argument("--resume", action="store_true", help="continue a demo run in --out")
     dm.add_argument("--models", help="comma-separated model kinds or all (default: the paper's three)")
     dm.add_argument("--backend", choices=BACKEND_NAMES, help="ncs_kernels backend")

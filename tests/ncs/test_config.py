@@ -12,13 +12,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_defaults_complete_and_paper_like():
     cfg = defaults()
-    assert cfg["model"]["hidden"] == [512, 256, 128]
-    assert cfg["optim"]["mode"] == "strict"
-    assert cfg["optim"]["embedding_optimizer"] == "sparse_adam"
-    assert [t["weight"] for t in cfg["tasks"]] == [0.7, 0.3]
-    assert cfg["tasks"][1]["space"] == "clicked"
+    assert cfg.model.hidden == (512, 256, 128)
+    assert cfg.optim.mode == "strict"
+    assert [t.weight for t in cfg.tasks] == [0.7, 0.3]
+    assert cfg.tasks[1].space == "clicked"
     assert prune_fraction(cfg) == pytest.approx(1 - 0.2 ** 0.25)
-    assert baseline_epochs(cfg) == cfg["stages"]["warmup"]["epochs"] + cfg["stages"]["joint"]["epochs"]
+    assert baseline_epochs(cfg) == cfg.stages.warmup.epochs + cfg.stages.joint.epochs
 
 
 @pytest.mark.parametrize("given, path", [
@@ -64,9 +63,9 @@ def test_three_tasks_and_models_string():
                                                        "loss": "mse"},
                   {"name": "like", "label": "like", "loss": "focal", "weight": 0.1}],
     })
-    assert cfg["models"] == ["single", "connection"]  # fixed order: baselines first
-    assert [t["name"] for t in cfg["tasks"]] == ["ctr", "cvr", "like"]
-    assert cfg["tasks"][2]["space"] == "all"
+    assert cfg.models == ("single", "connection")  # fixed order: baselines first
+    assert [t.name for t in cfg.tasks] == ["ctr", "cvr", "like"]
+    assert cfg.tasks[2].space == "all"
 
 
 def test_file_errors(tmp_path):
@@ -86,29 +85,29 @@ def test_file_errors(tmp_path):
 def test_relative_data_path_resolved_against_config_file(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("data: {kind: tfrecord, path: sub/x.gz}\n")
-    assert load_config(str(p))["data"]["path"] == str(tmp_path / "sub" / "x.gz")
+    assert load_config(str(p)).data.path == str(tmp_path / "sub" / "x.gz")
 
 
 @pytest.mark.parametrize("name", ["paper", "lt4rec_sample", "demo"])
 def test_shipped_configs_load(name):
     cfg = load_config(str(REPO / "configs" / f"{name}.yaml"))
-    assert cfg["models"] == ["single", "layer", "connection"]
+    assert cfg.models == ("single", "layer", "connection")
 
 
 def test_paper_config_is_the_paper():
     cfg = load_config(str(REPO / "configs" / "paper.yaml"))
-    assert cfg["model"]["embed_dim"] == 64 and cfg["model"]["hidden"] == [512, 256, 128]
-    assert cfg["optim"]["lr"] == 1e-4 and cfg["train"]["batch_size"] == 4096
-    assert cfg["stages"]["masks"]["final_density"] == 0.2 and cfg["stages"]["masks"]["rounds"] == 4
-    assert [t["weight"] for t in cfg["tasks"]] == [0.7, 0.3]
+    assert cfg.model.embed_dim == 64 and cfg.model.hidden == (512, 256, 128)
+    assert cfg.optim.lr == 1e-4 and cfg.train.batch_size == 4096
+    assert cfg.stages.masks.final_density == 0.2 and cfg.stages.masks.rounds == 4
+    assert [t.weight for t in cfg.tasks] == [0.7, 0.3]
 
 
 def test_sample_config_points_at_the_shared_sample():
     cfg = load_config(str(REPO / "configs" / "lt4rec_sample.yaml"))
-    assert Path(cfg["data"]["path"]).resolve() == (REPO.parent / "shared" / "data" / "lt4rec" / "part-r-00002.gz").resolve()
+    assert Path(cfg.data.path).resolve() == (REPO.parent / "shared" / "data" / "lt4rec" / "part-r-00002.gz").resolve()
 
 
 def test_demo_yaml_matches_builtin():
     on_disk = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     assert resolve_config(on_disk) == resolve_config(DEMO_CONFIG) == demo_config()
-    assert demo_config(rows=123)["data"]["rows"] == 123
+    assert demo_config(rows=123).data.rows == 123

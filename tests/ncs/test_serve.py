@@ -559,6 +559,6 @@ def test_private_embeddings_are_refused_clearly():
     from ncs.models import build_model
     cfg = resolve_config({"models": ["connection"], "model": {"embed_dim": 4, "hidden": [8, 4], "task_embed_dim": 2}})
     for kind in ("connection", "layer"):
-        model = build_model(kind, [5, 6, 7], ["ctr", "cvr"], cfg["model"], backend="torch")
+        model = build_model(kind, [5, 6, 7], ["ctr", "cvr"], cfg.model, backend="torch")
         with pytest.raises(E.ExportError, match="task_embed_dim"):
             E.task_network(model, "cvr")

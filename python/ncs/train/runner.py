@@ -60,35 +60,35 @@ def _data_api():
 
 
 def _source(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    d = cfg["data"]
-    src: Dict[str, Any] = {"kind": d["kind"]}
-    if d["kind"] == "synthetic":
-        src.update(rows=d["rows"], seed=d["seed"], conflict=d["conflict"])
+    d = cfg.data
+    src: Dict[str, Any] = {"kind": d.kind}
+    if d.kind == "synthetic":
+        src.update(rows=d.rows, seed=d.seed, conflict=d.conflict)
     else:
-        src["path"] = d["path"]
-    src.update(d["options"])
+        src["path"] = d.path
+    src.update(d.options)
     return src
 
 
 def load_data(cfg: Dict[str, Any], with_vocab: bool = False, stats: Optional[Dict[str, int]] = None):
-    """The dataset named by cfg['data'] (an EncodedData); with_vocab: (data, vocab or None).
+    """The dataset named by cfg.data (an EncodedData); with_vocab: (data, vocab or None).
 
     Files are encoded with vocabularies built from the data; the vocab (field -> value -> id)
     is what `ncs eval --data FILE` needs to encode another file the same way. It is returned for
     file sources read directly; with data.cache_dir the cached encoding is used and no vocab is
     available (None). stats: a dict updated with the reader's counts (bad_rows skipped...)."""
     D = _data_api()
-    d = cfg["data"]
-    if d["kind"] == "encoded" or isinstance(d["path"], dict):  # streamed / given split (ncs.data.sources)
+    d = cfg.data
+    if d.kind == "encoded" or isinstance(d.path, dict):  # streamed / given split (ncs.data.sources)
         from ..data.sources import load_source
         return load_source(cfg, with_vocab)
     src = _source(cfg)
     vocab = None
     if stats is None:
         stats = {}
-    if d["kind"] == "synthetic" or d["cache_dir"] is not None or not with_vocab:
-        data = D.load_dataset(src, cache_dir=d["cache_dir"], stats=stats)
-    elif d["kind"] == "tfrecord":
+    if d.kind == "synthetic" or d.cache_dir is not None or not with_vocab:
+        data = D.load_dataset(src, cache_dir=d.cache_dir, stats=stats)
+    elif d.kind == "tfrecord":
         bad = set(src) - {"kind", "path", "max_len", "skip_corrupt", "on_bad_row"}
         if bad:  # the same check load_dataset makes
             raise D.DataError(f"data.options: unknown keys {sorted(bad)} for kind 'tfrecord'; "
@@ -98,36 +98,32 @@ def load_data(cfg: Dict[str, Any], with_vocab: bool = False, stats: Optional[Dic
                                       on_bad_row=src.get("on_bad_row", "error"))
     else:
         if "schema" not in src:
-            raise D.DataError(f"data.options.schema: a schema is needed for kind {d['kind']!r}")
-        data, vocab = D.encode_table(src["path"], src["schema"], fmt=d["kind"], stats=stats,
+            raise D.DataError(f"data.options.schema: a schema is needed for kind {d.kind!r}")
+        data, vocab = D.encode_table(src["path"], src["schema"], fmt=d.kind, stats=stats,
                                      on_bad_row=src.get("on_bad_row", "error"))
     return (data, vocab) if with_vocab else data
 
 
 def split_data(cfg: Dict[str, Any], data):
     D = _data_api()
-    s = cfg["data"]["split"]
+    s = cfg.data.split
     if hasattr(data, "split_parts"):  # encoded directories, or a {train, valid, test} mapping
-        return data.split_parts(s["by"], tuple(s["fractions"]), s["seed"])
-    return D.split(data, by=s["by"], fractions=tuple(s["fractions"]), seed=s["seed"])
+        return data.split_parts(s.by, tuple(s.fractions), s.seed)
+    return D.split(data, by=s.by, fractions=tuple(s.fractions), seed=s.seed)
 
 
 def _summary(cfg, train, valid, test) -> Dict[str, Any]:
     D = _data_api()
-    s = cfg["data"]["split"]
+    s = cfg.data.split
     if getattr(train, "streamed", False):
         from ..data.stream import part_summary
         out = part_summary([train, valid, test])
-        out.update(by=getattr(train, "split_by", None) or s["by"], fractions=s["fractions"], seed=s["seed"])
+        out.update(by=getattr(train, "split_by", None) or s.by, fractions=s.fractions, seed=s.seed)
         return out
-    try:
-        out = D.split_summary(train, valid, test, by=s["by"])
-    except TypeError:
-        out = D.split_summary(train, valid, test)
-    out = dict(out) if isinstance(out, dict) else {"summary": out}
-    out.setdefault("by", s["by"])
-    out.setdefault("fractions", s["fractions"])
-    out.setdefault("seed", s["seed"])
+    out = dict(D.split_summary(train, valid, test))
+    out.setdefault("by", s.by)
+    out.setdefault("fractions", s.fractions)
+    out.setdefault("seed", s.seed)
     return out
 
 
@@ -141,7 +137,7 @@ def _check_run_dir(cfg: Dict[str, Any], out: str, resume: bool) -> None:
                 raise RunError(f"--resume: {out} has checkpoints but no config.yaml; cannot check the config")
             return  # killed before the config was written: nothing to lose, the run simply starts
         saved = load_config(cfg_path)
-        diff = _first_difference(saved, cfg)
+        diff = _first_difference(saved.to_dict(), cfg.to_dict())
         if diff is not None:
             raise RunError(f"--resume: the config differs from {cfg_path} at {diff}; resume with the same config")
     elif has_ckpt:
@@ -163,17 +159,17 @@ def _first_difference(a: Any, b: Any, path: str = "") -> Optional[str]:
 def run(cfg: Dict[str, Any], out: str, resume: bool = False, progress: bool = False,
         log: Optional[Callable[[str], None]] = None, stop_after_checkpoints: Optional[int] = None,
         data=None) -> Dict[str, Any]:
-    """Train every model of cfg['models'] and write the run directory; returns metrics.json's dict.
+    """Train every model of cfg.models and write the run directory; returns metrics.json's dict.
 
     stop_after_checkpoints: raise StopTraining right after that many checkpoint writes (a
-    simulated kill, for tests). data: an EncodedData to use instead of cfg['data'] (tests).
+    simulated kill, for tests). data: an EncodedData to use instead of cfg.data (tests).
     """
     log = log or (lambda msg: None)
     threads = torch.get_num_threads()
-    if cfg["threads"] is not None:
-        torch.set_num_threads(cfg["threads"])
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     from .. import distributed as Dist
-    dp = Dist.init(cfg["device"])  # None unless launched by torchrun with WORLD_SIZE > 1
+    dp = Dist.init(cfg.device)  # None unless launched by torchrun with WORLD_SIZE > 1
     try:
         # a second run on `out` is a RunError naming the pid; under torchrun rank 0 holds the lock
         # (the other ranks write only to private scratch directories)
@@ -202,11 +198,11 @@ def _run_data_parallel(dp, cfg, out, resume, progress, log, stop_after_checkpoin
     import tempfile
 
     from ..distributed import check_batch
-    check_batch(dp.world_size, int(cfg["train"]["batch_size"]))
-    if cfg["loss"]["balance"] != "fixed":
+    check_batch(dp.world_size, int(cfg.train.batch_size))
+    if cfg.loss.balance != "fixed":
         # PCGrad projects and uncertainty weighting rescales per-task gradients; done per rank
         # before the all-reduce, neither would equal the one-process step, so refuse them
-        raise ConfigError(f"loss.balance: {cfg['loss']['balance']!r} is not supported under torchrun yet "
+        raise ConfigError(f"loss.balance: {cfg.loss.balance!r} is not supported under torchrun yet "
                           f"(per-rank task gradients would be combined before the all-reduce); "
                           f"set loss.balance: fixed for a distributed run")
     _check_run_dir(cfg, out, resume)  # every rank, before any writes: the same error everywhere
@@ -250,12 +246,12 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data, dist=Non
     if dist is None and resume and (_run_world_size(out) or 1) != 1:
         raise RunError(f"--resume: {out} was trained with world size {_run_world_size(out)}, now 1; resume with "
                        f"torchrun --nproc_per_node {_run_world_size(out)}")
-    device = resolve_device(cfg["device"])
-    if cfg["backend"] != "auto":
+    device = resolve_device(cfg.device)
+    if cfg.backend != "auto":
         from ncs_kernels._backends import why_unavailable
-        why = why_unavailable(cfg["backend"], device.type)
+        why = why_unavailable(cfg.backend, device.type)
         if why is not None:
-            raise ConfigError(f"backend: {cfg['backend']!r} cannot run on {device.type} here: {why}")
+            raise ConfigError(f"backend: {cfg.backend!r} cannot run on {device.type} here: {why}")
     dump_config(cfg, os.path.join(out, "config.yaml"))
 
     read_counts: Dict[str, int] = {}
@@ -279,10 +275,10 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data, dist=Non
         raise RunError(str(e)) from None
     log(f"data: {len(train)} train, {len(valid)} valid, {len(test)} test rows, {len(fields)} fields; device {device}")
 
-    tasks = cfg["tasks"]
-    click = cfg["data"]["click_label"]
+    tasks = cfg.tasks
+    click = cfg.data.click_label
     try:
-        st = cfg["data"].get("stream")
+        st = cfg.data.stream
         tr = B.prepare_split(train, tasks, click, device, stream=st)
         va = B.prepare_split(valid, tasks, click, device, stream=st)
         te = B.prepare_split(test, tasks, click, device, stream=st)
@@ -300,13 +296,13 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data, dist=Non
     results: Dict[str, Any] = {"models": {}, "stages": {}, "world_size": 1 if dist is None else dist.world_size}
     digests: Dict[str, Any] = {}
     curves: Dict[str, Any] = {}
-    for kind in cfg["models"]:
+    for kind in cfg.models:
         trainer = ModelTrainer(kind, cfg, data.fields, tr, va, device, ckpt_dir, progress=progress,
                                on_checkpoint=on_checkpoint, log=log)
         trainer.dist = dist
         if resume and trainer.restore():
-            log(f"{kind}: resumed at stage {trainer.pos['stage']}, epoch {trainer.pos['epoch']}, "
-                f"round {trainer.pos['round']}")
+            log(f"{kind}: resumed at stage {trainer.pos.stage}, epoch {trainer.pos.epoch}, "
+                f"round {trainer.pos.round}")
         trainer.run()
         if dist is not None:  # every rank must hold the same weights (and masks), bit for bit
             from ..distributed import masks_digest, tensors_digest
@@ -319,14 +315,14 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data, dist=Non
         results["models"][kind] = metrics
         results.setdefault("valid", {})[kind] = trainer.evaluate(va)  # the served model on validation
         results["stages"][kind] = trainer.stage_summary()
-        curves[kind] = trainer.pos["curves"]
+        curves[kind] = trainer.pos.curves
         save_model(trainer, os.path.join(out, "models", f"{kind}.safetensors"), fields)
         if kind == "connection":
             write_mask_outputs(trainer, out)
         log(f"{kind}: test " + " ".join(f"{k} {v:.5f}" for k, v in metrics.items()
                                         if isinstance(v, float) and not k.endswith("_rows")))
-    results["config"] = {"models": cfg["models"], "tasks": [t["name"] for t in tasks], "device": str(device),
-                         "backend": cfg["backend"], "backends_available": nk.backends(),
+    results["config"] = {"models": list(cfg.models), "tasks": [t.name for t in tasks], "device": str(device),
+                         "backend": cfg.backend, "backends_available": nk.backends(),
                          "world_size": results["world_size"]}
     if dist is not None:
         atomic_write_json(os.path.join(out, DIST_FILE), {"world_size": dist.world_size, "backend": dist.backend,
@@ -360,7 +356,7 @@ def load_model(run_dir: str, kind: str, cfg: Dict[str, Any], device: torch.devic
     tensors, doc = load_tensors(path, device)
     from ..data.types import FieldSpec
     fields = [FieldSpec(f["name"], f["vocab_size"], f["max_len"]) for f in doc["fields"]]
-    model = build_model(kind, fields, doc["tasks"], cfg["model"], backend=cfg["backend"]).to(device)
+    model = build_model(kind, fields, doc["tasks"], cfg.model, backend=cfg.backend).to(device)
     model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
     src = doc.get("per_task_weights") or {}
     if any(v != "model" for v in src.values()):
@@ -371,7 +367,7 @@ def load_model(run_dir: str, kind: str, cfg: Dict[str, Any], device: torch.devic
         for t in doc["tasks"]:
             pre = src.get(t, "model")
             if pre not in built:
-                m = build_model(kind, fields, doc["tasks"], cfg["model"], backend=cfg["backend"]).to(device)
+                m = build_model(kind, fields, doc["tasks"], cfg.model, backend=cfg.backend).to(device)
                 m.load_state_dict({k[len(pre) + 1:]: v for k, v in tensors.items() if k.startswith(pre + "/")})
                 built[pre] = m
             per[t] = built[pre]
@@ -384,9 +380,9 @@ def write_mask_outputs(trainer: ModelTrainer, out: str) -> None:
     masks = trainer.selected_masks()
     nk.save_masks(os.path.join(out, "masks.safetensors"), masks, trainer.in_features)
     stats = mask_stats(masks, trainer.in_features)
-    stats["selected_round"] = trainer.pos["selected"]
+    stats["selected_round"] = trainer.pos.selected
     atomic_write_json(os.path.join(out, "masks.json"), json_safe(stats))
-    rows = [r for t in trainer.names for r in trainer.pos["rounds"].get(t, [])]
+    rows = [r for t in trainer.names for r in trainer.pos.rounds.get(t, [])]
     atomic_write_json(os.path.join(out, "rounds.json"), json_safe(rows))
     buf = io.StringIO()
     cols = ["task", "round", "density", "metric_name", "metric", "train_loss", "pruned"]
@@ -408,8 +404,8 @@ def results_table(results: Dict[str, Any], tasks: List[dict]) -> str:
     """A text table in the spirit of the paper's Table 2: each model's CVR MSE and CTR AUC
     (the first mse task and the first bce/focal task) and the relative gains vs Single_Task
     (MSE: (single - model) / single; AUC: (model - single) / single)."""
-    ctr = next((t["name"] for t in tasks if t["loss"] != "mse"), None)
-    cvr = next((t["name"] for t in tasks if t["loss"] == "mse"), None)
+    ctr = next((t.name for t in tasks if t.loss != "mse"), None)
+    cvr = next((t.name for t in tasks if t.loss == "mse"), None)
     models = results["models"]
     base = models.get("single")
     lines = []
