@@ -25,10 +25,7 @@ def _one_thread(one_thread):
 
 
 def _mcfg(**over):
-    m = defaults().model
-    m.update(embed_dim=4, hidden=[16, 8, 4])
-    m.update(over)
-    return m
+    return defaults().override({"model": {"embed_dim": 4, "hidden": [16, 8, 4], **over}}).model
 
 
 def _ids(b=6, l=3, seed=0):

@@ -40,13 +40,13 @@ def test_every_grid_resolves_to_a_valid_config():
         for s in specs:
             cfg = D.resolved_config(s, None)  # raises ConfigError on a bad override
             assert cfg.threads == 1
-    sizes = {s.run_id: D.resolved_config(s, None)["data"]["rows"] for s in G.grid("synth1m")}
+    sizes = {s.run_id: D.resolved_config(s, None).data.rows for s in G.grid("synth1m")}
     assert set(sizes.values()) == {1_000_000}
     abl = {s.tags["variant"]: D.resolved_config(s, None) for s in G.grid("ablation")}
-    assert abl["leaky"]["optim"]["mode"] == "leaky" and abl["scope_layer"]["stages"]["masks"]["scope"] == "layer"
-    assert abl["random_init"]["stages"]["warmup"]["epochs"] == 0
-    assert abl["leaky"]["models"] == ["connection"]
-    assert abl["weights_0.5"]["models"] == ["single", "layer", "connection"]
+    assert abl["leaky"].optim.mode == "leaky" and abl["scope_layer"].stages.masks.scope == "layer"
+    assert abl["random_init"].stages.warmup.epochs == 0
+    assert abl["leaky"].models == ("connection",)
+    assert abl["weights_0.5"].models == ("single", "layer", "connection")
     with pytest.raises(ValueError, match="grid"):
         G.grid("nope")
 

@@ -21,9 +21,7 @@ TASKS = ("ctr", "cvr")
 
 
 def _cfg(hidden=(16, 8, 4), d=4):
-    m = defaults().model
-    m.update(embed_dim=d, hidden=list(hidden))
-    return m
+    return defaults().override({"model": {"embed_dim": d, "hidden": list(hidden)}}).model
 
 
 def _ids(b=6, l=3, seed=0):

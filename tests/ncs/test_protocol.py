@@ -166,14 +166,14 @@ def test_per_task_selection_serves_each_tasks_own_best_epoch(per_task_run):
 
 def test_per_task_model_file_reproduces_the_served_metrics(per_task_run):
     out, cfg, results = per_task_run
-    from ncs.cli import _evaluate
+    from ncs.train.evaluate import evaluate  # the one evaluation of the trainer and `ncs eval`
     from ncs.train.runner import split_data
     data = _data(160)
     _, _, test = split_data(cfg, data)
     te = B.prepare_split(test, cfg.tasks, "click", torch.device("cpu"))
     for kind in ("layer", "connection"):
         model, _ = load_model(out, kind, cfg, torch.device("cpu"))
-        m = _evaluate(model, te, cfg)
+        m = evaluate(model, te, cfg.tasks, cfg.train.eval_batch_size, te.device)
         for k in ("ctr_auc", "cvr_mse"):
             assert m[k] == pytest.approx(results["models"][kind][k], abs=1e-9), (kind, k)
 

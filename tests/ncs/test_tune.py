@@ -72,7 +72,7 @@ def test_tune_two_trials_writes_trials_best_and_test_summary(tmp_path, capsys):
                    for rec in recs)
         assert r["best_valid"] == min(rec["value"] for rec in recs)
         best = load_config(str(out / "best" / f"{kind}.yaml"))
-        assert best["models"] == [kind] and best["optim"]["lr"] == pytest.approx(r["params"]["lr"])
+        assert best.models == (kind,) and best.optim.lr == pytest.approx(r["params"]["lr"])
         t = r["test"]["cvr_mse"]
         assert len(t["values"]) == 2 and t["std"] >= 0
         for s in (0, 1):

@@ -29,6 +29,7 @@ import yaml
 
 from .schema import (BACKEND_NAMES, BALANCE_METHODS, DEFAULT_TASKS, LOSSES, SCHEMA, TASK_KEYS,  # noqa: F401
                      ConfigError, _Leaf)
+from ..models import MODEL_KINDS  # noqa: F401  (owned by ncs.models; re-exported for the schema's users)
 
 __all__ = ["Config", "ConfigError", "Task", "SCHEMA", "TASK_KEYS", "BACKEND_NAMES", "BALANCE_METHODS", "LOSSES",
            "DEFAULT_TASKS", "DEMO_CONFIG", "resolve_config", "load_config", "dump_config", "defaults", "demo_config",
