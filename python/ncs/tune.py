@@ -52,10 +52,14 @@ import math
 import os
 import shutil
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
-from .config import ConfigError, baseline_epochs, dump_config, load_config, main_metric, metric_names
+if TYPE_CHECKING:
+    from .config import Config
+
+from .config import ConfigError, dump_config, load_config, main_metric, metric_names
 from .models import PAPER_NAMES, RUN_ORDER
+from .tune_space import _suggest, overrides, space, trial_config  # noqa: F401  (the search space)
 
 STUDY_FILE = "study.journal"
 
@@ -69,80 +73,9 @@ def _optuna():
 
 
 # ---------------------------------------------------------------------------------------------
-# the search space
-
-def space(kind: str, base: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
-    """{param name: {"type": "float"|"int"|"categorical", ...}} of model `kind` around config `base`."""
-    lr = base.optim.lr
-    d = base.model.embed_dim
-    st = base.stages
-    t = len(base.tasks)
-    dims = sorted({max(1, d // 2), d, 2 * d})
-    sp: Dict[str, Dict[str, Any]] = {
-        "lr": {"type": "float", "low": lr / 10, "high": lr * 10, "log": True},
-        "w0": {"type": "float", "low": 0.1, "high": 0.9},
-        "embed_dim": {"type": "categorical", "choices": dims},
-    }
-    if kind == "connection":
-        sp["warmup_epochs"] = {"type": "int", "low": 1, "high": max(1, 2 * st["warmup"]["epochs"])}
-        sp["joint_epochs"] = {"type": "int", "low": 1, "high": max(1, 2 * st["joint"]["epochs"])}
-        sp["final_density"] = {"type": "float", "low": 0.05, "high": 0.8, "log": True}
-    else:
-        sp["epochs"] = {"type": "int", "low": 1, "high": max(1, 2 * baseline_epochs(base))}
-    if kind in ("connection", "layer"):
-        sp["task_embed_dim"] = {"type": "categorical", "choices": [0, max(1, d // 2)]}
-    if kind == "mmoe":
-        sp["experts"] = {"type": "int", "low": t, "high": 2 * t}
-    if kind == "ple":
-        sp["shared_experts"] = {"type": "int", "low": 1, "high": 2}
-        sp["task_experts"] = {"type": "int", "low": 1, "high": 2}
-    return sp
-
-
-def _suggest(trial, sp: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-    out = {}
-    for name, s in sp.items():
-        if s["type"] == "float":
-            out[name] = trial.suggest_float(name, s["low"], s["high"], log=s.get("log", False))
-        elif s["type"] == "int":
-            out[name] = trial.suggest_int(name, s["low"], s["high"])
-        else:
-            out[name] = trial.suggest_categorical(name, s["choices"])
-    return out
-
-
-def overrides(kind: str, base: Dict[str, Any], params: Dict[str, Any]) -> Dict[str, Any]:
-    """The config overrides (a nested dict for config.merge) of a trial's params."""
-    over: Dict[str, Any] = {"models": [kind], "optim": {"lr": float(params["lr"])},
-                            "model": {"embed_dim": int(params["embed_dim"])}}
-    w0 = float(params["w0"])
-    rest = base.tasks[1:]
-    tot = sum(t.weight for t in rest)
-    tasks = [dict(base.tasks[0].to_dict(), weight=w0)]
-    for t in rest:
-        share = t.weight / tot if tot > 0 else 1.0 / len(rest)
-        tasks.append(dict(t.to_dict(), weight=(1.0 - w0) * share))
-    over["tasks"] = tasks
-    if kind == "connection":
-        over["stages"] = {"warmup": {"epochs": int(params["warmup_epochs"])},
-                          "joint": {"epochs": int(params["joint_epochs"])},
-                          "masks": {"final_density": float(params["final_density"]), "prune_fraction": None}}
-    else:
-        over["baselines"] = {"epochs": int(params["epochs"])}
-    for key in ("task_embed_dim", "experts", "shared_experts", "task_experts"):
-        if key in params:
-            over["model"][key] = int(params[key])
-    return over
-
-
-def trial_config(kind: str, base: Dict[str, Any], params: Dict[str, Any]) -> Dict[str, Any]:
-    return base.override(overrides(kind, base, params))
-
-
-# ---------------------------------------------------------------------------------------------
 # objective
 
-def objective_metric(base: Dict[str, Any], metric: Optional[str]) -> tuple:
+def objective_metric(base: "Config", metric: Optional[str]) -> tuple:
     """(metric name, direction)."""
     if metric is None:
         metric = base.stages.joint.metric
@@ -157,7 +90,7 @@ def objective_metric(base: Dict[str, Any], metric: Optional[str]) -> tuple:
     return metric, ("maximize" if metric.endswith("_auc") else "minimize")
 
 
-def _ctr_name(base: Dict[str, Any]) -> Optional[str]:
+def _ctr_name(base: "Config") -> Optional[str]:
     return next((t.name for t in base.tasks if t.loss != "mse"), None)
 
 
@@ -239,7 +172,7 @@ def _settings_doc(metric, direction, floor, sampler_seed) -> Dict[str, Any]:
     return {"metric": metric, "direction": direction, "ctr_auc_floor": floor, "sampler_seed": sampler_seed}
 
 
-def tune(base: Dict[str, Any], out: str, trials: int, models: Optional[Sequence[str]] = None, seeds: int = 3,
+def tune(base: "Config", out: str, trials: int, models: Optional[Sequence[str]] = None, seeds: int = 3,
          metric: Optional[str] = None, ctr_auc_floor: Optional[float] = None, sampler_seed: int = 0,
          final: bool = True, log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Tune every kind of `models` (default: base.models) with `trials` trials each, then train
@@ -374,7 +307,7 @@ def _tune_one(optuna, storage, st: _Study, kind: str, trials: int, sampler_seed:
     return res
 
 
-def _final(base: Dict[str, Any], out: str, kind: str, params: Dict[str, Any], seeds: int, log) -> Dict[str, Any]:
+def _final(base: "Config", out: str, kind: str, params: Dict[str, Any], seeds: int, log) -> Dict[str, Any]:
     from .train.runner import run
     cfg = trial_config(kind, base, params)
     os.makedirs(os.path.join(out, "best"), exist_ok=True)

@@ -111,3 +111,56 @@ def test_demo_yaml_matches_builtin():
     on_disk = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     assert resolve_config(on_disk) == resolve_config(DEMO_CONFIG) == demo_config()
     assert demo_config(rows=123).data.rows == 123
+
+
+def test_every_path_resolved_against_config_file_and_run_from_elsewhere(tmp_path, monkeypatch):
+    """data.path (and each path of its mapping), data.options.schema and data.cache_dir are
+    relative to the config file: the same config works from any working directory."""
+    from ncs.train.runner import load_data
+
+    conf, data, elsewhere = tmp_path / "conf", tmp_path / "data", tmp_path / "elsewhere"
+    for d in (conf, data, elsewhere):
+        d.mkdir()
+    rows = ["uid,vid,click,rate,req"] + [f"u{i % 5},v{i % 7},{i % 2},{(i % 2) * 0.5},{i // 3}" for i in range(30)]
+    (data / "t.csv").write_text("\n".join(rows) + "\n")
+    (data / "schema.yaml").write_text(
+        "fields: [{name: uid}, {name: vid}]\nclick: click\nconversion: rate\ngroups: {request: req}\n")
+    p = conf / "c.yaml"
+    p.write_text("data: {kind: csv, path: ../data/t.csv, cache_dir: cache, options: {schema: ../data/schema.yaml}}\n")
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(str(p))
+    assert cfg.data.path == str(data / "t.csv")
+    assert cfg.data.options["schema"] == str(data / "schema.yaml")
+    assert cfg.data.cache_dir == str(conf / "cache")
+    encoded = load_data(cfg)                       # reads the file and schema, writes the cache
+    assert len(encoded) == 30 and [f.name for f in encoded.fields] == ["uid", "vid"]
+    assert any((conf / "cache").iterdir()) and not (elsewhere / "cache").exists()
+    given = conf / "g.yaml"
+    given.write_text("data: {kind: csv, options: {schema: {fields: [{name: uid}], click: click}},\n"
+                     "       path: {train: ../data/t.csv, valid: /abs/v.csv, test: t.csv}}\n")
+    got = load_config(str(given)).data
+    assert got.path == {"train": str(data / "t.csv"), "valid": "/abs/v.csv", "test": str(conf / "t.csv")}
+    assert got.options["schema"] == {"fields": [{"name": "uid"}], "click": "click"}  # inline: as given
+
+
+def test_config_is_frozen_typed_and_dumps_the_same_yaml(tmp_path):
+    import dataclasses
+
+    import yaml
+    from ncs.config import dump_config
+    cfg = resolve_config({"stages": {"joint": {"metric": "cvr_mse"}}})
+    assert cfg.stages.joint.metric == "cvr_mse" and cfg.tasks[1].name == "cvr"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.stages.joint.metric = "ctr_auc"
+    assert cfg.override({"optim": {"mode": "leaky"}}).optim.mode == "leaky" and cfg.optim.mode == "strict"
+    dump_config(cfg, str(tmp_path / "c.yaml"))
+    assert yaml.safe_load((tmp_path / "c.yaml").read_text()) == cfg.to_dict()
+    assert load_config(str(tmp_path / "c.yaml")) == cfg
+
+
+def test_removed_embedding_optimizer_key_is_accepted_with_a_warning():
+    with pytest.warns(FutureWarning, match="optim.embedding_optimizer"):
+        cfg = resolve_config({"optim": {"embedding_optimizer": "sparse_adam"}})
+    assert cfg == defaults()
+    with pytest.raises(ConfigError, match="optim.embedding_optimizer: expected one of sparse_adam, got 'dense'"):
+        resolve_config({"optim": {"embedding_optimizer": "dense"}})

@@ -7,7 +7,7 @@ raises ConfigError naming the key path and what was expected.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
 from ..models import MODEL_KINDS, PAPER_KINDS, RUN_ORDER
 

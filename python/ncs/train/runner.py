@@ -23,11 +23,12 @@ Run directory:
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 import torch
 
@@ -35,15 +36,12 @@ import ncs_kernels as nk
 
 from ..config import ConfigError, dump_config, load_config
 from ..metrics import json_safe
-from ..models import PAPER_NAMES, RUN_ORDER, build_model, check_ids
+from ..models import check_ids
 from . import batches as B
-from .checkpoint import atomic_write_json, load_tensors, save_tensors
-from .rundir import lock_run_dir
+from .checkpoint import atomic_write_json
+from .rundir import RunError, lock_run_dir
+from .outputs import load_model, results_table, save_model, write_mask_outputs  # noqa: F401  (their old home)
 from .stages import ModelTrainer, StopTraining
-
-
-class RunError(RuntimeError):
-    """A run directory problem the user must fix (exists without --resume, config mismatch...)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,7 +57,7 @@ def _data_api():
     return D
 
 
-def _source(cfg: Dict[str, Any]) -> Dict[str, Any]:
+def _source(cfg: "Config") -> Dict[str, Any]:
     d = cfg.data
     src: Dict[str, Any] = {"kind": d.kind}
     if d.kind == "synthetic":
@@ -70,7 +68,7 @@ def _source(cfg: Dict[str, Any]) -> Dict[str, Any]:
     return src
 
 
-def load_data(cfg: Dict[str, Any], with_vocab: bool = False, stats: Optional[Dict[str, int]] = None):
+def load_data(cfg: "Config", with_vocab: bool = False, stats: Optional[Dict[str, int]] = None):
     """The dataset named by cfg.data (an EncodedData); with_vocab: (data, vocab or None).
 
     Files are encoded with vocabularies built from the data; the vocab (field -> value -> id)
@@ -104,7 +102,7 @@ def load_data(cfg: Dict[str, Any], with_vocab: bool = False, stats: Optional[Dic
     return (data, vocab) if with_vocab else data
 
 
-def split_data(cfg: Dict[str, Any], data):
+def split_data(cfg: "Config", data):
     D = _data_api()
     s = cfg.data.split
     if hasattr(data, "split_parts"):  # encoded directories, or a {train, valid, test} mapping
@@ -127,7 +125,7 @@ def _summary(cfg, train, valid, test) -> Dict[str, Any]:
     return out
 
 
-def _check_run_dir(cfg: Dict[str, Any], out: str, resume: bool) -> None:
+def _check_run_dir(cfg: "Config", out: str, resume: bool) -> None:
     cfg_path = os.path.join(out, "config.yaml")
     ckpts = os.path.join(out, "checkpoints")
     has_ckpt = os.path.isdir(ckpts) and any(f.endswith(".safetensors") for f in os.listdir(ckpts))
@@ -156,7 +154,7 @@ def _first_difference(a: Any, b: Any, path: str = "") -> Optional[str]:
     return None if a == b else (path[:-1] if path.endswith(".") else path or "<root>")
 
 
-def run(cfg: Dict[str, Any], out: str, resume: bool = False, progress: bool = False,
+def run(cfg: "Config", out: str, resume: bool = False, progress: bool = False,
         log: Optional[Callable[[str], None]] = None, stop_after_checkpoints: Optional[int] = None,
         data=None) -> Dict[str, Any]:
     """Train every model of cfg.models and write the run directory; returns metrics.json's dict.
@@ -338,99 +336,3 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data, dist=Non
     except ImportError as e:  # matplotlib missing: the numbers are still all there
         log(f"figures skipped ({e})")
     return results
-
-
-def save_model(trainer: ModelTrainer, path: str, fields: List[dict]) -> None:
-    """The served model: "model/..." weights, and with per-task selection "task/<t>/model/..."
-    for every task whose best validation epoch differs (load_model rebuilds the per-task predictor)."""
-    tensors, meta = trainer.served_tensors()
-    save_tensors(path, tensors, {"kind": trainer.kind, "tasks": trainer.names, "fields": fields, **meta},
-                 sidecar=False)
-
-
-def load_model(run_dir: str, kind: str, cfg: Dict[str, Any], device: torch.device):
-    """Rebuild a trained model of a run directory."""
-    path = os.path.join(run_dir, "models", f"{kind}.safetensors")
-    if not os.path.isfile(path):
-        raise RunError(f"{path}: no trained {kind} model in this run")
-    tensors, doc = load_tensors(path, device)
-    from ..data.types import FieldSpec
-    fields = [FieldSpec(f["name"], f["vocab_size"], f["max_len"]) for f in doc["fields"]]
-    model = build_model(kind, fields, doc["tasks"], cfg.model, backend=cfg.backend).to(device)
-    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
-    src = doc.get("per_task_weights") or {}
-    if any(v != "model" for v in src.values()):
-        # per-task selection: task t predicts with its own best epoch's weights
-        from .protocol import PerTaskModel
-        built: Dict[str, Any] = {"model": model}
-        per = {}
-        for t in doc["tasks"]:
-            pre = src.get(t, "model")
-            if pre not in built:
-                m = build_model(kind, fields, doc["tasks"], cfg.model, backend=cfg.backend).to(device)
-                m.load_state_dict({k[len(pre) + 1:]: v for k, v in tensors.items() if k.startswith(pre + "/")})
-                built[pre] = m
-            per[t] = built[pre]
-        model = PerTaskModel(per, doc["tasks"])
-    return model, fields
-
-
-def write_mask_outputs(trainer: ModelTrainer, out: str) -> None:
-    from ..report import mask_stats
-    masks = trainer.selected_masks()
-    nk.save_masks(os.path.join(out, "masks.safetensors"), masks, trainer.in_features)
-    stats = mask_stats(masks, trainer.in_features)
-    stats["selected_round"] = trainer.pos.selected
-    atomic_write_json(os.path.join(out, "masks.json"), json_safe(stats))
-    rows = [r for t in trainer.names for r in trainer.pos.rounds.get(t, [])]
-    atomic_write_json(os.path.join(out, "rounds.json"), json_safe(rows))
-    buf = io.StringIO()
-    cols = ["task", "round", "density", "metric_name", "metric", "train_loss", "pruned"]
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({c: r.get(c, "") for c in cols})
-    with open(os.path.join(out, "rounds.csv.tmp"), "w", encoding="utf-8", newline="") as f:
-        f.write(buf.getvalue())
-    os.replace(os.path.join(out, "rounds.csv.tmp"), os.path.join(out, "rounds.csv"))
-    try:
-        from ..report import plot_masks
-        plot_masks(stats, os.path.join(out, "figures", "masks.png"))
-    except ImportError:
-        pass
-
-
-def results_table(results: Dict[str, Any], tasks: List[dict]) -> str:
-    """A text table in the spirit of the paper's Table 2: each model's CVR MSE and CTR AUC
-    (the first mse task and the first bce/focal task) and the relative gains vs Single_Task
-    (MSE: (single - model) / single; AUC: (model - single) / single)."""
-    ctr = next((t.name for t in tasks if t.loss != "mse"), None)
-    cvr = next((t.name for t in tasks if t.loss == "mse"), None)
-    models = results["models"]
-    base = models.get("single")
-    lines = []
-    head = f"{'Model':<18}{'CVR MSE':>10}{'CTR AUC':>10}{'CVR gain':>10}{'CTR gain':>10}"
-    lines.append(head)
-    lines.append("-" * len(head))
-
-    def num(v, fmt):
-        return format(v, fmt) if isinstance(v, (int, float)) and v == v else "-"
-
-    for kind in RUN_ORDER:
-        if kind not in models:
-            continue
-        m = models[kind]
-        mse = m.get(f"{cvr}_mse") if cvr else None
-        auc = m.get(f"{ctr}_auc") if ctr else None
-        g_cvr = g_ctr = None
-        if base is not None and kind != "single":
-            b_mse = base.get(f"{cvr}_mse") if cvr else None
-            b_auc = base.get(f"{ctr}_auc") if ctr else None
-            if mse is not None and b_mse:
-                g_cvr = (b_mse - mse) / b_mse * 100
-            if auc is not None and b_auc:
-                g_ctr = (auc - b_auc) / b_auc * 100
-        gc = "-" if g_cvr is None else f"{g_cvr:+.2f}%"
-        ga = "-" if g_ctr is None else f"{g_ctr:+.2f}%"
-        lines.append(f"{PAPER_NAMES[kind]:<18}{num(mse, '.5f'):>10}{num(auc, '.5f'):>10}{gc:>10}{ga:>10}")
-    return "\n".join(lines)
