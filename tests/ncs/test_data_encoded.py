@@ -147,7 +147,7 @@ def test_resume_mid_epoch_on_streamed_data(enc, full_stream_run, tmp_path, stop_
     out = str(tmp_path / "r")
     with pytest.raises(StopTraining):
         run(_cfg(enc.path), out, stop_after_checkpoints=stop_after)
-    first = _cfg(enc.path)["models"][0]
+    first = _cfg(enc.path).models[0]
     doc = json.load(open(os.path.join(out, "checkpoints", f"{first}.json")))
     if stop_after == 2:
         assert doc["pos"]["batch"] == 6  # stopped inside the first epoch

@@ -223,7 +223,7 @@ def test_uncertainty_resume_bit_exact(tmp_path):
 
 def test_subset_split_keeps_the_stated_fraction():
     d = _data(100)
-    sp = B.prepare_split(d, _cfg()["tasks"], "click", torch.device("cpu"))
+    sp = B.prepare_split(d, _cfg().tasks, "click", torch.device("cpu"))
     first = subset_split(sp, 0.3, "first", 0)
     assert len(first) == 30 and torch.equal(first.ids, sp.ids[:30])
     assert torch.equal(first.space_index["cvr"], sp.spaces["cvr"][:30].nonzero().squeeze(1))
@@ -315,7 +315,7 @@ def test_grad_diagnostics_match_a_manual_backward():
 
 def test_cycled_alternation_gives_every_task_as_many_steps_as_the_largest():
     from ncs.train.protocol import cycled_alternating_batches
-    sp = B.prepare_split(_data(100), _cfg()["tasks"], "click", torch.device("cpu"))
+    sp = B.prepare_split(_data(100), _cfg().tasks, "click", torch.device("cpu"))
     cover = B.alternating_batches(sp, ["ctr", "cvr"], 8, 0, "joint", 0)
     cyc = cycled_alternating_batches(sp, ["ctr", "cvr"], 8, 0, "joint", 0)
     n_ctr = sum(t == "ctr" for t, _ in cover)

@@ -213,10 +213,12 @@ SCHEMA: Dict[str, Any] = {
         "rows": _Leaf(_int(1), 20000, "synthetic: number of rows"),
         "seed": _Leaf(_int(0), 0, "synthetic: generator seed"),
         "conflict": _Leaf(_float(0.0, 1.0), 0.5, "synthetic: how much the CTR and CVR signals disagree"),
-        "options": _Leaf(_dict_any, {}, "extra reader options passed through to ncs.data.load_dataset, e.g. schema, "
-                                  "max_len, skip_corrupt, on_bad_row (error: a bad row is an error naming file, "
+        "options": _Leaf(_dict_any, {}, "extra reader options passed through to ncs.data.load_dataset, e.g. "
+                                  "schema (a file: relative to the config file), max_len, skip_corrupt, "
+                                  "on_bad_row (error: a bad row is an error naming file, "
                                   "row, column; skip: dropped, counted in split.json; docs/RELIABILITY.md)"),
-        "cache_dir": _Leaf(_str(optional=True), None, "cache for encoded data (reader-specific)"),
+        "cache_dir": _Leaf(_str(optional=True), None,
+                           "cache for encoded data (reader-specific), relative to the config file"),
         "click_label": _Leaf(_str(), "click", "the label whose positives form the 'clicked' space"),
         "stream": {
             "window_rows": _Leaf(_int(1), 1 << 20,
