@@ -16,14 +16,17 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
         sp.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
 
+    def config_overrides(sp):  # the flags cli._overrides() reads (with --models, --device), then common
+        sp.add_argument("--backend", choices=BACKEND_NAMES, help="ncs_kernels backend (default: the config's)")
+        sp.add_argument("--seed", type=int, help="override the config's seed")
+        common(sp)
+
     t = sub.add_parser("train", help="train the models of a config into a run directory")
     t.add_argument("--config", help="YAML config (see configs/)")
     t.add_argument("--out", required=True, help="run directory")
     t.add_argument("--models", help="comma-separated model kinds (single,layer,connection,shared_bottom,mmoe,ple,esmm) or all")
     t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoints")
-    t.add_argument("--backend", choices=BACKEND_NAMES, help="ncs_kernels backend (default: the config's)")
-    t.add_argument("--seed", type=int, help="override the config's seed")
-    common(t)
+    config_overrides(t)
     t.set_defaults(func=C.cmd_train)
 
     e = sub.add_parser("eval", help="evaluate a run's trained models")
@@ -93,9 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--ctr-auc-floor", type=float, help="trials below this validation CTR AUC are infeasible")
     tu.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE samplers")
     tu.add_argument("--no-final", action="store_true", help="search only; no final training on the best configs")
-    tu.add_argument("--backend", choices=BACKEND_NAMES, help="ncs_kernels backend (default: the config's)")
-    tu.add_argument("--seed", type=int, help="override the config's seed")
-    common(tu)
+    config_overrides(tu)
     tu.set_defaults(func=C.cmd_tune)
 
     dc = dsub.add_parser("convert", help="TFRecord / CSV / Parquet -> an encoded directory (docs/DATA.md)")
@@ -124,8 +125,6 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--rows", type=int, help=f"synthetic rows (default {DEMO_ROWS})")
     dm.add_argument("--resume", action="store_true", help="continue a demo run in --out")
     dm.add_argument("--models", help="comma-separated model kinds or all (default: the paper's three)")
-    dm.add_argument("--backend", choices=BACKEND_NAMES, help="ncs_kernels backend")
-    dm.add_argument("--seed", type=int, help="seed")
-    common(dm)
+    config_overrides(dm)
     dm.set_defaults(func=C.cmd_demo)
     return p
