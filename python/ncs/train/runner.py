@@ -276,7 +276,7 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data, dist=Non
     tasks = cfg.tasks
     click = cfg.data.click_label
     try:
-        st = cfg.data.stream
+        st = cfg.data.stream.to_dict()
         tr = B.prepare_split(train, tasks, click, device, stream=st)
         va = B.prepare_split(valid, tasks, click, device, stream=st)
         te = B.prepare_split(test, tasks, click, device, stream=st)
