@@ -27,9 +27,9 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from .schema import (BACKEND_NAMES, BALANCE_METHODS, DEFAULT_TASKS, LOSSES, SCHEMA, TASK_KEYS,  # noqa: F401
-                     ConfigError, _Leaf)
 from ..models import MODEL_KINDS  # noqa: F401  (owned by ncs.models; re-exported for the schema's users)
+from .schema import (BACKEND_NAMES, BALANCE_METHODS, DEFAULT_TASKS, LOSSES, SCHEMA, TASK_KEYS,  # noqa: F401
+                     ConfigError)
 
 __all__ = ["Config", "ConfigError", "Task", "SCHEMA", "TASK_KEYS", "BACKEND_NAMES", "BALANCE_METHODS", "LOSSES",
            "DEFAULT_TASKS", "DEMO_CONFIG", "resolve_config", "load_config", "dump_config", "defaults", "demo_config",
@@ -72,10 +72,12 @@ def _plain(v: Any) -> Any:
 
 
 def _frozen(v: Any) -> Any:
+    """A validated value as stored: lists become tuples; a mapping (data.path, data.options: free
+    form) is a private deep copy, kept as the reader gets it."""
     if isinstance(v, list):
         return tuple(_frozen(x) for x in v)
     if isinstance(v, dict):
-        return {k: _frozen(x) if not isinstance(x, list) else list(x) for k, x in v.items()}
+        return copy.deepcopy(v)
     return v
 
 
