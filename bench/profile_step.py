@@ -53,7 +53,7 @@ def main(argv=None) -> int:
     cfg = S._config(args, "cpu", "auto")
     data = S.random_data(a.rows, 4 if a.tiny else 20)
     dev = torch.device("cpu")
-    split = B.prepare_split(data, cfg["tasks"], cfg["data"]["click_label"], dev)
+    split = B.prepare_split(data, cfg.tasks, cfg.data.click_label, dev)
     lines = []
     with tempfile.TemporaryDirectory() as ckpt:
         tr = ModelTrainer("connection", cfg, data.fields, split, split, dev, ckpt)

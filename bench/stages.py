@@ -95,14 +95,14 @@ def dense_mlp_bound(args, dev: torch.device, cfg: dict, reps: int = None) -> Dic
     one logit per task), forward + backward of a batch of the same size, no embeddings, no cross,
     no masks, no optimizer. samples/s of the median of `reps` timed steps (after 2 untimed)."""
     F_ = 4 if args.tiny else args.fields
-    d = cfg["model"]["embed_dim"]
-    widths = [F_ * F_ + F_ * d] + list(cfg["model"]["hidden"])
+    d = cfg.model.embed_dim
+    widths = [F_ * F_ + F_ * d] + list(cfg.model.hidden)
     layers = []
     for a, b in zip(widths[:-1], widths[1:]):
         layers += [torch.nn.Linear(a, b), torch.nn.ReLU()]
-    layers.append(torch.nn.Linear(widths[-1], len(cfg["tasks"])))
+    layers.append(torch.nn.Linear(widths[-1], len(cfg.tasks)))
     mlp = torch.nn.Sequential(*layers).to(dev)
-    y = torch.rand(args.batch, len(cfg["tasks"]), device=dev)
+    y = torch.rand(args.batch, len(cfg.tasks), device=dev)
     reps = reps or max(3, args.steps)
     out = {"widths": widths}
     # input_grad: also dL/dx of the first layer, which the real step needs for the embeddings
@@ -180,10 +180,10 @@ def run_backend(backend: str, args, device: str, data, out: Dict, save=lambda: N
 
     cfg = _config(args, device, backend)
     dev = torch.device(device)
-    tasks = cfg["tasks"]
-    split = B.prepare_split(data, tasks, cfg["data"]["click_label"], dev)
+    tasks = cfg.tasks
+    split = B.prepare_split(data, tasks, cfg.data.click_label, dev)
     names = [t["name"] for t in tasks]
-    bs, seed, warm, steps = args.batch, cfg["seed"], args.warmup_steps, args.steps
+    bs, seed, warm, steps = args.batch, cfg.seed, args.warmup_steps, args.steps
     need = warm + steps
     with tempfile.TemporaryDirectory() as ckpt:
         trainer = ModelTrainer("connection", cfg, data.fields, split, split, dev, ckpt)

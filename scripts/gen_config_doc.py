@@ -20,6 +20,14 @@ file is stale). Every key has a default; a config file gives only what it change
 and bad values are errors that name the key path. See [TRAINER.md](TRAINER.md) for how the keys
 drive the stages.
 
+Paths (`data.path` and each path of its `{train, valid, test}` mapping, `data.options.schema`
+when it names a file, `data.cache_dir`) are relative to the config file's folder. In Python,
+`ncs.config.load_config(path)` / `resolve_config(dict)` return a frozen dataclass tree read as
+`cfg.stages.joint.metric` (lists are tuples); `cfg.override({...})` gives a new validated
+config and `cfg.to_dict()` the YAML form written to a run's `config.yaml`. The removed key
+`optim.embedding_optimizer` (it had the one value `sparse_adam`) is still accepted with that
+value, with a FutureWarning, so old files and run directories load.
+
 | key | default | meaning |
 | --- | --- | --- |
 """

@@ -10,15 +10,15 @@ CKPT = __import__("tempfile").mkdtemp()
 from ncs.config import demo_config
 from ncs.data import synthetic, split
 from ncs.train import batches as B, stages
-from ncs.train import guards
+from ncs.train import epoch, guards
 
 torch.set_num_threads(1)
 cfg = demo_config(20000)
 data = synthetic(20000, seed=0, conflict=0.5)
 tr, va, te = split(data, by="request", fractions=(0.8, 0.1, 0.1), seed=0)
 dev = torch.device("cpu")
-trs = B.prepare_split(tr, cfg["tasks"], "click", dev)
-vas = B.prepare_split(va, cfg["tasks"], "click", dev)
+trs = B.prepare_split(tr, cfg.tasks, "click", dev)
+vas = B.prepare_split(va, cfg.tasks, "click", dev)
 
 class NoGuard:
     def __init__(self, t, d): self.skipped = 0
@@ -27,21 +27,21 @@ class NoGuard:
 
 res = {}
 for mode in ["error", "skip_batch", "none"] * 3:
-    c = dict(cfg); c["train"] = dict(cfg["train"], on_nonfinite="error" if mode == "none" else mode)
-    stages.NonFiniteGuard = NoGuard if mode == "none" else guards.NonFiniteGuard
+    c = cfg.override({"train": {"on_nonfinite": "error" if mode == "none" else mode}})
+    epoch.NonFiniteGuard = NoGuard if mode == "none" else guards.NonFiniteGuard
     t = stages.ModelTrainer("connection", c, data.fields, trs, vas, dev, CKPT)
-    bt = B.mixed_batches(trs, c["train"]["batch_size"], 0, "mixed", 0)
+    bt = B.mixed_batches(trs, c.train.batch_size, 0, "mixed", 0)
     t0 = time.perf_counter(); t.train_epoch(bt, True, "x"); dt = time.perf_counter() - t0
     res.setdefault(mode, []).append(dt / len(bt) * 1e3)
 for k, v in res.items():
-    print(f"{k:10s} {min(v):.3f} ms/step (best of {len(v)}; {len(bt)} steps of batch {cfg['train']['batch_size']})")
+    print(f"{k:10s} {min(v):.3f} ms/step (best of {len(v)}; {len(bt)} steps of batch {cfg.train.batch_size})")
 
 # the probe alone, on the demo model's gradients after one backward (precise; the epoch timings
 # above are noisy on a shared machine)
 t = stages.ModelTrainer("connection", cfg, data.fields, trs, vas, dev, CKPT)
 ids, tg, sp = trs.batch(bt[0][1])
 from ncs.losses import multitask_loss
-loss, _ = multitask_loss(t.model(ids), tg, sp, cfg["tasks"], 2.0, 0.25)
+loss, _ = multitask_loss(t.model(ids), tg, sp, cfg.tasks, 2.0, 0.25)
 loss.backward()
 g = guards.NonFiniteGuard(t, "x")
 for mode in ("error", "skip_batch"):

@@ -15,13 +15,17 @@ exit code (2), never a traceback.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import tempfile
 import time
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+if TYPE_CHECKING:
+    from .config import Config
+
+from .cli_parser import build_parser  # noqa: F401  (ncs.cli.build_parser)
 
 EXIT_USER_ERROR = 2
 
@@ -75,15 +79,15 @@ def cmd_train(args) -> int:
                   log=_logger(args) if rank0 else (lambda msg: None))
     if not rank0:
         return 0
-    print(results_table(results, cfg["tasks"]))
+    print(results_table(results, cfg.tasks))
     print(f"run directory: {out} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
-def _load_eval_data(run_dir: str, cfg: Dict[str, Any], data_arg: Optional[str]):
+def _load_eval_data(run_dir: str, cfg: "Config", data_arg: Optional[str]):
     """(EncodedData to evaluate, description). No --data: the run's own test split. --data
     CONFIG.yaml: that config's data and split, its test split. --data FILE: every row of FILE."""
-    from .config import load_config, merge, resolve_config
+    from .config import load_config
     from .train.runner import load_data, split_data
 
     if data_arg is None:
@@ -94,7 +98,7 @@ def _load_eval_data(run_dir: str, cfg: Dict[str, Any], data_arg: Optional[str]):
     from .data.formats import detect, is_config
     if is_config(data_arg):
         other = load_config(data_arg)
-        use = resolve_config(merge(cfg, {"data": other["data"]}))
+        use = cfg.override({"data": other.data.to_dict()})
         _, _, test = split_data(use, load_data(use))
         return test, f"the test split of {data_arg}"
     import ncs.data as D
@@ -111,7 +115,7 @@ def _load_eval_data(run_dir: str, cfg: Dict[str, Any], data_arg: Optional[str]):
                         f"{data_arg} cannot be encoded like its training data; pass a config YAML instead")
     with open(vocab_path, "r", encoding="utf-8") as f:
         vocab = json.load(f)
-    opts = cfg["data"]["options"]
+    opts = cfg.data.options
     if fmt in ("csv", "parquet"):
         if opts.get("schema") is None:
             raise UserError(f"--data: {data_arg} is a table; the run's config has no data.options.schema for it")
@@ -132,7 +136,7 @@ def cmd_eval(args) -> int:
     from .train import results_table
     from .train.batches import prepare_split
     from .train.runner import load_model, resolve_device
-    from .train.stages import ModelTrainer  # noqa: F401  (evaluate logic lives on the trainer)
+    from .train.evaluate import evaluate
 
     if getattr(args, "replay", False):
         from .serve.commands import cmd_replay
@@ -142,12 +146,12 @@ def cmd_eval(args) -> int:
     if not os.path.isfile(cfg_path):
         raise UserError(f"--run: {run_dir} is not a run directory (no config.yaml)")
     cfg = load_config(cfg_path, {"device": args.device} if args.device else None)
-    device = resolve_device(cfg["device"])
+    device = resolve_device(cfg.device)
     data, what = _load_eval_data(run_dir, cfg, args.data)
-    kinds = [k for k in cfg["models"] if os.path.isfile(os.path.join(run_dir, "models", f"{k}.safetensors"))]
+    kinds = [k for k in cfg.models if os.path.isfile(os.path.join(run_dir, "models", f"{k}.safetensors"))]
     if not kinds:
         raise UserError(f"--run: {run_dir} has no trained models (models/*.safetensors); train it first")
-    split = prepare_split(data, cfg["tasks"], cfg["data"]["click_label"], device)
+    split = prepare_split(data, cfg.tasks, cfg.data.click_label, device)
     results: Dict[str, Any] = {"models": {}, "data": what}
     for kind in kinds:
         model, fields = load_model(run_dir, kind, cfg, device)
@@ -160,33 +164,10 @@ def cmd_eval(args) -> int:
                 check_ids(data.ids, [f.vocab_size for f in fields], "--data ids")
         except ValueError as e:
             raise UserError(f"{e}; the data was encoded with another vocabulary than the run's") from None
-        results["models"][kind] = _evaluate(model, split, cfg)
+        results["models"][kind] = evaluate(model, split, cfg.tasks, cfg.train.eval_batch_size, device)
     print(json.dumps(json_safe(results), indent=2))
-    print(results_table(results, cfg["tasks"]), file=sys.stderr)
+    print(results_table(results, cfg.tasks), file=sys.stderr)
     return 0
-
-
-def _evaluate(model, split, cfg) -> Dict[str, float]:
-    import torch
-
-    from .metrics import task_metrics
-    from .train.batches import eval_slices
-
-    model.eval()
-    names = [t["name"] for t in cfg["tasks"]]
-    outs: Dict[str, list] = {t: [] for t in names}
-    with torch.no_grad():
-        for sl in eval_slices(len(split), cfg["train"]["eval_batch_size"]):
-            pred = model.predict(split.ids[sl].to(split.device))
-            for t in names:
-                outs[t].append(pred[t].float().cpu())
-    metrics: Dict[str, float] = {}
-    for t in cfg["tasks"]:
-        n = t["name"]
-        logits = torch.cat(outs[n]) if outs[n] else torch.zeros(0)
-        sp = split.spaces[n]
-        metrics.update(task_metrics(t, logits, split.targets[n].cpu(), None if sp is None else sp.cpu()))
-    return metrics
 
 
 def cmd_masks(args) -> int:
@@ -258,19 +239,19 @@ def _cmd_data_synth(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from .config import demo_config, merge, resolve_config
+    from .config import demo_config
     from .train import results_table, run
 
     cfg = demo_config(args.rows)
     over = _overrides(args)
     if over:
-        cfg = resolve_config(merge(cfg, over))
+        cfg = cfg.override(over)
     out = args.out or tempfile.mkdtemp(prefix="ncs-demo-")
     log = _logger(args)
-    log(f"ncs demo: {cfg['data']['rows']} synthetic rows, models {','.join(cfg['models'])}, out {out}")
+    log(f"ncs demo: {cfg.data.rows} synthetic rows, models {','.join(cfg.models)}, out {out}")
     t0 = time.perf_counter()
     results = run(cfg, out, resume=args.resume, progress=_progress_enabled(args), log=log)
-    print(results_table(results, cfg["tasks"]))
+    print(results_table(results, cfg.tasks))
     st = results["stages"].get("connection")
     if st:
         dens = ", ".join(f"{t} {v['density']:.3f} (round {v['selected_round']})" for t, v in st["masks"].items())
@@ -285,132 +266,6 @@ def cmd_tune(args) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    from .config import BACKEND_NAMES
-
-    p = argparse.ArgumentParser(prog="ncs", description="NCS4CVR: neuron-connection level sharing for CTR + CVR")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
-    sub.required = True
-
-    def common(sp):
-        sp.add_argument("--quiet", "-q", action="store_true", help="no progress bars or log lines")
-        sp.add_argument("--device", choices=["auto", "cpu", "cuda"], help="override the config's device")
-
-    t = sub.add_parser("train", help="train the models of a config into a run directory")
-    t.add_argument("--config", help="YAML config (see configs/)")
-    t.add_argument("--out", required=True, help="run directory")
-    t.add_argument("--models", help="comma-separated model kinds (single,layer,connection,shared_bottom,mmoe,ple,esmm) or all")
-    t.add_argument("--resume", action="store_true", help="continue from the run's last checkpoints")
-    t.add_argument("--backend", choices=BACKEND_NAMES, help="ncs_kernels backend (default: the config's)")
-    t.add_argument("--seed", type=int, help="override the config's seed")
-    common(t)
-    t.set_defaults(func=cmd_train)
-
-    e = sub.add_parser("eval", help="evaluate a run's trained models")
-    e.add_argument("--run", required=True, help="run directory")
-    e.add_argument("--data", help="a config YAML (its test split) or a data file (all rows)")
-    e.add_argument("--replay", action="store_true", help="view time at k of rank-score orderings (docs/SERVING.md)")
-    e.add_argument("--model", help="--replay: comma-separated model kinds (default: every trained one)")
-    e.add_argument("--rank", help="--replay: alpha,beta,gamma of Eq. 3 (default 1,1,1)")
-    e.add_argument("--length-column", help="--replay: the video length column (default: length 1)")
-    e.add_argument("--k", help="--replay: comma-separated k (default 1,3,5)")
-    e.add_argument("--group", default="request", help="--replay: the group whose impressions are ranked")
-    e.add_argument("--batch-size", type=int, default=8192, help="--replay: scoring batch size")
-    e.add_argument("--ctr-model", help="--replay: take pCTR from this kind for every model (Table 3: single)")
-    e.add_argument("--order-column", default="auto",
-                   help="--replay: the logged position column, or 'file' (default: FEA_ORDER for TFRecord, else file order)")
-    common(e)
-    e.set_defaults(func=cmd_eval)
-
-    m = sub.add_parser("masks", help="mask statistics (JSON) and figure of a run")
-    m.add_argument("--run", required=True, help="run directory")
-    m.add_argument("--figure", help="PNG path (default RUN/figures/masks.png)")
-    m.set_defaults(func=cmd_masks)
-
-    d = sub.add_parser("data", help="data utilities")
-    dsub = d.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
-    dsub.required = True
-    ds = dsub.add_parser("stats", help="label statistics of a data file (JSON)")
-    ds.add_argument("file")
-    ds.add_argument("--skip-corrupt", action="store_true", help="skip and count corrupt records and bad rows instead of failing")
-    ds.set_defaults(func=cmd_data_stats)
-    from .serve import commands as serve_cmds
-    de = dsub.add_parser("encode", help="encode a file with a run's vocabulary (the exported models' input)")
-    de.add_argument("file")
-    de.add_argument("--run", required=True, help="run directory")
-    de.add_argument("--out", required=True, help="output .safetensors")
-    de.set_defaults(func=serve_cmds.cmd_data_encode)
-
-    x = sub.add_parser("export", help="per-task TorchScript / ONNX models of a run (docs/SERVING.md)")
-    x.add_argument("--run", required=True, help="run directory")
-    x.add_argument("--out", required=True, help="export directory")
-    x.add_argument("--model", help="model kind (default: connection if trained)")
-    x.add_argument("--tasks", help="comma-separated tasks (default: all)")
-    x.add_argument("--formats", default="torchscript,onnx", help="comma-separated subset of torchscript,onnx")
-    x.add_argument("--compact", action="store_true", help="drop neurons whose connections are all masked")
-    x.add_argument("--quiet", "-q", action="store_true", help="no log lines")
-    x.set_defaults(func=serve_cmds.cmd_export)
-
-    pr = sub.add_parser("predict", help="score a data file with a run's model (CSV / Parquet out)")
-    pr.add_argument("--run", required=True, help="run directory")
-    pr.add_argument("--data", required=True, help="data file (as for ncs eval --data)")
-    pr.add_argument("--out", required=True, help="scores.csv or scores.parquet")
-    pr.add_argument("--model", help="model kind (default: connection if trained)")
-    pr.add_argument("--batch-size", type=int, default=8192, help="scoring batch size")
-    pr.add_argument("--rank", help="alpha,beta,gamma: add rank_score = pCTR^a * pCVR^b * length^g (Eq. 3)")
-    pr.add_argument("--length-column", help="the video length column for --rank (default: length 1)")
-    common(pr)
-    pr.set_defaults(func=serve_cmds.cmd_predict)
-
-    tu = sub.add_parser("tune", help="the same Optuna search for every model on the validation split, then "
-                                     "the best configs' test metrics over seeds (docs/TUNE.md)")
-    tu.add_argument("--config", required=True, help="YAML config: data, tasks and the centre of the search space")
-    tu.add_argument("--trials", type=int, required=True, help="trials per model (the same for every model)")
-    tu.add_argument("--out", required=True, help="study directory (rerun the same command to resume)")
-    tu.add_argument("--models", help="comma-separated model kinds or all (default: the config's models)")
-    tu.add_argument("--seeds", type=int, default=3, help="seeds of the final training of each best config")
-    tu.add_argument("--metric", help="validation objective, e.g. cvr_mse (default: the joint early-stopping metric)")
-    tu.add_argument("--ctr-auc-floor", type=float, help="trials below this validation CTR AUC are infeasible")
-    tu.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE samplers")
-    tu.add_argument("--no-final", action="store_true", help="search only; no final training on the best configs")
-    tu.add_argument("--backend", choices=BACKEND_NAMES, help="ncs_kernels backend (default: the config's)")
-    tu.add_argument("--seed", type=int, help="override the config's seed")
-    common(tu)
-    tu.set_defaults(func=cmd_tune)
-
-    dc = dsub.add_parser("convert", help="TFRecord / CSV / Parquet -> an encoded directory (docs/DATA.md)")
-    dc.add_argument("inputs", nargs="+", metavar="INPUT", help="files, directories or globs (quoted)")
-    dc.add_argument("--out", required=True, help="the encoded directory to write")
-    dc.add_argument("--schema", help="YAML/JSON schema (CSV and Parquet)")
-    dc.add_argument("--workers", type=int, default=1, help="processes (over files / Parquet row groups)")
-    dc.add_argument("--format", choices=["tfrecord", "csv", "parquet"], help="default: by file extension")
-    dc.add_argument("--shard-rows", type=int, default=1 << 18, help="rows per shard")
-    dc.add_argument("--max-len", type=int, default=8, help="TFRecord: values kept per multi-valued field")
-    dc.add_argument("--skip-corrupt", action="store_true", help="TFRecord: skip corrupt records (counted)")
-    dc.add_argument("--vocab-from", help="encode with this encoded directory's vocabulary (e.g. a test file)")
-    dc.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    dc.set_defaults(func=_cmd_data_convert)
-    dy = dsub.add_parser("synth", help="synthetic data straight into an encoded directory")
-    dy.add_argument("--rows", type=int, required=True)
-    dy.add_argument("--seed", type=int, default=0)
-    dy.add_argument("--conflict", type=float, default=1.0)
-    dy.add_argument("--out", required=True)
-    dy.add_argument("--shard-rows", type=int, default=1 << 18, help="rows per shard")
-    dy.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    dy.set_defaults(func=_cmd_data_synth)
-
-    dm = sub.add_parser("demo", help="all stages and both baselines on built-in synthetic data")
-    dm.add_argument("--out", help="run directory (default: a new temporary directory)")
-    dm.add_argument("--rows", type=int, help="synthetic rows (default 20000)")
-    dm.add_argument("--resume", action="store_true", help="continue a demo run in --out")
-    dm.add_argument("--models", help="comma-separated model kinds or all (default: the paper's three)")
-    dm.add_argument("--backend", choices=BACKEND_NAMES, help="ncs_kernels backend")
-    dm.add_argument("--seed", type=int, help="seed")
-    common(dm)
-    dm.set_defaults(func=cmd_demo)
-    return p
-
-
 def _prog(args) -> str:
     sub = getattr(args, "data_command", None)
     return f"ncs {args.command}" + (f" {sub}" if sub else "")

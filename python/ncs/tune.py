@@ -52,10 +52,14 @@ import math
 import os
 import shutil
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence
 
-from .config import ConfigError, baseline_epochs, dump_config, load_config, main_metric, merge, resolve_config
+if TYPE_CHECKING:
+    from .config import Config
+
+from .config import ConfigError, dump_config, load_config, main_metric, metric_names
 from .models import PAPER_NAMES, RUN_ORDER
+from .tune_space import _suggest, overrides, space, trial_config  # noqa: F401  (the search space)
 
 STUDY_FILE = "study.journal"
 
@@ -69,96 +73,25 @@ def _optuna():
 
 
 # ---------------------------------------------------------------------------------------------
-# the search space
-
-def space(kind: str, base: Dict[str, Any]) -> Dict[str, Dict[str, Any]]:
-    """{param name: {"type": "float"|"int"|"categorical", ...}} of model `kind` around config `base`."""
-    lr = base["optim"]["lr"]
-    d = base["model"]["embed_dim"]
-    st = base["stages"]
-    t = len(base["tasks"])
-    dims = sorted({max(1, d // 2), d, 2 * d})
-    sp: Dict[str, Dict[str, Any]] = {
-        "lr": {"type": "float", "low": lr / 10, "high": lr * 10, "log": True},
-        "w0": {"type": "float", "low": 0.1, "high": 0.9},
-        "embed_dim": {"type": "categorical", "choices": dims},
-    }
-    if kind == "connection":
-        sp["warmup_epochs"] = {"type": "int", "low": 1, "high": max(1, 2 * st["warmup"]["epochs"])}
-        sp["joint_epochs"] = {"type": "int", "low": 1, "high": max(1, 2 * st["joint"]["epochs"])}
-        sp["final_density"] = {"type": "float", "low": 0.05, "high": 0.8, "log": True}
-    else:
-        sp["epochs"] = {"type": "int", "low": 1, "high": max(1, 2 * baseline_epochs(base))}
-    if kind in ("connection", "layer"):
-        sp["task_embed_dim"] = {"type": "categorical", "choices": [0, max(1, d // 2)]}
-    if kind == "mmoe":
-        sp["experts"] = {"type": "int", "low": t, "high": 2 * t}
-    if kind == "ple":
-        sp["shared_experts"] = {"type": "int", "low": 1, "high": 2}
-        sp["task_experts"] = {"type": "int", "low": 1, "high": 2}
-    return sp
-
-
-def _suggest(trial, sp: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
-    out = {}
-    for name, s in sp.items():
-        if s["type"] == "float":
-            out[name] = trial.suggest_float(name, s["low"], s["high"], log=s.get("log", False))
-        elif s["type"] == "int":
-            out[name] = trial.suggest_int(name, s["low"], s["high"])
-        else:
-            out[name] = trial.suggest_categorical(name, s["choices"])
-    return out
-
-
-def overrides(kind: str, base: Dict[str, Any], params: Dict[str, Any]) -> Dict[str, Any]:
-    """The config overrides (a nested dict for config.merge) of a trial's params."""
-    over: Dict[str, Any] = {"models": [kind], "optim": {"lr": float(params["lr"])},
-                            "model": {"embed_dim": int(params["embed_dim"])}}
-    w0 = float(params["w0"])
-    rest = base["tasks"][1:]
-    tot = sum(t["weight"] for t in rest)
-    tasks = [dict(base["tasks"][0], weight=w0)]
-    for t in rest:
-        share = t["weight"] / tot if tot > 0 else 1.0 / len(rest)
-        tasks.append(dict(t, weight=(1.0 - w0) * share))
-    over["tasks"] = tasks
-    if kind == "connection":
-        over["stages"] = {"warmup": {"epochs": int(params["warmup_epochs"])},
-                          "joint": {"epochs": int(params["joint_epochs"])},
-                          "masks": {"final_density": float(params["final_density"]), "prune_fraction": None}}
-    else:
-        over["baselines"] = {"epochs": int(params["epochs"])}
-    for key in ("task_embed_dim", "experts", "shared_experts", "task_experts"):
-        if key in params:
-            over["model"][key] = int(params[key])
-    return over
-
-
-def trial_config(kind: str, base: Dict[str, Any], params: Dict[str, Any]) -> Dict[str, Any]:
-    return resolve_config(merge(base, overrides(kind, base, params)))
-
-
-# ---------------------------------------------------------------------------------------------
 # objective
 
-def objective_metric(base: Dict[str, Any], metric: Optional[str]) -> tuple:
+def objective_metric(base: "Config", metric: Optional[str]) -> tuple:
     """(metric name, direction)."""
     if metric is None:
-        metric = base["stages"]["joint"]["metric"]
+        metric = base.stages.joint.metric
     if metric is None:
-        m, _ = main_metric(base["tasks"][-1])
-        metric = f"{base['tasks'][-1]['name']}_{m}"
+        m, _ = main_metric(base.tasks[-1])
+        metric = f"{base.tasks[-1].name}_{m}"
     valid = set()
-    for t in base["tasks"]:
-        valid |= {f"{t['name']}_{m}" for m in (["mse"] if t["loss"] == "mse" else ["auc", "logloss"])}
+    for t in base.tasks:
+        valid |= {f"{t.name}_{m}" for m in metric_names(t)}
     if metric not in valid:
         raise ConfigError(f"--metric: expected one of {', '.join(sorted(valid))}, got {metric!r}")
     return metric, ("maximize" if metric.endswith("_auc") else "minimize")
 
 
-def _ctr_name(base: Dict[str, Any]) -> Optional[str]:
-    return next((t["name"] for t in base["tasks"] if t["loss"] != "mse"), None)
+def _ctr_name(base: "Config") -> Optional[str]:
+    return next((t.name for t in base.tasks if t.loss != "mse"), None)
 
 
 def _derived(seed: int, *parts) -> int:
@@ -174,13 +107,13 @@ class _Study:
         from .train import batches as B
         from .train.runner import load_data, resolve_device, split_data
         self.base, self.out, self.metric, self.direction, self.floor, self.log = base, out, metric, direction, floor, log
-        self.device = resolve_device(base["device"])
+        self.device = resolve_device(base.device)
         data = load_data(base)
         train, valid, _test = split_data(base, data)  # the test split is never prepared here
-        click = base["data"]["click_label"]
+        click = base.data.click_label
         try:
-            self.train = B.prepare_split(train, base["tasks"], click, self.device)
-            self.valid = B.prepare_split(valid, base["tasks"], click, self.device)
+            self.train = B.prepare_split(train, base.tasks, click, self.device)
+            self.valid = B.prepare_split(valid, base.tasks, click, self.device)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.fields = data.fields
@@ -239,10 +172,10 @@ def _settings_doc(metric, direction, floor, sampler_seed) -> Dict[str, Any]:
     return {"metric": metric, "direction": direction, "ctr_auc_floor": floor, "sampler_seed": sampler_seed}
 
 
-def tune(base: Dict[str, Any], out: str, trials: int, models: Optional[Sequence[str]] = None, seeds: int = 3,
+def tune(base: "Config", out: str, trials: int, models: Optional[Sequence[str]] = None, seeds: int = 3,
          metric: Optional[str] = None, ctr_auc_floor: Optional[float] = None, sampler_seed: int = 0,
          final: bool = True, log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
-    """Tune every kind of `models` (default: base["models"]) with `trials` trials each, then train
+    """Tune every kind of `models` (default: base.models) with `trials` trials each, then train
     each best config with `seeds` seeds and report its test metrics. Returns summary.json's dict."""
     import torch
 
@@ -255,13 +188,13 @@ def tune(base: Dict[str, Any], out: str, trials: int, models: Optional[Sequence[
         raise ConfigError(f"--trials: expected an integer >= 1, got {trials!r}")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"--seeds: expected an integer >= 1, got {seeds!r}")
-    kinds = list(models) if models else list(base["models"])
+    kinds = list(models) if models else list(base.models)
     bad = [k for k in kinds if k not in RUN_ORDER]
     if bad:
         raise ConfigError(f"--models: unknown model kinds {bad}; expected kinds from {', '.join(RUN_ORDER)}")
     kinds = [k for k in RUN_ORDER if k in kinds]
     for k in kinds:  # a kind the base config cannot train (e.g. esmm on a non-click chain): fail now
-        resolve_config(merge(base, {"models": [k]}))
+        base.override({"models": [k]})
     metric, direction = objective_metric(base, metric)
     ctr = _ctr_name(base)
     if ctr_auc_floor is not None and ctr is None:
@@ -270,14 +203,14 @@ def tune(base: Dict[str, Any], out: str, trials: int, models: Optional[Sequence[
 
     # one study directory = one base config and one objective; --trials may grow between runs
     settings = _settings_doc(metric, direction, ctr_auc_floor, sampler_seed)
-    base_doc = dict(base, models=list(RUN_ORDER))  # the kinds tuned may differ between runs
+    base_doc = base.override({"models": list(RUN_ORDER)})  # the kinds tuned may differ between runs
     cfg_path = os.path.join(out, "config.yaml")
     tune_path = os.path.join(out, "tune.json")
     if os.path.isfile(tune_path):
         with open(tune_path, "r", encoding="utf-8") as f:
             old = json.load(f)
         old_cfg = load_config(cfg_path)
-        if old.get("settings") != json_safe(settings) or old_cfg != resolve_config(base_doc):
+        if old.get("settings") != json_safe(settings) or old_cfg != base_doc:
             raise ConfigError(f"--out: {out} holds a study of another config or objective (see {tune_path}); "
                               f"use another --out")
     else:
@@ -286,8 +219,8 @@ def tune(base: Dict[str, Any], out: str, trials: int, models: Optional[Sequence[
                                             "space": {k: space(k, base) for k in kinds}}))
 
     threads = torch.get_num_threads()
-    if base["threads"] is not None:
-        torch.set_num_threads(base["threads"])
+    if base.threads is not None:
+        torch.set_num_threads(base.threads)
     try:
         st = _Study(base, out, metric, direction, ctr_auc_floor, log)
         storage = optuna.storages.JournalStorage(
@@ -374,15 +307,15 @@ def _tune_one(optuna, storage, st: _Study, kind: str, trials: int, sampler_seed:
     return res
 
 
-def _final(base: Dict[str, Any], out: str, kind: str, params: Dict[str, Any], seeds: int, log) -> Dict[str, Any]:
+def _final(base: "Config", out: str, kind: str, params: Dict[str, Any], seeds: int, log) -> Dict[str, Any]:
     from .train.runner import run
     cfg = trial_config(kind, base, params)
     os.makedirs(os.path.join(out, "best"), exist_ok=True)
     dump_config(cfg, os.path.join(out, "best", f"{kind}.yaml"))
     per_seed: List[Dict[str, Any]] = []
     for i in range(seeds):
-        s = base["seed"] + i
-        cfg_s = resolve_config(merge(cfg, {"seed": s}))
+        s = base.seed + i
+        cfg_s = cfg.override({"seed": s})
         rd = os.path.join(out, "final", kind, f"seed{s}")
         mpath = os.path.join(rd, "metrics.json")
         if os.path.isfile(mpath):  # finished before a kill: reuse
@@ -399,8 +332,8 @@ def _final(base: Dict[str, Any], out: str, kind: str, params: Dict[str, Any], se
 
 def summary_table(summary: Dict[str, Any], tasks: List[dict]) -> str:
     """Each tuned model: its best validation objective and its test CVR MSE / CTR AUC (mean +- std)."""
-    ctr = next((t["name"] for t in tasks if t["loss"] != "mse"), None)
-    cvr = next((t["name"] for t in tasks if t["loss"] == "mse"), None)
+    ctr = next((t.name for t in tasks if t.loss != "mse"), None)
+    cvr = next((t.name for t in tasks if t.loss == "mse"), None)
     head = f"{'Model':<18}{'valid ' + summary['metric']:>16}{'test CVR MSE':>22}{'test CTR AUC':>22}"
     lines = [head, "-" * len(head)]
 
@@ -424,6 +357,6 @@ def main(args, over: Dict[str, Any], log: Callable[[str], None]) -> int:
     summary = tune(cfg, args.out, args.trials,
                    seeds=args.seeds, metric=args.metric, ctr_auc_floor=args.ctr_auc_floor,
                    sampler_seed=args.sampler_seed, final=not args.no_final, log=log)
-    print(summary_table(summary, cfg["tasks"]))
+    print(summary_table(summary, cfg.tasks))
     print(f"tune directory: {args.out} ({time.perf_counter() - t0:.1f} s)")
     return 0

@@ -28,10 +28,11 @@ smoke test):
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List
+
+from ncs.config import merge  # noqa: F401  (the one config merge; G.merge for the driver)
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
@@ -143,16 +144,6 @@ TINY = {
                "joint": {"epochs": 1, "early_stopping": False}},
 }
 TINY_SYNTH_ROWS = 3000
-
-
-def merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def _conf_tag(c: float) -> str:

@@ -630,21 +630,13 @@ def build(runs: Path, results: Path, figures: Path, stages_json: Optional[Path])
     figures.mkdir(parents=True, exist_ok=True)
     cmd = lambda g: f"Command: `{RUN_CMD.format(grid=g)}` then `python scripts/experiments/make_report.py`.\n\n"  # noqa: E731
 
-    real = load_grid(runs, "real")
-    if real:
-        t = table2(real)
-        write_json_csv("table2_real", t, results)
-        tables["table2_real"] = cmd("real") + table2_md(t)
-    real_splits = load_grid(runs, "real_splits")
-    if real_splits:
-        t = table2(real_splits)
-        write_json_csv("table2_real_splits", t, results)
-        tables["table2_real_splits"] = cmd("real_splits") + table2_md(t)
-    synth = load_grid(runs, "synth1m")
-    if synth:
-        t = table2(synth)
-        write_json_csv("table2_synth1m", t, results)
-        tables["table2_synth1m"] = cmd("synth1m") + table2_md(t)
+    grids = {g: load_grid(runs, g) for g in ("real", "real_splits", "synth1m")}
+    for g, recs in grids.items():   # Table 2 of each grid
+        if recs:
+            t = table2(recs)
+            write_json_csv(f"table2_{g}", t, results)
+            tables[f"table2_{g}"] = cmd(g) + table2_md(t)
+    real, synth = grids["real"], grids["synth1m"]
     sweep = load_grid(runs, "sweep")
     if sweep:
         rows = sweep_table(sweep)

@@ -80,7 +80,7 @@ def run_with_fault(site, at, args, counts_path=None):
         def half():
             import yaml
             with open(path + ".tmp", "w") as f:
-                text = yaml.safe_dump(cfg)
+                text = yaml.safe_dump(cfg.to_dict())
                 f.write(text[: len(text) // 2])
         hit("json", half)
         return real_dump(cfg, path)

@@ -25,10 +25,7 @@ def _one_thread(one_thread):
 
 
 def _mcfg(**over):
-    m = defaults()["model"]
-    m.update(embed_dim=4, hidden=[16, 8, 4])
-    m.update(over)
-    return m
+    return defaults().override({"model": {"embed_dim": 4, "hidden": [16, 8, 4], **over}}).model
 
 
 def _ids(b=6, l=3, seed=0):
@@ -79,9 +76,9 @@ def test_kinds_have_one_owner_and_names():
     assert C.MODEL_KINDS is MODEL_KINDS
     assert set(RUN_ORDER) == set(MODEL_KINDS) == set(PAPER_NAMES) and RUN_ORDER[-1] == "connection"
     cfg = resolve_config({"models": "all"})
-    assert cfg["models"] == list(RUN_ORDER)
-    assert resolve_config({"models": ["esmm", "single", "mmoe"]})["models"] == ["single", "mmoe", "esmm"]
-    assert defaults()["models"] == ["single", "layer", "connection"]
+    assert cfg.models == tuple(RUN_ORDER)
+    assert resolve_config({"models": ["esmm", "single", "mmoe"]}).models == ("single", "mmoe", "esmm")
+    assert defaults().models == ("single", "layer", "connection")
     with pytest.raises(ConfigError, match="models: expected model kinds from .*ple, esmm"):
         resolve_config({"models": ["moe"]})
 
@@ -271,6 +268,6 @@ def test_competitors_train_and_print(tmp_path):
         assert {"ctr_auc", "cvr_mse", "like_auc"} <= set(m), kind
         assert m["cvr_mse"] == m["cvr_mse"]
         assert res["stages"][kind]["train"]["epochs_run"] >= 1
-    table = results_table(res, cfg["tasks"])
+    table = results_table(res, cfg.tasks)
     for name in ("Single_Task", "Shared_Bottom", "MMoE", "PLE", "ESMM"):
         assert name in table

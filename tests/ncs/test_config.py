@@ -12,13 +12,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 def test_defaults_complete_and_paper_like():
     cfg = defaults()
-    assert cfg["model"]["hidden"] == [512, 256, 128]
-    assert cfg["optim"]["mode"] == "strict"
-    assert cfg["optim"]["embedding_optimizer"] == "sparse_adam"
-    assert [t["weight"] for t in cfg["tasks"]] == [0.7, 0.3]
-    assert cfg["tasks"][1]["space"] == "clicked"
+    assert cfg.model.hidden == (512, 256, 128)
+    assert cfg.optim.mode == "strict"
+    assert [t.weight for t in cfg.tasks] == [0.7, 0.3]
+    assert cfg.tasks[1].space == "clicked"
     assert prune_fraction(cfg) == pytest.approx(1 - 0.2 ** 0.25)
-    assert baseline_epochs(cfg) == cfg["stages"]["warmup"]["epochs"] + cfg["stages"]["joint"]["epochs"]
+    assert baseline_epochs(cfg) == cfg.stages.warmup.epochs + cfg.stages.joint.epochs
 
 
 @pytest.mark.parametrize("given, path", [
@@ -64,9 +63,9 @@ def test_three_tasks_and_models_string():
                                                        "loss": "mse"},
                   {"name": "like", "label": "like", "loss": "focal", "weight": 0.1}],
     })
-    assert cfg["models"] == ["single", "connection"]  # fixed order: baselines first
-    assert [t["name"] for t in cfg["tasks"]] == ["ctr", "cvr", "like"]
-    assert cfg["tasks"][2]["space"] == "all"
+    assert cfg.models == ("single", "connection")  # fixed order: baselines first
+    assert [t.name for t in cfg.tasks] == ["ctr", "cvr", "like"]
+    assert cfg.tasks[2].space == "all"
 
 
 def test_file_errors(tmp_path):
@@ -86,29 +85,82 @@ def test_file_errors(tmp_path):
 def test_relative_data_path_resolved_against_config_file(tmp_path):
     p = tmp_path / "c.yaml"
     p.write_text("data: {kind: tfrecord, path: sub/x.gz}\n")
-    assert load_config(str(p))["data"]["path"] == str(tmp_path / "sub" / "x.gz")
+    assert load_config(str(p)).data.path == str(tmp_path / "sub" / "x.gz")
 
 
 @pytest.mark.parametrize("name", ["paper", "lt4rec_sample", "demo"])
 def test_shipped_configs_load(name):
     cfg = load_config(str(REPO / "configs" / f"{name}.yaml"))
-    assert cfg["models"] == ["single", "layer", "connection"]
+    assert cfg.models == ("single", "layer", "connection")
 
 
 def test_paper_config_is_the_paper():
     cfg = load_config(str(REPO / "configs" / "paper.yaml"))
-    assert cfg["model"]["embed_dim"] == 64 and cfg["model"]["hidden"] == [512, 256, 128]
-    assert cfg["optim"]["lr"] == 1e-4 and cfg["train"]["batch_size"] == 4096
-    assert cfg["stages"]["masks"]["final_density"] == 0.2 and cfg["stages"]["masks"]["rounds"] == 4
-    assert [t["weight"] for t in cfg["tasks"]] == [0.7, 0.3]
+    assert cfg.model.embed_dim == 64 and cfg.model.hidden == (512, 256, 128)
+    assert cfg.optim.lr == 1e-4 and cfg.train.batch_size == 4096
+    assert cfg.stages.masks.final_density == 0.2 and cfg.stages.masks.rounds == 4
+    assert [t.weight for t in cfg.tasks] == [0.7, 0.3]
 
 
 def test_sample_config_points_at_the_shared_sample():
     cfg = load_config(str(REPO / "configs" / "lt4rec_sample.yaml"))
-    assert Path(cfg["data"]["path"]).resolve() == (REPO.parent / "shared" / "data" / "lt4rec" / "part-r-00002.gz").resolve()
+    assert Path(cfg.data.path).resolve() == (REPO.parent / "shared" / "data" / "lt4rec" / "part-r-00002.gz").resolve()
 
 
 def test_demo_yaml_matches_builtin():
     on_disk = yaml.safe_load((REPO / "configs" / "demo.yaml").read_text())
     assert resolve_config(on_disk) == resolve_config(DEMO_CONFIG) == demo_config()
-    assert demo_config(rows=123)["data"]["rows"] == 123
+    assert demo_config(rows=123).data.rows == 123
+
+
+def test_every_path_resolved_against_config_file_and_run_from_elsewhere(tmp_path, monkeypatch):
+    """data.path (and each path of its mapping), data.options.schema and data.cache_dir are
+    relative to the config file: the same config works from any working directory."""
+    from ncs.train.runner import load_data
+
+    conf, data, elsewhere = tmp_path / "conf", tmp_path / "data", tmp_path / "elsewhere"
+    for d in (conf, data, elsewhere):
+        d.mkdir()
+    rows = ["uid,vid,click,rate,req"] + [f"u{i % 5},v{i % 7},{i % 2},{(i % 2) * 0.5},{i // 3}" for i in range(30)]
+    (data / "t.csv").write_text("\n".join(rows) + "\n")
+    (data / "schema.yaml").write_text(
+        "fields: [{name: uid}, {name: vid}]\nclick: click\nconversion: rate\ngroups: {request: req}\n")
+    p = conf / "c.yaml"
+    p.write_text("data: {kind: csv, path: ../data/t.csv, cache_dir: cache, options: {schema: ../data/schema.yaml}}\n")
+    monkeypatch.chdir(elsewhere)
+    cfg = load_config(str(p))
+    assert cfg.data.path == str(data / "t.csv")
+    assert cfg.data.options["schema"] == str(data / "schema.yaml")
+    assert cfg.data.cache_dir == str(conf / "cache")
+    encoded = load_data(cfg)                       # reads the file and schema, writes the cache
+    assert len(encoded) == 30 and [f.name for f in encoded.fields] == ["uid", "vid"]
+    assert any((conf / "cache").iterdir()) and not (elsewhere / "cache").exists()
+    given = conf / "g.yaml"
+    given.write_text("data: {kind: csv, options: {schema: {fields: [{name: uid}], click: click}},\n"
+                     "       path: {train: ../data/t.csv, valid: /abs/v.csv, test: t.csv}}\n")
+    got = load_config(str(given)).data
+    assert got.path == {"train": str(data / "t.csv"), "valid": "/abs/v.csv", "test": str(conf / "t.csv")}
+    assert got.options["schema"] == {"fields": [{"name": "uid"}], "click": "click"}  # inline: as given
+
+
+def test_config_is_frozen_typed_and_dumps_the_same_yaml(tmp_path):
+    import dataclasses
+
+    import yaml
+    from ncs.config import dump_config
+    cfg = resolve_config({"stages": {"joint": {"metric": "cvr_mse"}}})
+    assert cfg.stages.joint.metric == "cvr_mse" and cfg.tasks[1].name == "cvr"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.stages.joint.metric = "ctr_auc"
+    assert cfg.override({"optim": {"mode": "leaky"}}).optim.mode == "leaky" and cfg.optim.mode == "strict"
+    dump_config(cfg, str(tmp_path / "c.yaml"))
+    assert yaml.safe_load((tmp_path / "c.yaml").read_text()) == cfg.to_dict()
+    assert load_config(str(tmp_path / "c.yaml")) == cfg
+
+
+def test_removed_embedding_optimizer_key_is_accepted_with_a_warning():
+    with pytest.warns(FutureWarning, match="optim.embedding_optimizer"):
+        cfg = resolve_config({"optim": {"embedding_optimizer": "sparse_adam"}})
+    assert cfg == defaults()
+    with pytest.raises(ConfigError, match="optim.embedding_optimizer: expected one of sparse_adam, got 'dense'"):
+        resolve_config({"optim": {"embedding_optimizer": "dense"}})

@@ -147,7 +147,7 @@ def test_resume_mid_epoch_on_streamed_data(enc, full_stream_run, tmp_path, stop_
     out = str(tmp_path / "r")
     with pytest.raises(StopTraining):
         run(_cfg(enc.path), out, stop_after_checkpoints=stop_after)
-    first = _cfg(enc.path)["models"][0]
+    first = _cfg(enc.path).models[0]
     doc = json.load(open(os.path.join(out, "checkpoints", f"{first}.json")))
     if stop_after == 2:
         assert doc["pos"]["batch"] == 6  # stopped inside the first epoch
@@ -160,7 +160,7 @@ def test_given_split_mapping_and_vocab_mismatch(tmp_path, syn):
     b = write_encoded(syn.subset(torch.arange(2000, 2500)), str(tmp_path / "b"))
     c = write_encoded(syn.subset(torch.arange(2500, 3000)), str(tmp_path / "c"))
     cfg = _cfg({"train": a.path, "valid": b.path, "test": c.path})
-    cfg["models"] = ["single"]
+    cfg = cfg.override({"models": ["single"]})
     res = run(cfg, str(tmp_path / "run"))
     split = json.load(open(tmp_path / "run" / "split.json"))
     assert [split[k]["rows"] for k in ("train", "valid", "test")] == [2000, 500, 500]

@@ -182,7 +182,7 @@ STEPS = textwrap.dedent("""
             cfg = resolve_config({"models": [kind], "device": "cpu", "model": {"embed_dim": 4, "hidden": [8, 4]},
                                   "optim": {"embedding_step": step, "lr": 0.01},
                                   "loss": {"balance": "fixed"}})
-            split = B.prepare_split(data, cfg["tasks"], "click", cpu)
+            split = B.prepare_split(data, cfg.tasks, "click", cpu)
             # 3 mixed batches (the last one short: 300 = 2 * 128 + 44), 2 cvr task batches, and
             # a 1-row batch of each kind (fewer rows than ranks: rank 1 adds a zero-weight row)
             mixed = B.mixed_batches(split, 128, 0, "mixed", 0)

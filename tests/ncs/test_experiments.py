@@ -39,14 +39,14 @@ def test_every_grid_resolves_to_a_valid_config():
         assert specs and len({s.run_id for s in specs}) == len(specs), name
         for s in specs:
             cfg = D.resolved_config(s, None)  # raises ConfigError on a bad override
-            assert cfg["threads"] == 1
-    sizes = {s.run_id: D.resolved_config(s, None)["data"]["rows"] for s in G.grid("synth1m")}
+            assert cfg.threads == 1
+    sizes = {s.run_id: D.resolved_config(s, None).data.rows for s in G.grid("synth1m")}
     assert set(sizes.values()) == {1_000_000}
     abl = {s.tags["variant"]: D.resolved_config(s, None) for s in G.grid("ablation")}
-    assert abl["leaky"]["optim"]["mode"] == "leaky" and abl["scope_layer"]["stages"]["masks"]["scope"] == "layer"
-    assert abl["random_init"]["stages"]["warmup"]["epochs"] == 0
-    assert abl["leaky"]["models"] == ["connection"]
-    assert abl["weights_0.5"]["models"] == ["single", "layer", "connection"]
+    assert abl["leaky"].optim.mode == "leaky" and abl["scope_layer"].stages.masks.scope == "layer"
+    assert abl["random_init"].stages.warmup.epochs == 0
+    assert abl["leaky"].models == ("connection",)
+    assert abl["weights_0.5"].models == ("single", "layer", "connection")
     with pytest.raises(ValueError, match="grid"):
         G.grid("nope")
 
@@ -128,7 +128,7 @@ def test_no_warmup_rewinds_to_the_model_as_initialised(tmp_path):
     from ncs.data.types import FieldSpec
     torch.manual_seed(derived_seed(3, "init/connection"))
     fresh = build_model("connection", [FieldSpec(f["name"], f["vocab_size"], f["max_len"]) for f in fields],
-                        ["ctr", "cvr"], cfg["model"], backend="torch")
+                        ["ctr", "cvr"], cfg.model, backend="torch")
     params = dict(fresh.named_parameters())
     assert params
     for name, p in params.items():

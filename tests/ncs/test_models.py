@@ -21,9 +21,7 @@ TASKS = ("ctr", "cvr")
 
 
 def _cfg(hidden=(16, 8, 4), d=4):
-    m = defaults()["model"]
-    m.update(embed_dim=d, hidden=list(hidden))
-    return m
+    return defaults().override({"model": {"embed_dim": d, "hidden": list(hidden)}}).model
 
 
 def _ids(b=6, l=3, seed=0):
@@ -137,7 +135,7 @@ def test_cvr_loss_with_no_clicks_is_zero_not_nan():
 
 def test_eq2_weighted_sum():
     torch.manual_seed(0)
-    tasks = defaults()["tasks"]
+    tasks = defaults().tasks
     logits = {"ctr": torch.randn(10), "cvr": torch.randn(10)}
     click = (torch.rand(10) > 0.5).float()
     targets = {"ctr": click, "cvr": torch.rand(10) * click}

@@ -40,7 +40,7 @@ def test_uncertainty_weights_receive_gradients_of_kendalls_form():
     l_ctr, l_cvr = torch.tensor(0.6), torch.tensor(0.09)
     total = bal.combine({"ctr": l_ctr, "cvr": l_cvr})
     total.backward()
-    w_ctr, w_cvr = cfg["tasks"][0]["weight"], cfg["tasks"][1]["weight"]
+    w_ctr, w_cvr = cfg.tasks[0].weight, cfg.tasks[1].weight
     # ctr (bce, classification): w (exp(-s) L + s/2); cvr (mse, regression): w (exp(-s) L / 2 + s/2)
     assert float(total.detach()) == pytest.approx(w_ctr * (math.exp(-0.3) * 0.6 + 0.15) + w_cvr * (0.5 * math.exp(0.2) * 0.09 - 0.1))
     assert float(bal.log_var[0].grad) == pytest.approx(w_ctr * (-math.exp(-0.3) * 0.6 + 0.5))
@@ -153,14 +153,14 @@ def test_per_task_selection_serves_each_tasks_own_best_epoch(per_task_run):
 
 def test_per_task_model_file_reproduces_the_served_metrics(per_task_run):
     out, cfg, results = per_task_run
-    from ncs.cli import _evaluate
+    from ncs.train.evaluate import evaluate  # the one evaluation of the trainer and `ncs eval`
     from ncs.train.runner import split_data
     data = _data(160)
     _, _, test = split_data(cfg, data)
-    te = B.prepare_split(test, cfg["tasks"], "click", torch.device("cpu"))
+    te = B.prepare_split(test, cfg.tasks, "click", torch.device("cpu"))
     for kind in ("layer", "connection"):
         model, _ = load_model(out, kind, cfg, torch.device("cpu"))
-        m = _evaluate(model, te, cfg)
+        m = evaluate(model, te, cfg.tasks, cfg.train.eval_batch_size, te.device)
         for k in ("ctr_auc", "cvr_mse"):
             assert m[k] == pytest.approx(results["models"][kind][k], abs=1e-9), (kind, k)
 
@@ -210,7 +210,7 @@ def test_uncertainty_resume_bit_exact(tmp_path):
 
 def test_subset_split_keeps_the_stated_fraction():
     d = _data(100)
-    sp = B.prepare_split(d, _cfg()["tasks"], "click", torch.device("cpu"))
+    sp = B.prepare_split(d, _cfg().tasks, "click", torch.device("cpu"))
     first = subset_split(sp, 0.3, "first", 0)
     assert len(first) == 30 and torch.equal(first.ids, sp.ids[:30])
     assert torch.equal(first.space_index["cvr"], sp.spaces["cvr"][:30].nonzero().squeeze(1))
@@ -229,7 +229,7 @@ def test_schedule_steps_follow_the_data_fraction(tmp_path):
                        "joint": {"epochs": 1}})
     res = run(cfg, str(tmp_path / "s"), data=_data())
     train, _, _ = R.split_data(cfg, _data())
-    sp = B.prepare_split(train, cfg["tasks"], "click", torch.device("cpu"))
+    sp = B.prepare_split(train, cfg.tasks, "click", torch.device("cpu"))
     n = len(sp)
     half, seventy = round(0.5 * n), round(0.7 * n)
     clicked70 = int(sp.spaces["cvr"][:seventy].sum())
@@ -279,10 +279,10 @@ def test_grad_diagnostics_match_a_manual_backward():
     cfg = _cfg()
     d = _data(60)
     torch.manual_seed(0)
-    model = build_model("layer", d.fields, ["ctr", "cvr"], cfg["model"], backend="torch")
-    sp = B.prepare_split(d, cfg["tasks"], "click", torch.device("cpu"))
+    model = build_model("layer", d.fields, ["ctr", "cvr"], cfg.model, backend="torch")
+    sp = B.prepare_split(d, cfg.tasks, "click", torch.device("cpu"))
     rows = torch.arange(40)
-    diag = grad_diagnostics(model, sp, cfg["tasks"], rows, 16, {"ctr": 0.7, "cvr": 0.3}, False, 2.0, 0.25)
+    diag = grad_diagnostics(model, sp, cfg.tasks, rows, 16, {"ctr": 0.7, "cvr": 0.3}, False, 2.0, 0.25)
     from ncs.losses import task_loss
     grads = {}
     for t, w in (("ctr", 0.7), ("cvr", 0.3)):
@@ -302,7 +302,7 @@ def test_grad_diagnostics_match_a_manual_backward():
 
 def test_cycled_alternation_gives_every_task_as_many_steps_as_the_largest():
     from ncs.train.protocol import cycled_alternating_batches
-    sp = B.prepare_split(_data(100), _cfg()["tasks"], "click", torch.device("cpu"))
+    sp = B.prepare_split(_data(100), _cfg().tasks, "click", torch.device("cpu"))
     cover = B.alternating_batches(sp, ["ctr", "cvr"], 8, 0, "joint", 0)
     cyc = cycled_alternating_batches(sp, ["ctr", "cvr"], 8, 0, "joint", 0)
     n_ctr = sum(t == "ctr" for t, _ in cover)

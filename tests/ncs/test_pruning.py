@@ -114,10 +114,10 @@ def test_select_round():
 # ---------------------------------------------------------------------------------------------
 def _trainer(tmp_path, mode="strict", **stages):
     cfg = _cfg(**stages)
-    cfg["optim"]["mode"] = mode
-    cfg["optim"]["moments"] = "shared"   # these tests are about the shared moments (per_task: test_train_moments)
+    # these tests are about the shared moments (per_task: test_train_moments)
+    cfg = cfg.override({"optim": {"mode": mode, "moments": "shared"}})
     data = _tiny_data()
-    tr = B.prepare_split(data, cfg["tasks"], "click", torch.device("cpu"))
+    tr = B.prepare_split(data, cfg.tasks, "click", torch.device("cpu"))
     return ModelTrainer("connection", cfg, data.fields, tr, tr, torch.device("cpu"), str(tmp_path)), tr
 
 
@@ -189,7 +189,7 @@ def test_mask_stage_rounds_table_and_densities(tmp_path):
     q = 1 - 0.3 ** (1 / 3)
     total = sum(m.weight.numel() for m in trainer.layers.values())
     for task in ("ctr", "cvr"):
-        rows = trainer.pos["rounds"][task]
+        rows = trainer.pos.rounds[task]
         assert [r["round"] for r in rows] == [0, 1, 2, 3]
         assert rows[0]["density"] == 1.0
         s = total
@@ -201,7 +201,7 @@ def test_mask_stage_rounds_table_and_densities(tmp_path):
         assert rows[-1]["density"] == pytest.approx(0.3, abs=0.01)
         hist = trainer.mask_hist[task]
         assert len(hist) == 4
-        sel = trainer.pos["selected"][task]
+        sel = trainer.pos.selected[task]
         assert sel >= 1
         kept = trainer.model.get_task_masks(task)
         assert all(torch.equal(kept[n], hist[sel][n]) for n in kept)

@@ -444,7 +444,8 @@ def test_tfrecord_chunks_match_the_reader(tmp_path):
     vocab["FEA_VID"] = dict(list(vocab["FEA_VID"].items())[:100])  # later videos: unseen -> 0
     fields = [{"name": f.name, "vocab_size": f.vocab_size if f.name != "FEA_VID" else 101, "max_len": f.max_len}
               for f in full.fields]
-    cfg = {"tasks": [], "models": [], "data": {"kind": "tfrecord", "options": {"max_len": 4}}}
+    from types import SimpleNamespace  # the parts of a run's Config the encoder reads
+    cfg = SimpleNamespace(tasks=(), models=(), data=SimpleNamespace(kind="tfrecord", options={"max_len": 4}))
     r = Run("sample", cfg, fields, vocab)
     chunks = list(iter_chunks(r, str(part), chunk_rows=120, length_column="FEA_DURATION", order_column="FEA_ORDER"))
     assert [c.start for c in chunks] == [0, 120, 240, 360, 480]
@@ -592,6 +593,6 @@ def test_private_embeddings_are_refused_clearly():
     from ncs.models import build_model
     cfg = resolve_config({"models": ["connection"], "model": {"embed_dim": 4, "hidden": [8, 4], "task_embed_dim": 2}})
     for kind in ("connection", "layer"):
-        model = build_model(kind, [5, 6, 7], ["ctr", "cvr"], cfg["model"], backend="torch")
+        model = build_model(kind, [5, 6, 7], ["ctr", "cvr"], cfg.model, backend="torch")
         with pytest.raises(E.ExportError, match="task_embed_dim"):
             E.task_network(model, "cvr")

@@ -118,7 +118,7 @@ def test_resume_refuses_another_config(tmp_path):
 def test_batch_orders_are_functions_of_seed_tag_epoch():
     data = _tiny_data()
     cfg = _cfg()
-    sp = B.prepare_split(data, cfg["tasks"], "click", torch.device("cpu"))
+    sp = B.prepare_split(data, cfg.tasks, "click", torch.device("cpu"))
     a = B.mixed_batches(sp, 32, 1, "mixed", 0)
     assert all(torch.equal(x[1], y[1]) for x, y in zip(a, B.mixed_batches(sp, 32, 1, "mixed", 0)))
     assert not torch.equal(a[0][1], B.mixed_batches(sp, 32, 1, "mixed", 1)[0][1])

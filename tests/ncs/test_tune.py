@@ -47,9 +47,9 @@ def test_space_is_common_and_overrides_resolve():
     params = {"lr": 0.003, "w0": 0.4, "embed_dim": 8, "warmup_epochs": 2, "joint_epochs": 1,
               "final_density": 0.3, "task_embed_dim": 2}
     cfg = trial_config("connection", base, params)
-    assert cfg["models"] == ["connection"] and cfg["optim"]["lr"] == 0.003 and cfg["model"]["embed_dim"] == 8
-    assert [t["weight"] for t in cfg["tasks"]] == pytest.approx([0.4, 0.6])
-    assert cfg["stages"]["masks"]["final_density"] == 0.3 and cfg["model"]["task_embed_dim"] == 2
+    assert cfg.models == ("connection",) and cfg.optim.lr == 0.003 and cfg.model.embed_dim == 8
+    assert [t.weight for t in cfg.tasks] == pytest.approx([0.4, 0.6])
+    assert cfg.stages.masks.final_density == 0.3 and cfg.model.task_embed_dim == 2
     o = overrides("mmoe", base, {"lr": 0.01, "w0": 0.5, "embed_dim": 4, "epochs": 3, "experts": 3})
     assert o["baselines"] == {"epochs": 3} and o["model"]["experts"] == 3
 
@@ -72,7 +72,7 @@ def test_tune_two_trials_writes_trials_best_and_test_summary(tmp_path, capsys):
                    for rec in recs)
         assert r["best_valid"] == min(rec["value"] for rec in recs)
         best = load_config(str(out / "best" / f"{kind}.yaml"))
-        assert best["models"] == [kind] and best["optim"]["lr"] == pytest.approx(r["params"]["lr"])
+        assert best.models == (kind,) and best.optim.lr == pytest.approx(r["params"]["lr"])
         t = r["test"]["cvr_mse"]
         assert len(t["values"]) == 2 and t["std"] >= 0
         for s in (0, 1):

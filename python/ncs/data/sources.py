@@ -24,24 +24,24 @@ class GivenParts:
 
 
 def load_source(cfg: Dict[str, Any], with_vocab: bool = False):
-    """cfg['data'] of kind 'encoded', or with data.path a mapping: (source, vocab) if with_vocab."""
-    d = cfg["data"]
-    opts = dict(d.get("options") or {})
-    if d["kind"] == "encoded":
+    """cfg.data of kind 'encoded', or with data.path a mapping: (source, vocab) if with_vocab."""
+    d = cfg.data
+    opts = dict(d.options or {})
+    if d.kind == "encoded":
         from .stream import open_source
 
         if opts:
             raise DataError(f"data.options: kind 'encoded' takes no options, got {sorted(opts)}")
-        src = open_source(d["path"])
+        src = open_source(d.path)
         first = next(iter(src.dirs.values()))
         return (src, first.vocab()) if with_vocab else src
-    if d["kind"] == "synthetic":
+    if d.kind == "synthetic":
         raise DataError("data.path: a {train, valid, test} mapping needs file data, not kind 'synthetic'")
-    paths = d["path"]
+    paths = d.path
     parts = []
     vocab = None
     for name in ("train", "valid", "test"):
-        if d["kind"] == "tfrecord":
+        if d.kind == "tfrecord":
             from .lt4rec import encode_lt4rec
 
             bad = set(opts) - {"max_len", "skip_corrupt"}
@@ -53,8 +53,8 @@ def load_source(cfg: Dict[str, Any], with_vocab: bool = False):
             from .table import encode_table
 
             if "schema" not in opts:
-                raise DataError(f"data.options.schema: a schema is needed for kind {d['kind']!r}")
-            data, voc = encode_table(paths[name], opts["schema"], vocab=vocab, fmt=d["kind"])
+                raise DataError(f"data.options.schema: a schema is needed for kind {d.kind!r}")
+            data, voc = encode_table(paths[name], opts["schema"], vocab=vocab, fmt=d.kind)
         if vocab is None:
             vocab, train_fields = voc, data.fields
         else:  # the train vocabulary's sizes

@@ -143,7 +143,7 @@ def _table_chunks(run: Run, path: str, fmt: str, chunk_rows: int, length_column:
     import ncs.data as D
     from ..data.table import open_parquet, parse_schema
 
-    schema = run.cfg["data"].get("options", {}).get("schema")
+    schema = run.cfg.data.options.get("schema")
     if schema is None:
         raise ServeError(f"--data: {path} is a table; the run's config has no data.options.schema for it")
     sch = parse_schema(schema)
@@ -266,7 +266,7 @@ def _tfrecord_chunks(run: Run, path: str, chunk_rows: int, length_column: Option
                      order_column: Optional[str] = None) -> Iterator[Chunk]:
     import ncs.data as D
 
-    opts = run.cfg["data"].get("options", {})
+    opts = run.cfg.data.options
     max_len = int(opts.get("max_len", 8))
     skip = bool(opts.get("skip_corrupt", False))
 

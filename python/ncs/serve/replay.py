@@ -63,15 +63,15 @@ def _test_split(run: Run, length_column: Optional[str], order_column: Optional[s
     from ..train.runner import load_data
 
     full = load_data(run.cfg)
-    s = run.cfg["data"]["split"]
-    test_idx = D.split_index(full, by=s["by"], fractions=tuple(s["fractions"]), seed=s["seed"])[2]
+    s = run.cfg.data.split
+    test_idx = D.split_index(full, by=s.by, fractions=tuple(s.fractions), seed=s.seed)[2]
     length = order = None
     if length_column is not None or order_column is not None:
-        d = run.cfg["data"]
-        path = d.get("path")
-        if d["kind"] == "synthetic" or not isinstance(path, str):
+        d = run.cfg.data
+        path = d.path
+        if d.kind == "synthetic" or not isinstance(path, str):
             what = "--length-column" if length_column is not None else "--order-column"
-            raise ServeError(f"{what}: the run's data ({d['kind']}) is not one file to read the column from; "
+            raise ServeError(f"{what}: the run's data ({d.kind}) is not one file to read the column from; "
                              f"pass --data FILE")
         from .encode import iter_chunks
         chunks = list(iter_chunks(run, path, length_column=length_column, order_column=order_column))
@@ -93,7 +93,7 @@ def _order_column(run: Run, data: Optional[str], order_column: Optional[str]) ->
     if order_column != "auto":
         return order_column
     from .encode import file_kind
-    kind = file_kind(data) if data is not None else run.cfg["data"]["kind"]
+    kind = file_kind(data) if data is not None else run.cfg.data.kind
     return "FEA_ORDER" if kind == "tfrecord" else None
 
 

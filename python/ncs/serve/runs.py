@@ -24,13 +24,13 @@ class Run:
         self.cfg = cfg
         self.fields = fields
         self.vocab = vocab
-        self.tasks: List[Dict[str, Any]] = list(cfg["tasks"])
-        self.task_names = [t["name"] for t in self.tasks]
+        self.tasks: List[Dict[str, Any]] = list(cfg.tasks)
+        self.task_names = [t.name for t in self.tasks]
 
     # -- models
     def trained_kinds(self) -> List[str]:
         d = os.path.join(self.dir, "models")
-        named = [k for k in self.cfg["models"] if os.path.isfile(os.path.join(d, f"{k}.safetensors"))]
+        named = [k for k in self.cfg.models if os.path.isfile(os.path.join(d, f"{k}.safetensors"))]
         extra = sorted(f[: -len(".safetensors")] for f in (os.listdir(d) if os.path.isdir(d) else [])
                        if f.endswith(".safetensors") and not f.startswith(".") and f[: -len(".safetensors")] not in named)
         return named + extra
@@ -57,19 +57,19 @@ class Run:
     # -- tasks
     def ctr_task(self) -> str:
         """The first bce/focal task (the 'CTR' of reports), else the first task."""
-        return next((t["name"] for t in self.tasks if t["loss"] != "mse"), self.task_names[0])
+        return next((t.name for t in self.tasks if t.loss != "mse"), self.task_names[0])
 
     def cvr_task(self) -> str:
         """The first mse task (the play-rate 'CVR'), else the last task."""
-        return next((t["name"] for t in self.tasks if t["loss"] == "mse"), self.task_names[-1])
+        return next((t.name for t in self.tasks if t.loss == "mse"), self.task_names[-1])
 
     def label_of(self, task: str) -> str:
-        return next(t["label"] for t in self.tasks if t["name"] == task)
+        return next(t.label for t in self.tasks if t.name == task)
 
     # -- data
     def encoding(self) -> Dict[str, Any]:
-        d = self.cfg["data"]
-        return {"data_kind": d["kind"], "options": d.get("options", {})}
+        d = self.cfg.data
+        return {"data_kind": d.kind, "options": d.options}
 
 
 def open_run(run_dir: Optional[str]) -> Run:

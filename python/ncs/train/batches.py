@@ -138,3 +138,26 @@ def from_batch(batches, k: int):
 def eval_slices(n: int, batch_size: int) -> Iterator[slice]:
     for i in range(0, n, batch_size):
         yield slice(i, min(n, i + batch_size))
+
+
+def cycled_alternating_batches(split: SplitTensors, tasks: Sequence[str], batch_size: int, seed: int, tag: str,
+                               epoch: int) -> List[Tuple[Optional[str], torch.Tensor]]:
+    """stages.joint.alternate = cycle: task-homogeneous batches round-robin (ctr, cvr, ctr, cvr,
+    ...) until the largest space is covered once; a smaller space (CVR: the clicked rows) is
+    gone over again, each further pass in a fresh seeded order (tag "<tag>/cycle<j>"), so every
+    task takes as many steps as the largest (a Single_Task or Layer_Share CVR head gets one step
+    per mixed batch; the plain alternation gives it only clicked_rows / batch_size)."""
+    # list(): the streamed path's lazy EpochBatches do not concatenate
+    per = [list(task_batches(split, t, batch_size, seed, tag, epoch)) for t in tasks]
+    n = max((len(p) for p in per), default=0)
+    for k, t in enumerate(tasks):
+        j = 1
+        while per[k] and len(per[k]) < n:
+            per[k] = per[k] + list(task_batches(split, t, batch_size, seed, f"{tag}/cycle{j}", epoch))
+            j += 1
+    out = []
+    for i in range(n):
+        for p in per:
+            if i < len(p):
+                out.append(p[i])
+    return out

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import torch
 
+from ncs_kernels.atomic import atomic_path, atomic_write_text
 from ncs_kernels.integrity import checksums, first_mismatch, text_crc32
 
 FORMAT = "ncs-checkpoint"
@@ -31,17 +31,9 @@ class CheckpointError(RuntimeError):
 
 
 def _atomic_write_text(path: str, text: str) -> None:
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Every JSON file of a run is written through here (ncs_kernels.atomic; one seam that the
+    fault-injection tests patch)."""
+    atomic_write_text(path, text)
 
 
 def atomic_write_json(path: str, obj: Any) -> None:
@@ -64,8 +56,6 @@ def save_tensors(path: str, tensors: Mapping[str, torch.Tensor], meta: Optional[
     A failed write (ENOSPC, EIO...) is a CheckpointError and leaves both files as they were."""
     from safetensors.torch import save_file
 
-    d = os.path.dirname(os.path.abspath(path))
-    os.makedirs(d, exist_ok=True)
     doc = {"format": FORMAT, "version": VERSION, **(meta or {})}
     doc.pop(_SUMS, None)
     flat = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
@@ -73,32 +63,25 @@ def save_tensors(path: str, tensors: Mapping[str, torch.Tensor], meta: Optional[
     # the checksum of the document is over its JSON without the checksums entry
     sums = {"tensors": checksums(flat), "meta": text_crc32(json.dumps(doc))}
     text = json.dumps({**doc, _SUMS: sums})
-    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".safetensors")
-    os.close(fd)
     try:
-        save_file(flat, tmp, metadata={"ncs_checkpoint": text})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        if keep_previous and os.path.isfile(path):
-            prev = previous_path(path)
-            link = prev + ".tmp"
-            if os.path.lexists(link):
-                os.unlink(link)
-            try:
-                os.link(path, link)
-            except OSError:  # no hard links here: a copy
-                import shutil
-                shutil.copyfile(path, link)
-            os.replace(link, prev)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:   # tmp file beside path, fsync, os.replace
+            save_file(flat, tmp, metadata={"ncs_checkpoint": text})
+            if keep_previous and os.path.isfile(path):
+                prev = previous_path(path)
+                link = prev + ".tmp"
+                if os.path.lexists(link):
+                    os.unlink(link)
+                try:
+                    os.link(path, link)
+                except OSError:  # no hard links here: a copy
+                    import shutil
+                    shutil.copyfile(path, link)
+                os.replace(link, prev)
     except Exception as e:  # OSError (ENOSPC, EIO...) or safetensors' SafetensorError around one
         if not isinstance(e, OSError) and "Io" not in type(e).__name__ + str(e):
             raise
         raise CheckpointError(f"{path}: cannot write the checkpoint ({e}); the previous one is left "
                               f"as it was") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     if sidecar:
         try:
             _atomic_write_text(os.path.splitext(path)[0] + ".json", json.dumps(doc, indent=1) + "\n")

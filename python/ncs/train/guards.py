@@ -15,7 +15,7 @@ written after it, so the last one on disk is the last good state. The weights in
 have taken up to log_every - 1 more steps, but they are never saved.
 skip_batch: the same reduction, read back every step (one host sync per step: free on the CPU,
 a pipeline stall on a GPU); a bad batch takes no optimizer step and is counted in
-pos["skipped_batches"] (in the checkpoint, so a resumed run counts alike) and logged.
+pos.skipped_batches (in the checkpoint, so a resumed run counts alike) and logged.
 """
 from __future__ import annotations
 
@@ -45,9 +45,9 @@ class NonFiniteGuard:
     def __init__(self, trainer: Any, desc: str):
         self.t = trainer
         self.desc = desc
-        self.mode = trainer.cfg["train"].get("on_nonfinite", "error")
-        self.every = int(trainer.cfg["train"]["log_every"])
-        self.step0 = int(trainer.pos["step"])  # global step of batch 0 of this epoch
+        self.mode = trainer.cfg.train.on_nonfinite
+        self.every = int(trainer.cfg.train.log_every)
+        self.step0 = int(trainer.pos.step)  # global step of batch 0 of this epoch
         self.skipped = 0
         self.first: Optional[torch.Tensor] = None  # device int64: first bad batch index, -1 none
 
@@ -56,7 +56,7 @@ class NonFiniteGuard:
         if self.mode == "skip_batch":
             if bool(bad):
                 self.skipped += 1
-                self.t.pos["skipped_batches"] = self.t.pos.get("skipped_batches", 0) + 1
+                self.t.pos.skipped_batches += 1
                 self.t.log(f"warning: {self._where(i)}: non-finite loss or gradient, batch skipped "
                            f"(train.on_nonfinite: skip_batch)")
                 return False
@@ -84,5 +84,5 @@ class NonFiniteGuard:
 
     def _where(self, i: int) -> str:
         pos = self.t.pos
-        return (f"{self.t.kind} stage {pos['stage']} ({self.desc}), epoch {pos['epoch'] + 1}, "
+        return (f"{self.t.kind} stage {pos.stage} ({self.desc}), epoch {pos.epoch + 1}, "
                 f"batch {i + 1}, step {self.step0 + i + 1}")

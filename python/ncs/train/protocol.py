@@ -34,6 +34,7 @@ import torch.nn as nn
 
 from ..losses import mixed_loss, task_loss
 from . import batches as B
+from .batches import cycled_alternating_batches  # noqa: F401  (its old home)
 
 
 # ------------------------------------------------------------------------------------------
@@ -113,8 +114,8 @@ class Balancer:
     their Adam, and PCGrad's gradient surgery (see the module docstring)."""
 
     def __init__(self, cfg: dict, device: torch.device):
-        self.method = cfg["loss"]["balance"]
-        self.tasks: List[dict] = cfg["tasks"]
+        self.method = cfg.loss.balance
+        self.tasks: List[dict] = cfg.tasks
         self.names = [t["name"] for t in self.tasks]
         self.index = {n: i for i, n in enumerate(self.names)}
         self.log_var: Optional[nn.ParameterList] = None
@@ -122,7 +123,7 @@ class Balancer:
         if self.method == "uncertainty":
             # one Parameter per task: a task-homogeneous step leaves the others' (grad None) alone
             self.log_var = nn.ParameterList([nn.Parameter(torch.zeros((), device=device)) for _ in self.names])
-            self.opt = torch.optim.Adam(self.log_var.parameters(), lr=cfg["loss"]["balance_lr"])
+            self.opt = torch.optim.Adam(self.log_var.parameters(), lr=cfg.loss.balance_lr)
         self.last: Dict[str, Dict[int, torch.Tensor]] = {}   # pcgrad, alternating steps
 
     @property
@@ -379,26 +380,3 @@ class PerTaskModel(nn.Module):
                 done[id(m)] = m.predict(ids)
             out[t] = done[id(m)][t]
         return out
-
-
-def cycled_alternating_batches(split: B.SplitTensors, tasks: Sequence[str], batch_size: int, seed: int, tag: str,
-                               epoch: int) -> List[Tuple[Optional[str], torch.Tensor]]:
-    """stages.joint.alternate = cycle: task-homogeneous batches round-robin (ctr, cvr, ctr, cvr,
-    ...) until the largest space is covered once; a smaller space (CVR: the clicked rows) is
-    gone over again, each further pass in a fresh seeded order (tag "<tag>/cycle<j>"), so every
-    task takes as many steps as the largest (a Single_Task or Layer_Share CVR head gets one step
-    per mixed batch; the plain alternation gives it only clicked_rows / batch_size)."""
-    # list(): the streamed path's lazy EpochBatches do not concatenate
-    per = [list(B.task_batches(split, t, batch_size, seed, tag, epoch)) for t in tasks]
-    n = max((len(p) for p in per), default=0)
-    for k, t in enumerate(tasks):
-        j = 1
-        while per[k] and len(per[k]) < n:
-            per[k] = per[k] + list(B.task_batches(split, t, batch_size, seed, f"{tag}/cycle{j}", epoch))
-            j += 1
-    out = []
-    for i in range(n):
-        for p in per:
-            if i < len(p):
-                out.append(p[i])
-    return out

@@ -19,6 +19,10 @@ from typing import Callable, Iterator, Optional
 LOCK_NAME = ".lock"
 
 
+class RunError(RuntimeError):
+    """A run directory problem the user must fix (exists without --resume, config mismatch...)."""
+
+
 class RunDirLocked(RuntimeError):
     pass
 

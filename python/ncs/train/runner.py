@@ -23,11 +23,12 @@ Run directory:
 from __future__ import annotations
 
 import contextlib
-import csv
-import io
 import json
 import os
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 import torch
 
@@ -35,15 +36,12 @@ import ncs_kernels as nk
 
 from ..config import ConfigError, dump_config, load_config
 from ..metrics import json_safe
-from ..models import PAPER_NAMES, RUN_ORDER, build_model, check_ids
+from ..models import check_ids
 from . import batches as B
-from .checkpoint import atomic_write_json, load_tensors, save_tensors
-from .rundir import lock_run_dir
+from .checkpoint import atomic_write_json
+from .rundir import RunError, lock_run_dir
+from .outputs import load_model, results_table, save_model, write_mask_outputs  # noqa: F401  (their old home)
 from .stages import ModelTrainer, StopTraining
-
-
-class RunError(RuntimeError):
-    """A run directory problem the user must fix (exists without --resume, config mismatch...)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -59,36 +57,36 @@ def _data_api():
     return D
 
 
-def _source(cfg: Dict[str, Any]) -> Dict[str, Any]:
-    d = cfg["data"]
-    src: Dict[str, Any] = {"kind": d["kind"]}
-    if d["kind"] == "synthetic":
-        src.update(rows=d["rows"], seed=d["seed"], conflict=d["conflict"])
+def _source(cfg: "Config") -> Dict[str, Any]:
+    d = cfg.data
+    src: Dict[str, Any] = {"kind": d.kind}
+    if d.kind == "synthetic":
+        src.update(rows=d.rows, seed=d.seed, conflict=d.conflict)
     else:
-        src["path"] = d["path"]
-    src.update(d["options"])
+        src["path"] = d.path
+    src.update(d.options)
     return src
 
 
-def load_data(cfg: Dict[str, Any], with_vocab: bool = False, stats: Optional[Dict[str, int]] = None):
-    """The dataset named by cfg['data'] (an EncodedData); with_vocab: (data, vocab or None).
+def load_data(cfg: "Config", with_vocab: bool = False, stats: Optional[Dict[str, int]] = None):
+    """The dataset named by cfg.data (an EncodedData); with_vocab: (data, vocab or None).
 
     Files are encoded with vocabularies built from the data; the vocab (field -> value -> id)
     is what `ncs eval --data FILE` needs to encode another file the same way. It is returned for
     file sources read directly; with data.cache_dir the cached encoding is used and no vocab is
     available (None). stats: a dict updated with the reader's counts (bad_rows skipped...)."""
     D = _data_api()
-    d = cfg["data"]
-    if d["kind"] == "encoded" or isinstance(d["path"], dict):  # streamed / given split (ncs.data.sources)
+    d = cfg.data
+    if d.kind == "encoded" or isinstance(d.path, dict):  # streamed / given split (ncs.data.sources)
         from ..data.sources import load_source
         return load_source(cfg, with_vocab)
     src = _source(cfg)
     vocab = None
     if stats is None:
         stats = {}
-    if d["kind"] == "synthetic" or d["cache_dir"] is not None or not with_vocab:
-        data = D.load_dataset(src, cache_dir=d["cache_dir"], stats=stats)
-    elif d["kind"] == "tfrecord":
+    if d.kind == "synthetic" or d.cache_dir is not None or not with_vocab:
+        data = D.load_dataset(src, cache_dir=d.cache_dir, stats=stats)
+    elif d.kind == "tfrecord":
         bad = set(src) - {"kind", "path", "max_len", "skip_corrupt", "on_bad_row"}
         if bad:  # the same check load_dataset makes
             raise D.DataError(f"data.options: unknown keys {sorted(bad)} for kind 'tfrecord'; "
@@ -98,40 +96,36 @@ def load_data(cfg: Dict[str, Any], with_vocab: bool = False, stats: Optional[Dic
                                       on_bad_row=src.get("on_bad_row", "error"))
     else:
         if "schema" not in src:
-            raise D.DataError(f"data.options.schema: a schema is needed for kind {d['kind']!r}")
-        data, vocab = D.encode_table(src["path"], src["schema"], fmt=d["kind"], stats=stats,
+            raise D.DataError(f"data.options.schema: a schema is needed for kind {d.kind!r}")
+        data, vocab = D.encode_table(src["path"], src["schema"], fmt=d.kind, stats=stats,
                                      on_bad_row=src.get("on_bad_row", "error"))
     return (data, vocab) if with_vocab else data
 
 
-def split_data(cfg: Dict[str, Any], data):
+def split_data(cfg: "Config", data):
     D = _data_api()
-    s = cfg["data"]["split"]
+    s = cfg.data.split
     if hasattr(data, "split_parts"):  # encoded directories, or a {train, valid, test} mapping
-        return data.split_parts(s["by"], tuple(s["fractions"]), s["seed"])
-    return D.split(data, by=s["by"], fractions=tuple(s["fractions"]), seed=s["seed"])
+        return data.split_parts(s.by, tuple(s.fractions), s.seed)
+    return D.split(data, by=s.by, fractions=tuple(s.fractions), seed=s.seed)
 
 
 def _summary(cfg, train, valid, test) -> Dict[str, Any]:
     D = _data_api()
-    s = cfg["data"]["split"]
+    s = cfg.data.split
     if getattr(train, "streamed", False):
         from ..data.stream import part_summary
         out = part_summary([train, valid, test])
-        out.update(by=getattr(train, "split_by", None) or s["by"], fractions=s["fractions"], seed=s["seed"])
+        out.update(by=getattr(train, "split_by", None) or s.by, fractions=s.fractions, seed=s.seed)
         return out
-    try:
-        out = D.split_summary(train, valid, test, by=s["by"])
-    except TypeError:
-        out = D.split_summary(train, valid, test)
-    out = dict(out) if isinstance(out, dict) else {"summary": out}
-    out.setdefault("by", s["by"])
-    out.setdefault("fractions", s["fractions"])
-    out.setdefault("seed", s["seed"])
+    out = dict(D.split_summary(train, valid, test))
+    out.setdefault("by", s.by)
+    out.setdefault("fractions", s.fractions)
+    out.setdefault("seed", s.seed)
     return out
 
 
-def _check_run_dir(cfg: Dict[str, Any], out: str, resume: bool) -> None:
+def _check_run_dir(cfg: "Config", out: str, resume: bool) -> None:
     cfg_path = os.path.join(out, "config.yaml")
     ckpts = os.path.join(out, "checkpoints")
     has_ckpt = os.path.isdir(ckpts) and any(f.endswith(".safetensors") for f in os.listdir(ckpts))
@@ -141,7 +135,7 @@ def _check_run_dir(cfg: Dict[str, Any], out: str, resume: bool) -> None:
                 raise RunError(f"--resume: {out} has checkpoints but no config.yaml; cannot check the config")
             return  # killed before the config was written: nothing to lose, the run simply starts
         saved = load_config(cfg_path)
-        diff = _first_difference(saved, cfg)
+        diff = _first_difference(saved.to_dict(), cfg.to_dict())
         if diff is not None:
             raise RunError(f"--resume: the config differs from {cfg_path} at {diff}; resume with the same config")
     elif has_ckpt:
@@ -160,20 +154,20 @@ def _first_difference(a: Any, b: Any, path: str = "") -> Optional[str]:
     return None if a == b else (path[:-1] if path.endswith(".") else path or "<root>")
 
 
-def run(cfg: Dict[str, Any], out: str, resume: bool = False, progress: bool = False,
+def run(cfg: "Config", out: str, resume: bool = False, progress: bool = False,
         log: Optional[Callable[[str], None]] = None, stop_after_checkpoints: Optional[int] = None,
         data=None) -> Dict[str, Any]:
-    """Train every model of cfg['models'] and write the run directory; returns metrics.json's dict.
+    """Train every model of cfg.models and write the run directory; returns metrics.json's dict.
 
     stop_after_checkpoints: raise StopTraining right after that many checkpoint writes (a
-    simulated kill, for tests). data: an EncodedData to use instead of cfg['data'] (tests).
+    simulated kill, for tests). data: an EncodedData to use instead of cfg.data (tests).
     """
     log = log or (lambda msg: None)
     threads = torch.get_num_threads()
-    if cfg["threads"] is not None:
-        torch.set_num_threads(cfg["threads"])
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
     from .. import distributed as Dist
-    dp = Dist.init(cfg["device"])  # None unless launched by torchrun with WORLD_SIZE > 1
+    dp = Dist.init(cfg.device)  # None unless launched by torchrun with WORLD_SIZE > 1
     try:
         # a second run on `out` is a RunError naming the pid; under torchrun rank 0 holds the lock
         # (the other ranks write only to private scratch directories)
@@ -202,11 +196,11 @@ def _run_data_parallel(dp, cfg, out, resume, progress, log, stop_after_checkpoin
     import tempfile
 
     from ..distributed import check_batch
-    check_batch(dp.world_size, int(cfg["train"]["batch_size"]))
-    if cfg["loss"]["balance"] != "fixed":
+    check_batch(dp.world_size, int(cfg.train.batch_size))
+    if cfg.loss.balance != "fixed":
         # PCGrad projects and uncertainty weighting rescales per-task gradients; done per rank
         # before the all-reduce, neither would equal the one-process step, so refuse them
-        raise ConfigError(f"loss.balance: {cfg['loss']['balance']!r} is not supported under torchrun yet "
+        raise ConfigError(f"loss.balance: {cfg.loss.balance!r} is not supported under torchrun yet "
                           f"(per-rank task gradients would be combined before the all-reduce); "
                           f"set loss.balance: fixed for a distributed run")
     _check_run_dir(cfg, out, resume)  # every rank, before any writes: the same error everywhere
@@ -250,12 +244,12 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data, dist=Non
     if dist is None and resume and (_run_world_size(out) or 1) != 1:
         raise RunError(f"--resume: {out} was trained with world size {_run_world_size(out)}, now 1; resume with "
                        f"torchrun --nproc_per_node {_run_world_size(out)}")
-    device = resolve_device(cfg["device"])
-    if cfg["backend"] != "auto":
+    device = resolve_device(cfg.device)
+    if cfg.backend != "auto":
         from ncs_kernels._backends import why_unavailable
-        why = why_unavailable(cfg["backend"], device.type)
+        why = why_unavailable(cfg.backend, device.type)
         if why is not None:
-            raise ConfigError(f"backend: {cfg['backend']!r} cannot run on {device.type} here: {why}")
+            raise ConfigError(f"backend: {cfg.backend!r} cannot run on {device.type} here: {why}")
     dump_config(cfg, os.path.join(out, "config.yaml"))
 
     read_counts: Dict[str, int] = {}
@@ -279,10 +273,10 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data, dist=Non
         raise RunError(str(e)) from None
     log(f"data: {len(train)} train, {len(valid)} valid, {len(test)} test rows, {len(fields)} fields; device {device}")
 
-    tasks = cfg["tasks"]
-    click = cfg["data"]["click_label"]
+    tasks = cfg.tasks
+    click = cfg.data.click_label
     try:
-        st = cfg["data"].get("stream")
+        st = cfg.data.stream.to_dict()
         tr = B.prepare_split(train, tasks, click, device, stream=st)
         va = B.prepare_split(valid, tasks, click, device, stream=st)
         te = B.prepare_split(test, tasks, click, device, stream=st)
@@ -300,13 +294,13 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data, dist=Non
     results: Dict[str, Any] = {"models": {}, "stages": {}, "world_size": 1 if dist is None else dist.world_size}
     digests: Dict[str, Any] = {}
     curves: Dict[str, Any] = {}
-    for kind in cfg["models"]:
+    for kind in cfg.models:
         trainer = ModelTrainer(kind, cfg, data.fields, tr, va, device, ckpt_dir, progress=progress,
                                on_checkpoint=on_checkpoint, log=log)
         trainer.dist = dist
         if resume and trainer.restore():
-            log(f"{kind}: resumed at stage {trainer.pos['stage']}, epoch {trainer.pos['epoch']}, "
-                f"round {trainer.pos['round']}")
+            log(f"{kind}: resumed at stage {trainer.pos.stage}, epoch {trainer.pos.epoch}, "
+                f"round {trainer.pos.round}")
         trainer.run()
         if dist is not None:  # every rank must hold the same weights (and masks), bit for bit
             from ..distributed import masks_digest, tensors_digest
@@ -319,14 +313,14 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data, dist=Non
         results["models"][kind] = metrics
         results.setdefault("valid", {})[kind] = trainer.evaluate(va)  # the served model on validation
         results["stages"][kind] = trainer.stage_summary()
-        curves[kind] = trainer.pos["curves"]
+        curves[kind] = trainer.pos.curves
         save_model(trainer, os.path.join(out, "models", f"{kind}.safetensors"), fields)
         if kind == "connection":
             write_mask_outputs(trainer, out)
         log(f"{kind}: test " + " ".join(f"{k} {v:.5f}" for k, v in metrics.items()
                                         if isinstance(v, float) and not k.endswith("_rows")))
-    results["config"] = {"models": cfg["models"], "tasks": [t["name"] for t in tasks], "device": str(device),
-                         "backend": cfg["backend"], "backends_available": nk.backends(),
+    results["config"] = {"models": list(cfg.models), "tasks": [t.name for t in tasks], "device": str(device),
+                         "backend": cfg.backend, "backends_available": nk.backends(),
                          "world_size": results["world_size"]}
     if dist is not None:
         atomic_write_json(os.path.join(out, DIST_FILE), {"world_size": dist.world_size, "backend": dist.backend,
@@ -342,99 +336,3 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data, dist=Non
     except ImportError as e:  # matplotlib missing: the numbers are still all there
         log(f"figures skipped ({e})")
     return results
-
-
-def save_model(trainer: ModelTrainer, path: str, fields: List[dict]) -> None:
-    """The served model: "model/..." weights, and with per-task selection "task/<t>/model/..."
-    for every task whose best validation epoch differs (load_model rebuilds the per-task predictor)."""
-    tensors, meta = trainer.served_tensors()
-    save_tensors(path, tensors, {"kind": trainer.kind, "tasks": trainer.names, "fields": fields, **meta},
-                 sidecar=False)
-
-
-def load_model(run_dir: str, kind: str, cfg: Dict[str, Any], device: torch.device):
-    """Rebuild a trained model of a run directory."""
-    path = os.path.join(run_dir, "models", f"{kind}.safetensors")
-    if not os.path.isfile(path):
-        raise RunError(f"{path}: no trained {kind} model in this run")
-    tensors, doc = load_tensors(path, device)
-    from ..data.types import FieldSpec
-    fields = [FieldSpec(f["name"], f["vocab_size"], f["max_len"]) for f in doc["fields"]]
-    model = build_model(kind, fields, doc["tasks"], cfg["model"], backend=cfg["backend"]).to(device)
-    model.load_state_dict({k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")})
-    src = doc.get("per_task_weights") or {}
-    if any(v != "model" for v in src.values()):
-        # per-task selection: task t predicts with its own best epoch's weights
-        from .protocol import PerTaskModel
-        built: Dict[str, Any] = {"model": model}
-        per = {}
-        for t in doc["tasks"]:
-            pre = src.get(t, "model")
-            if pre not in built:
-                m = build_model(kind, fields, doc["tasks"], cfg["model"], backend=cfg["backend"]).to(device)
-                m.load_state_dict({k[len(pre) + 1:]: v for k, v in tensors.items() if k.startswith(pre + "/")})
-                built[pre] = m
-            per[t] = built[pre]
-        model = PerTaskModel(per, doc["tasks"])
-    return model, fields
-
-
-def write_mask_outputs(trainer: ModelTrainer, out: str) -> None:
-    from ..report import mask_stats
-    masks = trainer.selected_masks()
-    nk.save_masks(os.path.join(out, "masks.safetensors"), masks, trainer.in_features)
-    stats = mask_stats(masks, trainer.in_features)
-    stats["selected_round"] = trainer.pos["selected"]
-    atomic_write_json(os.path.join(out, "masks.json"), json_safe(stats))
-    rows = [r for t in trainer.names for r in trainer.pos["rounds"].get(t, [])]
-    atomic_write_json(os.path.join(out, "rounds.json"), json_safe(rows))
-    buf = io.StringIO()
-    cols = ["task", "round", "density", "metric_name", "metric", "train_loss", "pruned"]
-    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
-    w.writeheader()
-    for r in rows:
-        w.writerow({c: r.get(c, "") for c in cols})
-    with open(os.path.join(out, "rounds.csv.tmp"), "w", encoding="utf-8", newline="") as f:
-        f.write(buf.getvalue())
-    os.replace(os.path.join(out, "rounds.csv.tmp"), os.path.join(out, "rounds.csv"))
-    try:
-        from ..report import plot_masks
-        plot_masks(stats, os.path.join(out, "figures", "masks.png"))
-    except ImportError:
-        pass
-
-
-def results_table(results: Dict[str, Any], tasks: List[dict]) -> str:
-    """A text table in the spirit of the paper's Table 2: each model's CVR MSE and CTR AUC
-    (the first mse task and the first bce/focal task) and the relative gains vs Single_Task
-    (MSE: (single - model) / single; AUC: (model - single) / single)."""
-    ctr = next((t["name"] for t in tasks if t["loss"] != "mse"), None)
-    cvr = next((t["name"] for t in tasks if t["loss"] == "mse"), None)
-    models = results["models"]
-    base = models.get("single")
-    lines = []
-    head = f"{'Model':<18}{'CVR MSE':>10}{'CTR AUC':>10}{'CVR gain':>10}{'CTR gain':>10}"
-    lines.append(head)
-    lines.append("-" * len(head))
-
-    def num(v, fmt):
-        return format(v, fmt) if isinstance(v, (int, float)) and v == v else "-"
-
-    for kind in RUN_ORDER:
-        if kind not in models:
-            continue
-        m = models[kind]
-        mse = m.get(f"{cvr}_mse") if cvr else None
-        auc = m.get(f"{ctr}_auc") if ctr else None
-        g_cvr = g_ctr = None
-        if base is not None and kind != "single":
-            b_mse = base.get(f"{cvr}_mse") if cvr else None
-            b_auc = base.get(f"{ctr}_auc") if ctr else None
-            if mse is not None and b_mse:
-                g_cvr = (b_mse - mse) / b_mse * 100
-            if auc is not None and b_auc:
-                g_ctr = (auc - b_auc) / b_auc * 100
-        gc = "-" if g_cvr is None else f"{g_cvr:+.2f}%"
-        ga = "-" if g_ctr is None else f"{g_ctr:+.2f}%"
-        lines.append(f"{PAPER_NAMES[kind]:<18}{num(mse, '.5f'):>10}{num(auc, '.5f'):>10}{gc:>10}{ga:>10}")
-    return "\n".join(lines)

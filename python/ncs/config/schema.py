@@ -1,22 +1,15 @@
-"""Run configuration: YAML files validated against one schema, with a default for every key.
+"""The config schema: every key, its validator, its default and its doc (docs/CONFIG.md).
 
-    cfg = load_config("configs/paper.yaml")            # dict, every key present, validated
-    cfg = resolve_config({"stages": {"joint": {"epochs": 3}}})   # overrides on the defaults
-
-An unknown key is an error naming its path ("stages.warmup.epoch: unknown key; expected one of
-..."), a bad value an error naming the key and what was expected. Errors are ConfigError (a
-ValueError), which the CLI prints as one line.
+SCHEMA is nested dicts of _Leaf; ncs.config builds the frozen dataclasses of a resolved config
+from it, so a key is declared here and nowhere else. A validator returns the normalised value or
+raises ConfigError naming the key path and what was expected.
 """
 from __future__ import annotations
 
-import copy
 import math
-import os
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, Optional
 
-import yaml
-
-from .models import MODEL_KINDS, PAPER_KINDS, RUN_ORDER
+from ..models import MODEL_KINDS, PAPER_KINDS, RUN_ORDER
 
 
 class ConfigError(ValueError):
@@ -220,10 +213,12 @@ SCHEMA: Dict[str, Any] = {
         "rows": _Leaf(_int(1), 20000, "synthetic: number of rows"),
         "seed": _Leaf(_int(0), 0, "synthetic: generator seed"),
         "conflict": _Leaf(_float(0.0, 1.0), 0.5, "synthetic: how much the CTR and CVR signals disagree"),
-        "options": _Leaf(_dict_any, {}, "extra reader options passed through to ncs.data.load_dataset, e.g. schema, "
-                                  "max_len, skip_corrupt, on_bad_row (error: a bad row is an error naming file, "
+        "options": _Leaf(_dict_any, {}, "extra reader options passed through to ncs.data.load_dataset, e.g. "
+                                  "schema (a file: relative to the config file), max_len, skip_corrupt, "
+                                  "on_bad_row (error: a bad row is an error naming file, "
                                   "row, column; skip: dropped, counted in split.json; docs/RELIABILITY.md)"),
-        "cache_dir": _Leaf(_str(optional=True), None, "cache for encoded data (reader-specific)"),
+        "cache_dir": _Leaf(_str(optional=True), None,
+                           "cache for encoded data (reader-specific), relative to the config file"),
         "click_label": _Leaf(_str(), "click", "the label whose positives form the 'clicked' space"),
         "stream": {
             "window_rows": _Leaf(_int(1), 1 << 20,
@@ -285,8 +280,6 @@ SCHEMA: Dict[str, Any] = {
                          "per_task: each task's steps (mask generation, joint) use their own moments and step "
                          "count, started at zero; mixed batches (warmup, baselines), biases and heads keep "
                          "the shared ones"),
-        "embedding_optimizer": _Leaf(_choice("sparse_adam"), "sparse_adam",
-                                     "row-wise Adam on sparse gradients: only rows seen in a batch do work"),
         "embedding_lr": _Leaf(_float(0.0, lo_open=True, optional=True), None, "null: same as lr"),
         "embedding_step": _Leaf(_choice("sparse_adam", "fused"), "sparse_adam",
                                 "how the embedding step is computed (same update): sparse_adam = nn.EmbeddingBag's "
@@ -368,174 +361,3 @@ SCHEMA: Dict[str, Any] = {
 }
 
 
-def _apply(schema: Dict[str, Any], given: Any, path: str) -> Dict[str, Any]:
-    if given is None:
-        given = {}
-    if not isinstance(given, dict):
-        raise ConfigError(f"{path or 'config'}: expected a mapping, got {given!r}")
-    for k in given:
-        if k not in schema:
-            where = f"{path}.{k}" if path else str(k)
-            raise ConfigError(f"{where}: unknown key; expected one of {', '.join(schema)}")
-    out = {}
-    for k, node in schema.items():
-        where = f"{path}.{k}" if path else k
-        if isinstance(node, dict):
-            out[k] = _apply(node, given.get(k), where)
-        else:
-            v = given[k] if k in given else copy.deepcopy(node.default)
-            out[k] = node.check(where, v)
-    return out
-
-
-def defaults() -> Dict[str, Any]:
-    return resolve_config({})
-
-
-def resolve_config(given: Optional[Dict[str, Any]] = None, base_dir: Optional[str] = None) -> Dict[str, Any]:
-    """Validate `given` against the schema and fill in every default; data.path is made absolute
-    relative to base_dir (the config file's folder) when given."""
-    cfg = _apply(SCHEMA, given or {}, "")
-    _cross_checks(cfg)
-    p = cfg["data"]["path"]
-    if base_dir is not None and isinstance(p, dict):
-        cfg["data"]["path"] = {k: v if os.path.isabs(v) else os.path.normpath(os.path.join(base_dir, v))
-                               for k, v in p.items()}
-    elif base_dir is not None and p and not os.path.isabs(p):
-        cfg["data"]["path"] = os.path.normpath(os.path.join(base_dir, p))
-    return cfg
-
-
-def _cross_checks(cfg: Dict[str, Any]) -> None:
-    d = cfg["data"]
-    if d["kind"] != "synthetic" and not d["path"]:
-        raise ConfigError(f"data.path: expected a file path for data.kind={d['kind']!r}, got null")
-    js = cfg["stages"]["joint"]
-    if js["select"] == "last" and js["early_stopping"]:
-        raise ConfigError("stages.joint.select: 'last' serves the last epoch, so early_stopping must be false; "
-                          "use select per_task or metric with early stopping")
-    _model_checks(cfg)
-    metric = cfg["stages"]["joint"]["metric"]
-    if metric is not None:
-        valid = set()
-        for t in cfg["tasks"]:
-            valid |= {f"{t['name']}_{m}" for m in metric_names(t)}
-        if metric not in valid:
-            raise ConfigError(f"stages.joint.metric: expected one of {', '.join(sorted(valid))}, got {metric!r}")
-
-
-def _model_checks(cfg: Dict[str, Any]) -> None:
-    m, tasks, models = cfg["model"], cfg["tasks"], cfg["models"]
-    if cfg["optim"]["embedding_step"] == "fused" and cfg["loss"]["balance"] == "pcgrad":
-        # the fused step keeps only the pooled embedding gradient, which PCGrad cannot project
-        raise ConfigError("optim.embedding_step: 'fused' does not combine with loss.balance: pcgrad (PCGrad "
-                          "projects the embedding gradients, which the fused step never forms); use "
-                          "loss.balance fixed or uncertainty, or embedding_step sparse_adam")
-    if "ple" in models:
-        bottom = max(1, len(m["hidden"]) - 1)
-        if m["ple_levels"] > bottom:
-            raise ConfigError(f"model.ple_levels: expected at most {bottom} (the layers of model.hidden but the "
-                              f"last), got {m['ple_levels']}")
-        if m["shared_experts"] + m["task_experts"] < 1:
-            raise ConfigError("model.task_experts: expected shared_experts + task_experts >= 1, got 0")
-    if "esmm" in models:
-        t0 = tasks[0]
-        if t0["space"] != "all" or t0["loss"] == "mse":
-            raise ConfigError(f"tasks[0]: models esmm needs the click task first (space all, loss bce or focal), "
-                              f"got {t0['name']!r} (space {t0['space']}, loss {t0['loss']})")
-        for i, t in enumerate(tasks[1:], 1):
-            if t["space"] != "clicked":
-                raise ConfigError(f"tasks[{i}].space: models esmm needs every task after the first to be "
-                                  f"post-click (space clicked), got {t['space']!r} for {t['name']!r}")
-
-
-def metric_names(task: Dict[str, Any]) -> List[str]:
-    """Metrics reported for a task: AUC + logloss for classification losses, MSE for mse."""
-    return ["mse"] if task["loss"] == "mse" else ["auc", "logloss"]
-
-
-def main_metric(task: Dict[str, Any]) -> tuple:
-    """(metric name, higher_is_better) used to pick rounds and for early stopping."""
-    return ("mse", False) if task["loss"] == "mse" else ("auc", True)
-
-
-def prune_fraction(cfg: Dict[str, Any]) -> float:
-    """q per round: given directly, or 1 - r^(1/n) so that n rounds end at density r."""
-    m = cfg["stages"]["masks"]
-    if m["prune_fraction"] is not None:
-        return float(m["prune_fraction"])
-    return 1.0 - m["final_density"] ** (1.0 / m["rounds"])
-
-
-def baseline_epochs(cfg: Dict[str, Any]) -> int:
-    e = cfg["baselines"]["epochs"]
-    if e is None:
-        e = cfg["stages"]["warmup"]["epochs"] + cfg["stages"]["joint"]["epochs"]
-    return int(e)
-
-
-def load_config(path: str, overrides: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Read a YAML config (missing keys take defaults), apply `overrides` (nested dict), validate."""
-    if not os.path.isfile(path):
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            given = yaml.safe_load(f)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(e, 'problem', e)}") from None
-    if given is None:
-        given = {}
-    if not isinstance(given, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(given).__name__}")
-    if overrides:
-        given = merge(given, overrides)
-    try:
-        return resolve_config(given, base_dir=os.path.dirname(os.path.abspath(path)))
-    except ConfigError as e:
-        raise ConfigError(f"{path}: {e}") from None
-
-
-def merge(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
-    """Nested dict merge; `over` wins."""
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def dump_config(cfg: Dict[str, Any], path: str) -> None:
-    """Write the resolved config as YAML (atomically)."""
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        yaml.safe_dump(cfg, f, sort_keys=False, default_flow_style=None)
-    os.replace(tmp, path)
-
-
-# The built-in synthetic setup of `ncs demo`; configs/demo.yaml is the same (a test checks).
-# Sized for < 3 minutes for every stage and both baselines on 2 CPU cores with the torch backend.
-DEMO_CONFIG: Dict[str, Any] = {
-    "seed": 0,
-    "threads": 1,
-    "data": {"kind": "synthetic", "rows": 50000, "seed": 0, "conflict": 0.5,
-             "split": {"by": "request", "fractions": [0.8, 0.1, 0.1], "seed": 0}},
-    "model": {"embed_dim": 8, "hidden": [256, 128, 64]},
-    "optim": {"lr": 0.001},
-    "train": {"batch_size": 512, "eval_batch_size": 8192, "log_every": 20},
-    "stages": {
-        "warmup": {"epochs": 1},
-        "masks": {"rounds": 4, "final_density": 0.2},
-        "joint": {"epochs": 4},
-    },
-}
-
-
-def demo_config(rows: Optional[int] = None) -> Dict[str, Any]:
-    given = copy.deepcopy(DEMO_CONFIG)
-    if rows is not None:
-        given["data"]["rows"] = int(rows)
-    return resolve_config(given)

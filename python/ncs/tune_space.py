@@ -1,0 +1,81 @@
+"""The search space of `ncs tune` (the same for every model; see ncs.tune's docstring) and a
+trial's config: the base config with the trial's values."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Dict
+
+if TYPE_CHECKING:
+    from .config import Config
+
+from .config import baseline_epochs
+
+
+# ---------------------------------------------------------------------------------------------
+# the search space
+
+def space(kind: str, base: "Config") -> Dict[str, Dict[str, Any]]:
+    """{param name: {"type": "float"|"int"|"categorical", ...}} of model `kind` around config `base`."""
+    lr = base.optim.lr
+    d = base.model.embed_dim
+    st = base.stages
+    t = len(base.tasks)
+    dims = sorted({max(1, d // 2), d, 2 * d})
+    sp: Dict[str, Dict[str, Any]] = {
+        "lr": {"type": "float", "low": lr / 10, "high": lr * 10, "log": True},
+        "w0": {"type": "float", "low": 0.1, "high": 0.9},
+        "embed_dim": {"type": "categorical", "choices": dims},
+    }
+    if kind == "connection":
+        sp["warmup_epochs"] = {"type": "int", "low": 1, "high": max(1, 2 * st.warmup.epochs)}
+        sp["joint_epochs"] = {"type": "int", "low": 1, "high": max(1, 2 * st.joint.epochs)}
+        sp["final_density"] = {"type": "float", "low": 0.05, "high": 0.8, "log": True}
+    else:
+        sp["epochs"] = {"type": "int", "low": 1, "high": max(1, 2 * baseline_epochs(base))}
+    if kind in ("connection", "layer"):
+        sp["task_embed_dim"] = {"type": "categorical", "choices": [0, max(1, d // 2)]}
+    if kind == "mmoe":
+        sp["experts"] = {"type": "int", "low": t, "high": 2 * t}
+    if kind == "ple":
+        sp["shared_experts"] = {"type": "int", "low": 1, "high": 2}
+        sp["task_experts"] = {"type": "int", "low": 1, "high": 2}
+    return sp
+
+
+def _suggest(trial, sp: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
+    out = {}
+    for name, s in sp.items():
+        if s["type"] == "float":
+            out[name] = trial.suggest_float(name, s["low"], s["high"], log=s.get("log", False))
+        elif s["type"] == "int":
+            out[name] = trial.suggest_int(name, s["low"], s["high"])
+        else:
+            out[name] = trial.suggest_categorical(name, s["choices"])
+    return out
+
+
+def overrides(kind: str, base: "Config", params: Dict[str, Any]) -> Dict[str, Any]:
+    """The config overrides (a nested dict for config.merge) of a trial's params."""
+    over: Dict[str, Any] = {"models": [kind], "optim": {"lr": float(params["lr"])},
+                            "model": {"embed_dim": int(params["embed_dim"])}}
+    w0 = float(params["w0"])
+    rest = base.tasks[1:]
+    tot = sum(t.weight for t in rest)
+    tasks = [dict(base.tasks[0].to_dict(), weight=w0)]
+    for t in rest:
+        share = t.weight / tot if tot > 0 else 1.0 / len(rest)
+        tasks.append(dict(t.to_dict(), weight=(1.0 - w0) * share))
+    over["tasks"] = tasks
+    if kind == "connection":
+        over["stages"] = {"warmup": {"epochs": int(params["warmup_epochs"])},
+                          "joint": {"epochs": int(params["joint_epochs"])},
+                          "masks": {"final_density": float(params["final_density"]), "prune_fraction": None}}
+    else:
+        over["baselines"] = {"epochs": int(params["epochs"])}
+    for key in ("task_embed_dim", "experts", "shared_experts", "task_experts"):
+        if key in params:
+            over["model"][key] = int(params[key])
+    return over
+
+
+def trial_config(kind: str, base: "Config", params: Dict[str, Any]) -> "Config":
+    return base.override(overrides(kind, base, params))
