@@ -8,7 +8,7 @@ mask, but momentum keeps moving those weights.
 Tell the optimizer the current task's masks (and, for per-task moments, the task) before each
 step:
 
-    opt.set_masks(model.task_masks("cvr"), task="cvr")   # {weight tensor: packed int32 mask}
+    opt.set_masks(nk.model_task_masks(model, "cvr"), task="cvr")   # {weight tensor: packed int32 mask}
     opt.step()                                           # or opt.step(task="cvr")
 
 moments="shared" (default): one Adam state per parameter, whatever task steps it. With a weight

@@ -32,6 +32,14 @@ inline uint64_t hash_bytes(const uint8_t* p, size_t n) {
   return mix(h ^ v ^ (uint64_t(n) << 56));
 }
 
+// The validity mask of n values (nullptr: all valid), checked.
+const bool* valid_ptr(const c10::optional<at::Tensor>& valid, int64_t n, const char* fn) {
+  if (!valid.has_value()) return nullptr;
+  TORCH_CHECK(valid->numel() == n && valid->scalar_type() == at::kBool && valid->is_contiguous(), fn,
+              ": valid must be a contiguous bool tensor of n entries");
+  return valid->data_ptr<bool>();
+}
+
 }  // namespace
 
 NativeVocab::NativeVocab(bool frozen) : frozen_(frozen), slots_(1024, Slot{0, -1, 0}) {}
@@ -108,12 +116,7 @@ at::Tensor NativeVocab::lookup_bytes(const at::Tensor& offsets, const at::Tensor
   TORCH_CHECK(data.dim() == 1 && data.is_contiguous() && data.scalar_type() == at::kByte,
               "NativeVocab.lookup_bytes: data must be a contiguous 1-D uint8 tensor");
   const int64_t n = offsets.numel() - 1;
-  const bool* ok = nullptr;
-  if (valid.has_value()) {
-    TORCH_CHECK(valid->numel() == n && valid->scalar_type() == at::kBool && valid->is_contiguous(),
-                "NativeVocab.lookup_bytes: valid must be a contiguous bool tensor of n entries");
-    ok = valid->data_ptr<bool>();
-  }
+  const bool* ok = valid_ptr(valid, n, "NativeVocab.lookup_bytes");
   auto out = at::empty({n}, at::TensorOptions().dtype(at::kInt));
   int32_t* ids = out.data_ptr<int32_t>();
   const uint8_t* d = data.data_ptr<uint8_t>();
@@ -140,12 +143,7 @@ at::Tensor NativeVocab::lookup_int64(const at::Tensor& values, const c10::option
   TORCH_CHECK(values.dim() == 1 && values.is_contiguous() && values.scalar_type() == at::kLong,
               "NativeVocab.lookup_int64: values must be a contiguous 1-D int64 tensor");
   const int64_t n = values.numel();
-  const bool* ok = nullptr;
-  if (valid.has_value()) {
-    TORCH_CHECK(valid->numel() == n && valid->scalar_type() == at::kBool && valid->is_contiguous(),
-                "NativeVocab.lookup_int64: valid must be a contiguous bool tensor of n entries");
-    ok = valid->data_ptr<bool>();
-  }
+  const bool* ok = valid_ptr(valid, n, "NativeVocab.lookup_int64");
   auto out = at::empty({n}, at::TensorOptions().dtype(at::kInt));
   int32_t* ids = out.data_ptr<int32_t>();
   const int64_t* v = values.data_ptr<int64_t>();

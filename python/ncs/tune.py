@@ -100,6 +100,19 @@ def _derived(seed: int, *parts) -> int:
     return int.from_bytes(h, "little")
 
 
+def _sized(base: "Config", log) -> "Config":
+    """The base config with its "auto" sizes (ncs.config.sizing) resolved on the training split,
+    so that the search space is centred on the values a plain `ncs train` would use."""
+    from .config.sizing import has_auto, resolve_auto
+    if not has_auto(base):
+        return base
+    from .train.runner import load_data, split_data
+    n_train = len(split_data(base, load_data(base))[0])
+    base, auto = resolve_auto(base, n_train)
+    log(f"auto sizes for {n_train} training rows: " + ", ".join(f"{k} {v:g}" for k, v in auto.items()))
+    return base
+
+
 class _Study:
     """Data prepared once; one objective per model kind."""
 
@@ -195,6 +208,7 @@ def tune(base: "Config", out: str, trials: int, models: Optional[Sequence[str]] 
     kinds = [k for k in RUN_ORDER if k in kinds]
     for k in kinds:  # a kind the base config cannot train (e.g. esmm on a non-click chain): fail now
         base.override({"models": [k]})
+    base = _sized(base, log)
     metric, direction = objective_metric(base, metric)
     ctr = _ctr_name(base)
     if ctr_auc_floor is not None and ctr is None:

@@ -164,3 +164,47 @@ def test_removed_embedding_optimizer_key_is_accepted_with_a_warning():
     assert cfg == defaults()
     with pytest.raises(ConfigError, match="optim.embedding_optimizer: expected one of sparse_adam, got 'dense'"):
         resolve_config({"optim": {"embedding_optimizer": "dense"}})
+
+
+def test_backend_names_are_the_registry_s():
+    """The config's backend choices (kept as literals so that reading a config does not import
+    ncs_kernels) are "auto" plus every registered backend."""
+    import ncs_kernels as nk
+    from ncs.config import BACKEND_NAMES
+
+    assert BACKEND_NAMES == ("auto",) + tuple(nk.BACKENDS)
+
+
+def test_auto_sizes_follow_the_training_split():
+    """A minimal config gets batch, lr and epochs sized to its data; large data gets the paper's."""
+    from ncs.config import resolve_config
+    from ncs.config.sizing import auto_batch_size, auto_lr, resolve_auto
+
+    cfg = resolve_config({})
+    assert (cfg.train.batch_size, cfg.optim.lr, cfg.stages.warmup.epochs, cfg.stages.joint.epochs) == ("auto",) * 4
+    small, chosen = resolve_auto(cfg, 3459)  # the real sample's training split
+    assert chosen == {"train.batch_size": 128, "optim.lr": pytest.approx(1e-4 * 32 ** 0.5),
+                      "stages.warmup.epochs": 2, "stages.joint.epochs": 6}
+    assert small.train.batch_size == 128 and small.stages.joint.epochs == 6
+    big, _ = resolve_auto(cfg, 297_000_000)
+    assert (big.train.batch_size, big.optim.lr, big.stages.warmup.epochs, big.stages.joint.epochs) == (4096, 1e-4, 1, 2)
+    assert [auto_batch_size(n) for n in (1, 600, 1024, 65_535, 65_536, 10 ** 9)] == [32, 32, 64, 2048, 4096, 4096]
+    assert auto_lr(4096) == 1e-4
+    # a number in the config is kept; only the keys left at auto are chosen
+    mixed, chosen = resolve_auto(resolve_config({"train": {"batch_size": 256}}), 3459)
+    assert mixed.train.batch_size == 256 and chosen["optim.lr"] == pytest.approx(1e-4 * 16 ** 0.5)
+    assert chosen["stages.joint.epochs"] == 11  # 14 steps an epoch: ceil(150 / 14)
+    fixed = resolve_config({"train": {"batch_size": 64}, "optim": {"lr": 0.01},
+                            "stages": {"warmup": {"epochs": 1}, "joint": {"epochs": 2}}})
+    assert resolve_auto(fixed, 10) == (fixed, {})
+    with pytest.raises(ValueError, match="training split is empty"):
+        resolve_auto(cfg, 0)
+
+
+def test_auto_keys_reject_other_strings():
+    from ncs.config import ConfigError, resolve_config
+
+    with pytest.raises(ConfigError, match=r"train\.batch_size: expected an integer >= 1 or 'auto', got 'big'"):
+        resolve_config({"train": {"batch_size": "big"}})
+    with pytest.raises(ConfigError, match=r"optim\.lr: expected a number > 0 or 'auto', got -1"):
+        resolve_config({"optim": {"lr": -1}})

@@ -89,6 +89,17 @@ def test_streamed_batches_equal_in_memory(enc, window):
         assert all(torch.equal(x.idx, y) for (_, x), (_, y) in zip(al, am))
     rest = list(B.from_batch(B.alternating_batches(ss, ["ctr", "cvr"], 256, 0, "joint", 0), 5))
     assert [(t, x.idx.tolist()) for t, x in rest] == [(t, x.idx.tolist()) for t, x in al[5:]]
+    # the cycled alternation (joint.alternate: cycle), lazy on the streamed path
+    cyc = B.cycled_alternating_batches(ss, ["ctr", "cvr"], 256, 0, "joint", 0)
+    assert not isinstance(cyc, list)
+    cl, cm = list(cyc), B.cycled_alternating_batches(mem, ["ctr", "cvr"], 256, 0, "joint", 0)
+    assert len(cyc) == len(cl) == len(cm) and [t for t, _ in cl] == [t for t, _ in cm]
+    assert sum(t == "cvr" for t, _ in cl) == sum(t == "ctr" for t, _ in cl)  # CVR's rows gone over again
+    if window > 3000:
+        assert all(torch.equal(x.idx, y) for (_, x), (_, y) in zip(cl, cm))
+    for k in (1, 7, len(cl) - 1):
+        rest = list(B.from_batch(B.cycled_alternating_batches(ss, ["ctr", "cvr"], 256, 0, "joint", 0), k))
+        assert [(t, x.idx.tolist()) for t, x in rest] == [(t, x.idx.tolist()) for t, x in cl[k:]]
     assert torch.equal(ss.ids[10:300], mem.ids[10:300])
     assert torch.equal(ss.ids.index_select(0, torch.tensor([5, 2999, 0])), mem.ids[[5, 2999, 0]])
     for t in ("ctr", "cvr"):

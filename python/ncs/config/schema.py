@@ -62,6 +62,18 @@ def _float(lo: Optional[float] = None, hi: Optional[float] = None, lo_open: bool
     return check
 
 
+def _or_auto(check: Callable[[str, Any], Any], expected: str):
+    """check, or the string "auto" (a size-aware default, resolved by ncs.config.sizing)."""
+    def f(path, v):
+        if v == "auto":
+            return "auto"
+        try:
+            return check(path, v)
+        except ConfigError:
+            _fail(path, f"{expected} or 'auto'", v)
+    return f
+
+
 def _bool(path, v):
     if not isinstance(v, bool):
         _fail(path, "true or false", v)
@@ -267,7 +279,9 @@ SCHEMA: Dict[str, Any] = {
         "balance_lr": _Leaf(_float(0.0, lo_open=True), 0.01, "uncertainty: Adam learning rate of the log-variances"),
     },
     "optim": {
-        "lr": _Leaf(_float(0.0, lo_open=True), 1e-4, "Adam learning rate of the MLPs and heads"),
+        "lr": _Leaf(_or_auto(_float(0.0, lo_open=True), "a number > 0"), "auto",
+                    "Adam learning rate of the MLPs and heads; auto: 1e-4 * sqrt(4096 / batch_size), the "
+                    "paper's 1e-4 at batch 4096 scaled by the square-root rule (ncs.config.sizing)"),
         "betas": _Leaf(_betas, [0.9, 0.999], "Adam betas"),
         "eps": _Leaf(_float(0.0), 1e-8, "Adam eps"),
         "weight_decay": _Leaf(_float(0.0), 0.0, "L2 weight decay of the MLPs (never the embeddings)"),
@@ -287,7 +301,9 @@ SCHEMA: Dict[str, Any] = {
                                 "backward, one fused row-wise Adam kernel (ncs_kernels.embedding_adam, fbgemm TBE style)"),
     },
     "train": {
-        "batch_size": _Leaf(_int(1), 4096, "training batch size"),
+        "batch_size": _Leaf(_or_auto(_int(1), "an integer >= 1"), "auto",
+                            "training batch size; auto: the largest power of two <= n_train / 16 in [32, "
+                            "4096] (the paper's 4096 from 65,536 training rows on)"),
         "eval_batch_size": _Leaf(_int(1), 16384, "evaluation batch size"),
         "log_every": _Leaf(_int(1), 50, "steps between loss read-backs (.item()) for the progress bar"),
         "on_nonfinite": _Leaf(_choice("error", "skip_batch"), "error",
@@ -311,7 +327,9 @@ SCHEMA: Dict[str, Any] = {
                         "all: every weight and optimizer state (Algorithm 1); mlp: the MLP and heads only, "
                         "the embeddings keep training across rounds and into the joint stage"),
         "warmup": {
-            "epochs": _Leaf(_int(0), 1, "N_warm: epochs of mixed batches, Eq. 2, every weight"),
+            "epochs": _Leaf(_or_auto(_int(0), "an integer >= 0"), "auto",
+                            "N_warm: epochs of mixed batches, Eq. 2, every weight; auto: max(1, ceil(50 / "
+                            "steps per epoch)), the paper's 1 on large data"),
             "data_fraction": _Leaf(_float(0.0, 1.0, lo_open=True), 1.0,
                                    "fraction of the training rows warmup sees (stages.subset says which)"),
         },
@@ -331,7 +349,9 @@ SCHEMA: Dict[str, Any] = {
                             "best_any: also round 0 (the dense mask)"),
         },
         "joint": {
-            "epochs": _Leaf(_int(0), 2, "E: epochs of alternating task batches"),
+            "epochs": _Leaf(_or_auto(_int(0), "an integer >= 0"), "auto",
+                            "E: epochs of alternating task batches (an upper bound with early stopping); auto: "
+                            "max(2, ceil(150 / steps per epoch)), the paper's 2 on large data"),
             "early_stopping": _Leaf(_bool, True,
                                     "stop when no task's validation metric improved for `patience` epochs "
                                     "(select: metric: when joint.metric did not)"),

@@ -137,6 +137,40 @@ class AlternatingBatches:
         return prefetched(split, gen(), split.prefetch if split else 0)
 
 
+class CycledTask:
+    """One task's batches in the cycled alternation (stages.joint.alternate: cycle), lazily: its
+    epoch order, then further passes in fresh seeded orders (make_pass(j): the pass with tag
+    "<tag>/cycle<j>"), cut at nb batches. Same interface as EpochBatches for AlternatingBatches
+    (nb, task, split, from_batch, positions); only one pass's window is held at a time."""
+
+    def __init__(self, first: EpochBatches, nb: int, make_pass, start: int = 0):
+        self.first, self.nb, self.make_pass, self.start = first, int(nb), make_pass, int(start)
+        self.task, self.split = first.task, first.split
+
+    def __len__(self) -> int:
+        return max(0, self.nb - self.start)
+
+    def from_batch(self, k: int) -> "CycledTask":
+        return CycledTask(self.first, self.nb, self.make_pass, self.start + k)
+
+    def positions(self) -> Iterator[np.ndarray]:
+        left, skip, j = self.nb - self.start, self.start, 0
+        while left > 0:
+            p = self.first if j == 0 else self.make_pass(j)
+            if p.nb == 0:
+                return
+            if skip >= p.nb:
+                skip -= p.nb
+            else:
+                for pos in p.from_batch(skip).positions():
+                    yield pos
+                    left -= 1
+                    if left == 0:
+                        return
+                skip = 0
+            j += 1
+
+
 def prefetched(split: "StreamSplit", items: Iterator[Tuple[Optional[str], np.ndarray]], depth: int):
     """Gather each batch's rows on a background thread, ``depth`` batches ahead."""
     pin = split is not None and split.device.type == "cuda"

@@ -147,13 +147,19 @@ def cycled_alternating_batches(split: SplitTensors, tasks: Sequence[str], batch_
     gone over again, each further pass in a fresh seeded order (tag "<tag>/cycle<j>"), so every
     task takes as many steps as the largest (a Single_Task or Layer_Share CVR head gets one step
     per mixed batch; the plain alternation gives it only clicked_rows / batch_size)."""
-    # list(): the streamed path's lazy EpochBatches do not concatenate
-    per = [list(task_batches(split, t, batch_size, seed, tag, epoch)) for t in tasks]
+    if getattr(split, "streamed", False):  # lazy: one pass's window at a time, never the epoch's rows
+        from ..data.epochs import AlternatingBatches, CycledTask
+
+        first = [task_batches(split, t, batch_size, seed, tag, epoch) for t in tasks]
+        n = max((p.nb for p in first), default=0)
+        return AlternatingBatches([CycledTask(p, n if p.nb else 0, lambda j, t=t: task_batches(
+            split, t, batch_size, seed, f"{tag}/cycle{j}", epoch)) for p, t in zip(first, tasks)])  # type: ignore
+    per = [task_batches(split, t, batch_size, seed, tag, epoch) for t in tasks]
     n = max((len(p) for p in per), default=0)
     for k, t in enumerate(tasks):
         j = 1
         while per[k] and len(per[k]) < n:
-            per[k] = per[k] + list(task_batches(split, t, batch_size, seed, f"{tag}/cycle{j}", epoch))
+            per[k] = per[k] + task_batches(split, t, batch_size, seed, f"{tag}/cycle{j}", epoch)
             j += 1
     out = []
     for i in range(n):

@@ -35,6 +35,7 @@ import torch
 import ncs_kernels as nk
 
 from ..config import ConfigError, dump_config, load_config
+from ..config.sizing import resolve_auto
 from ..metrics import json_safe
 from ..models import check_ids
 from . import batches as B
@@ -196,7 +197,8 @@ def _run_data_parallel(dp, cfg, out, resume, progress, log, stop_after_checkpoin
     import tempfile
 
     from ..distributed import check_batch
-    check_batch(dp.world_size, int(cfg.train.batch_size))
+    if cfg.train.batch_size != "auto":  # auto: checked once it is resolved (_run)
+        check_batch(dp.world_size, int(cfg.train.batch_size))
     if cfg.loss.balance != "fixed":
         # PCGrad projects and uncertainty weighting rescales per-task gradients; done per rank
         # before the all-reduce, neither would equal the one-process step, so refuse them
@@ -258,6 +260,12 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data, dist=Non
         if vocab is not None:
             atomic_write_json(os.path.join(out, "vocab.json"), vocab)
     train, valid, test = split_data(cfg, data)
+    cfg, auto = resolve_auto(cfg, len(train))
+    if auto:
+        log("auto sizes for " + f"{len(train)} training rows: " + ", ".join(f"{k} {v:g}" for k, v in auto.items()))
+        if dist is not None:
+            from ..distributed import check_batch
+            check_batch(dist.world_size, int(cfg.train.batch_size))
     summary = _summary(cfg, train, valid, test)
     summary["skipped_bad_rows"] = int(read_counts.get("bad_rows", 0))  # data.options.on_bad_row: skip
     if "corrupt_records" in read_counts:
@@ -321,7 +329,7 @@ def _run(cfg, out, resume, progress, log, stop_after_checkpoints, data, dist=Non
                                         if isinstance(v, float) and not k.endswith("_rows")))
     results["config"] = {"models": list(cfg.models), "tasks": [t.name for t in tasks], "device": str(device),
                          "backend": cfg.backend, "backends_available": nk.backends(),
-                         "world_size": results["world_size"]}
+                         "world_size": results["world_size"], "auto": auto}
     if dist is not None:
         atomic_write_json(os.path.join(out, DIST_FILE), {"world_size": dist.world_size, "backend": dist.backend,
                                                          "sha256": digests})

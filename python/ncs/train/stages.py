@@ -61,6 +61,8 @@ class ModelTrainer:
                  device: torch.device, ckpt_dir: str, progress: bool = False,
                  on_checkpoint: Optional[Callable[[str], None]] = None, log: Optional[Callable[[str], None]] = None):
         self.kind = kind
+        from ..config.sizing import resolve_auto
+        cfg, _ = resolve_auto(cfg, len(train))  # "auto" sizes (the runner resolves them first; bench/tests may not)
         self.cfg = cfg
         self.tasks = cfg.tasks
         self.task_cfg = {t.name: t for t in self.tasks}
