@@ -17,7 +17,10 @@ def test_defaults_complete_and_paper_like():
     assert [t.weight for t in cfg.tasks] == [0.7, 0.3]
     assert cfg.tasks[1].space == "clicked"
     assert prune_fraction(cfg) == pytest.approx(1 - 0.2 ** 0.25)
-    assert baseline_epochs(cfg) == cfg.stages.warmup.epochs + cfg.stages.joint.epochs
+    from ncs.config.sizing import resolve_auto
+    cfg, _ = resolve_auto(cfg, 297_000_000)  # the paper's 297M impressions: the paper's optimisation
+    assert (cfg.train.batch_size, cfg.optim.lr, cfg.stages.warmup.epochs, cfg.stages.joint.epochs) == (4096, 1e-4, 1, 2)
+    assert baseline_epochs(cfg) == cfg.stages.warmup.epochs + cfg.stages.joint.epochs == 3
 
 
 @pytest.mark.parametrize("given, path", [

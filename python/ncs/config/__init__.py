@@ -270,6 +270,8 @@ def prune_fraction(cfg: "Config") -> float:
 def baseline_epochs(cfg: "Config") -> int:
     e = cfg.baselines.epochs
     if e is None:
+        if "auto" in (cfg.stages.warmup.epochs, cfg.stages.joint.epochs):
+            raise ValueError("baseline_epochs: resolve the 'auto' epochs first (ncs.config.sizing.resolve_auto)")
         e = cfg.stages.warmup.epochs + cfg.stages.joint.epochs
     return int(e)
 
