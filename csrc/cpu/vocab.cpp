@@ -97,14 +97,48 @@ int32_t NativeVocab::find_or_add(const uint8_t* p, size_t n) {
   return id;
 }
 
+int32_t NativeVocab::find_or_add_int(int64_t v) {
+  if (islots_.empty()) islots_.assign(1024, IntSlot{0, 0, 0});
+  size_t mask = islots_.size() - 1;
+  const uint64_t h = mix(uint64_t(v) ^ 0x9E3779B97F4A7C15ULL);
+  size_t i = size_t(h) & mask;
+  while (islots_[i].used) {
+    if (islots_[i].key == v) return islots_[i].id;
+    i = (i + 1) & mask;
+  }
+  char buf[24];
+  auto r = std::to_chars(buf, buf + sizeof(buf), v);
+  const int32_t id = find_or_add(reinterpret_cast<const uint8_t*>(buf), size_t(r.ptr - buf));
+  if (2 * (iused_ + 1) > islots_.size()) {  // grow, then find the free slot again
+    std::vector<IntSlot> old(islots_.size() * 2, IntSlot{0, 0, 0});
+    old.swap(islots_);
+    mask = islots_.size() - 1;
+    for (const IntSlot& s : old) {
+      if (!s.used) continue;
+      size_t j = size_t(mix(uint64_t(s.key) ^ 0x9E3779B97F4A7C15ULL)) & mask;
+      while (islots_[j].used) j = (j + 1) & mask;
+      islots_[j] = s;
+    }
+    i = size_t(h) & mask;
+    while (islots_[i].used) i = (i + 1) & mask;
+  }
+  islots_[i] = IntSlot{v, id, 1};
+  ++iused_;
+  return id;
+}
+
 void NativeVocab::add_missing(const std::string& key) {
   TORCH_CHECK(!frozen_, "NativeVocab.add_missing: a fixed vocabulary has no missing markers");
+  islots_.clear();  // the integer cache may hold the old id
+  iused_ = 0;
   insert(reinterpret_cast<const uint8_t*>(key.data()), key.size(), 0, false);
 }
 
 void NativeVocab::add_fixed(const std::string& key, int64_t id) {
   TORCH_CHECK(frozen_, "NativeVocab.add_fixed: only a fixed vocabulary takes given ids");
   TORCH_CHECK(id >= 0 && id < INT32_MAX, "NativeVocab.add_fixed: id out of the int32 range");
+  islots_.clear();
+  iused_ = 0;
   insert(reinterpret_cast<const uint8_t*>(key.data()), key.size(), int32_t(id), false);
 }
 
@@ -147,15 +181,7 @@ at::Tensor NativeVocab::lookup_int64(const at::Tensor& values, const c10::option
   auto out = at::empty({n}, at::TensorOptions().dtype(at::kInt));
   int32_t* ids = out.data_ptr<int32_t>();
   const int64_t* v = values.data_ptr<int64_t>();
-  char buf[24];
-  for (int64_t i = 0; i < n; ++i) {
-    if (ok && !ok[i]) {
-      ids[i] = 0;
-      continue;
-    }
-    auto r = std::to_chars(buf, buf + sizeof(buf), v[i]);
-    ids[i] = find_or_add(reinterpret_cast<const uint8_t*>(buf), size_t(r.ptr - buf));
-  }
+  for (int64_t i = 0; i < n; ++i) ids[i] = (ok && !ok[i]) ? 0 : find_or_add_int(v[i]);
   return out;
 }
 

@@ -35,6 +35,7 @@ class NativeVocab {
     int32_t id;
   };
   int32_t find_or_add(const uint8_t* p, size_t n);
+  int32_t find_or_add_int(int64_t v);
   void insert(const uint8_t* p, size_t n, int32_t id, bool ordered);
   void grow();
   bool frozen_;
@@ -43,6 +44,15 @@ class NativeVocab {
   std::vector<int64_t> key_off_{0};  // key k = keys_[key_off_[k]:key_off_[k + 1]]
   std::vector<uint8_t> keys_;
   std::vector<int64_t> order_;  // key index of ids 1..n
+  // integers: a cache in front of the text table (value -> id of its decimal text), so that a
+  // repeated id costs one probe of 16-byte slots instead of to_chars + a text hash + memcmp
+  struct IntSlot {
+    int64_t key;
+    int32_t id;
+    int32_t used;
+  };
+  std::vector<IntSlot> islots_;
+  size_t iused_ = 0;
 };
 
 }  // namespace ncs

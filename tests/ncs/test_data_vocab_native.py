@@ -93,3 +93,21 @@ def test_crc32c_instruction_equals_the_table(n):
     assert C.crc32c_cpu(buf) == C.crc32c_cpu(buf, software=True)
     if n == 9:
         assert C.crc32c_cpu(torch.tensor(list(b"123456789"), dtype=torch.uint8)) == 0xE3069283
+
+
+@needs_native
+def test_native_integers_and_their_text_share_ids():
+    """The integer cache sits in front of the text table: 7 and "7" are one value, whatever
+    arrives first, and a missing marker given as text also catches the integer."""
+    v = C.NativeVocab(False)
+    v.add_missing("-1")
+    ints = torch.tensor([7, -1, 123456789012, 7, 0, -5], dtype=torch.int64)
+    np.testing.assert_array_equal(v.lookup_int64(ints, None).numpy(), [1, 0, 2, 1, 3, 4])
+    text = pa.array(["123456789012", "7", "8", "-5", "-1"])
+    _, off, data = text.buffers()
+    o = torch.from_numpy(np.frombuffer(off, dtype=np.int32)[: len(text) + 1].copy())
+    d = torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
+    np.testing.assert_array_equal(v.lookup_bytes(o, d, None).numpy(), [2, 1, 5, 4, 0])
+    np.testing.assert_array_equal(v.lookup_int64(torch.tensor([8, 9], dtype=torch.int64), None).numpy(), [5, 6])
+    valid = torch.tensor([True, False])
+    np.testing.assert_array_equal(v.lookup_int64(torch.tensor([9, 9], dtype=torch.int64), valid).numpy(), [6, 0])
