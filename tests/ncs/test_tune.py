@@ -117,3 +117,18 @@ def test_tune_user_errors_are_one_line(tmp_path, capsys):
         _, err = capsys.readouterr()
         lines = [x for x in err.splitlines() if x.strip()]
         assert rc == 2 and len(lines) == 1 and needle in lines[0], err
+
+
+def test_auto_sizes_are_resolved_before_the_space_is_built():
+    """A base config that leaves batch and lr at auto is sized on its training split first, so
+    the lr range is centred on the lr a plain `ncs train` would use."""
+    from ncs.config.sizing import auto_lr
+    from ncs.tune import _sized
+
+    base = resolve_config({**BASE, "optim": {"lr": "auto"}, "train": {"batch_size": "auto", "eval_batch_size": 512}})
+    logs = []
+    sized = _sized(base, logs.append)
+    assert sized.train.batch_size == 32 and sized.optim.lr == pytest.approx(auto_lr(32))  # 180 training rows
+    assert space("connection", sized)["lr"]["low"] == pytest.approx(auto_lr(32) / 10)
+    assert logs and logs[0].startswith("auto sizes for ")
+    assert _sized(resolve_config(BASE), logs.append) == resolve_config(BASE)
