@@ -100,29 +100,34 @@ def _derived(seed: int, *parts) -> int:
     return int.from_bytes(h, "little")
 
 
-def _sized(base: "Config", log) -> "Config":
-    """The base config with its "auto" sizes (ncs.config.sizing) resolved on the training split,
-    so that the search space is centred on the values a plain `ncs train` would use."""
+def _sized(base: "Config", log):
+    """(the base config with its "auto" sizes (ncs.config.sizing) resolved on the training split,
+    the loaded (data, train, valid) or None): the search space is then centred on the values a
+    plain `ncs train` would use, and the data loaded for sizing is the study's (loaded once)."""
     from .config.sizing import has_auto, resolve_auto
     if not has_auto(base):
-        return base
+        return base, None
     from .train.runner import load_data, split_data
-    n_train = len(split_data(base, load_data(base))[0])
-    base, auto = resolve_auto(base, n_train)
-    log(f"auto sizes for {n_train} training rows: " + ", ".join(f"{k} {v:g}" for k, v in auto.items()))
-    return base
+    data = load_data(base)
+    train, valid, _test = split_data(base, data)  # the test split is never prepared here
+    base, auto = resolve_auto(base, len(train))
+    log(f"auto sizes for {len(train)} training rows: " + ", ".join(f"{k} {v:g}" for k, v in auto.items()))
+    return base, (data, train, valid)
 
 
 class _Study:
     """Data prepared once; one objective per model kind."""
 
-    def __init__(self, base, out, metric, direction, floor, log):
+    def __init__(self, base, out, metric, direction, floor, log, loaded=None):
         from .train import batches as B
         from .train.runner import load_data, resolve_device, split_data
         self.base, self.out, self.metric, self.direction, self.floor, self.log = base, out, metric, direction, floor, log
         self.device = resolve_device(base.device)
-        data = load_data(base)
-        train, valid, _test = split_data(base, data)  # the test split is never prepared here
+        if loaded is None:
+            data = load_data(base)
+            train, valid, _test = split_data(base, data)  # the test split is never prepared here
+        else:  # already loaded by _sized
+            data, train, valid = loaded
         click = base.data.click_label
         try:
             self.train = B.prepare_split(train, base.tasks, click, self.device)
@@ -208,7 +213,7 @@ def tune(base: "Config", out: str, trials: int, models: Optional[Sequence[str]] 
     kinds = [k for k in RUN_ORDER if k in kinds]
     for k in kinds:  # a kind the base config cannot train (e.g. esmm on a non-click chain): fail now
         base.override({"models": [k]})
-    base = _sized(base, log)
+    base, loaded = _sized(base, log)
     metric, direction = objective_metric(base, metric)
     ctr = _ctr_name(base)
     if ctr_auc_floor is not None and ctr is None:
@@ -236,7 +241,7 @@ def tune(base: "Config", out: str, trials: int, models: Optional[Sequence[str]] 
     if base.threads is not None:
         torch.set_num_threads(base.threads)
     try:
-        st = _Study(base, out, metric, direction, ctr_auc_floor, log)
+        st = _Study(base, out, metric, direction, ctr_auc_floor, log, loaded=loaded)
         storage = optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(os.path.join(out, STUDY_FILE)))
         optuna.logging.set_verbosity(optuna.logging.WARNING)

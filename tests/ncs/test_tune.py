@@ -127,8 +127,9 @@ def test_auto_sizes_are_resolved_before_the_space_is_built():
 
     base = resolve_config({**BASE, "optim": {"lr": "auto"}, "train": {"batch_size": "auto", "eval_batch_size": 512}})
     logs = []
-    sized = _sized(base, logs.append)
+    sized, loaded = _sized(base, logs.append)
+    assert len(loaded[1]) == 181  # the training split (by request: 181 of 300 rows), handed to the study
     assert sized.train.batch_size == 32 and sized.optim.lr == pytest.approx(auto_lr(32))  # 180 training rows
     assert space("connection", sized)["lr"]["low"] == pytest.approx(auto_lr(32) / 10)
     assert logs and logs[0].startswith("auto sizes for ")
-    assert _sized(resolve_config(BASE), logs.append) == resolve_config(BASE)
+    assert _sized(resolve_config(BASE), logs.append) == (resolve_config(BASE), None)
