@@ -129,7 +129,7 @@ def test_auto_sizes_are_resolved_before_the_space_is_built():
     logs = []
     sized, loaded = _sized(base, logs.append)
     assert len(loaded[1]) == 181  # the training split (by request: 181 of 300 rows), handed to the study
-    assert sized.train.batch_size == 32 and sized.optim.lr == pytest.approx(auto_lr(32))  # 180 training rows
+    assert sized.train.batch_size == 32 and sized.optim.lr == pytest.approx(auto_lr(32))  # 181 training rows
     assert space("connection", sized)["lr"]["low"] == pytest.approx(auto_lr(32) / 10)
     assert logs and logs[0].startswith("auto sizes for ")
     assert _sized(resolve_config(BASE), logs.append) == (resolve_config(BASE), None)
