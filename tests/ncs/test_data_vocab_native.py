@@ -17,7 +17,7 @@ needs_native = pytest.mark.skipif(C is None or not hasattr(C, "NativeVocab"),
 
 def _pyarrow_vocab(missing, binary=False, fixed=None):
     v = LocalVocab(missing, binary=binary, fixed=fixed)
-    v.native = None  # the reference path
+    v._leave_native()  # the reference path (the pyarrow tables)
     return v
 
 

@@ -61,13 +61,23 @@ class LocalVocab:
         self.known = None
         self.n = 0
         self.fixed_ids = None
-        if fixed is not None:  # encode with another run's vocabulary: unknown values -> 0
-            items = sorted(fixed.items(), key=lambda kv: kv[1])
-            vals = [k.encode() if binary else k for k, _ in items]
-            self.known = pa.array(vals, self.type)
-            self.fixed_ids = np.asarray([v for _, v in items], dtype=np.int64)
-        # the native table (csrc/cpu/vocab.cpp) when built: the same ids, one hash probe per value
+        self.binary, self.fixed = binary, fixed
+        # the native table (csrc/cpu/vocab.cpp) when built: the same ids, one hash probe per value;
+        # the pyarrow tables below are then built only if the native one hands over
         self.native = _native_vocab(missing, fixed)
+        if self.native is None:
+            self._pyarrow_fixed()
+
+    def _pyarrow_fixed(self) -> None:
+        """The pyarrow form of a fixed vocabulary (another run's: unknown values -> 0)."""
+        import pyarrow as pa
+
+        if self.fixed is None:
+            return
+        items = sorted(self.fixed.items(), key=lambda kv: kv[1])
+        vals = [k.encode() if self.binary else k for k, _ in items]
+        self.known = pa.array(vals, self.type)
+        self.fixed_ids = np.asarray([v for _, v in items], dtype=np.int64)
 
     def ids(self, values) -> np.ndarray:
         """int32 ids of a flat pyarrow array (null and missing markers -> 0)."""
@@ -118,7 +128,9 @@ class LocalVocab:
     def _leave_native(self) -> None:
         """Continue on the pyarrow path (a value type the native table does not key): hand it the
         values seen so far, in id order."""
-        if self.fixed_ids is None:
+        if self.fixed is not None:
+            self._pyarrow_fixed()
+        else:
             known = self._native_values()
             self.known = known if len(known) else None
             self.chunks = [known] if len(known) else []
@@ -137,7 +149,7 @@ class LocalVocab:
         """The values in id order (a pyarrow array; empty for a fixed vocabulary)."""
         import pyarrow as pa
 
-        if self.fixed_ids is not None:
+        if self.fixed is not None:
             return pa.array([], self.type)
         if self.native is not None:
             return self._native_values()
