@@ -289,7 +289,7 @@ class DataParallel:
         g = g.coalesce()
         idx = self._gather_rows([g.indices()[0].unsqueeze(1)], torch.zeros((0, 1), dtype=torch.int64, device=g.device))
         val = self._gather_rows([g.values()], g.values()[:0])
-        return torch.sparse_coo_tensor(idx.t(), val, g.shape)
+        return torch.sparse_coo_tensor(idx.t(), val, g.shape, check_invariants=False)
 
     # ------------------------------------------------------------------ small collectives
     def sum(self, t: torch.Tensor) -> torch.Tensor:
