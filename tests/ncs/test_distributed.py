@@ -23,7 +23,6 @@ threads: 1
 data: {kind: synthetic, rows: 500, seed: 3}
 model: {embed_dim: 4, hidden: [8, 4]}
 train: {batch_size: 64}
-loss: {balance: fixed}
 stages: {warmup: {epochs: 1}, masks: {rounds: 2, epochs_per_round: 1}, joint: {epochs: 1}}
 """
 
@@ -61,32 +60,42 @@ def _torchrun(n, *args, timeout=120):
     return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout, cwd=ROOT)
 
 
-def test_two_gloo_ranks_match_one_process(tmp_path):
+@pytest.mark.parametrize("balance", [None, "uncertainty"])
+def test_two_gloo_ranks_match_one_process(tmp_path, balance):
+    """The default config (loss.balance pcgrad, optim.embedding_step fused) and uncertainty
+    weighting: a 2-rank torchrun run equals the 1-rank run with the same global batch."""
     import yaml
 
+    text = CFG + ("" if balance is None else f"loss: {{balance: {balance}}}\n")
     cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(CFG)
+    cfg_path.write_text(text)
     out2 = tmp_path / "r2"
     p = _torchrun(2, "train", "--config", str(cfg_path), "--out", str(out2))
     assert p.returncode == 0, p.stderr[-3000:]
     # the one-process run, same global batch
-    cfg = resolve_config(yaml.safe_load(CFG))
+    cfg = resolve_config(yaml.safe_load(text))
+    assert cfg.loss.balance == (balance or "pcgrad") and cfg.optim.embedding_step == "fused"
     one = runner.run(cfg, str(tmp_path / "r1"))
     two = json.loads((out2 / "metrics.json").read_text())
     assert two["world_size"] == 2 and two["config"]["world_size"] == 2 and one["world_size"] == 1
     for k, v in one["models"]["connection"].items():
         assert two["models"]["connection"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    # the same masks as one process (pruning by |w| on equal weights)
+    import ncs_kernels as nk
+    m1, _ = nk.load_masks(str(tmp_path / "r1" / "masks.safetensors"))
+    m2, _ = nk.load_masks(str(out2 / "masks.safetensors"))
+    assert D.masks_digest(m1) == D.masks_digest(m2)
     # the ranks' masks are bit-identical (their digests, written by rank 0)
     dist = json.loads((out2 / "distributed.json").read_text())
     hashes = dist["sha256"]["connection"]["masks"]
     assert len(hashes) == 2 and hashes[0] == hashes[1]
     # ... and equal to the masks file rank 0 wrote
-    import ncs_kernels as nk
-    masks, _ = nk.load_masks(str(out2 / "masks.safetensors"))
-    assert D.masks_digest(masks) == hashes[0]
+    assert D.masks_digest(m2) == hashes[0]
     # only rank 0 wrote: nothing of another rank's scratch directory in the run directory
     assert sorted(os.listdir(out2 / "checkpoints")) == sorted(os.listdir(tmp_path / "r1" / "checkpoints"))
     # resume with a different world size: a clear one-line error
+    if balance is not None:
+        return
     with pytest.raises(RunError, match="world size 2, now 1"):
         runner.run(cfg, str(out2), resume=True)
 
