@@ -17,6 +17,9 @@ Balancer            loss.balance: how the task losses meet on shared parameters
                                    so there a step's gradient is projected against the most
                                    recent gradient of every other task (the previous steps of
                                    the alternation), kept from the step that computed it.
+                                   The surgery itself, on dense, sparse and fused-table
+                                   gradients: pcgrad.py. Under torchrun each task's gradient
+                                   is summed over the ranks before it is projected.
 grad_diagnostics    per task, the gradient norm on each shared parameter group and the cosine
                     between the tasks' gradients, on fixed training batches (train.diagnostics_batches)
 PerTaskModel        the served model of per-task selection: task t predicts with the snapshot of
