@@ -1,5 +1,6 @@
 """optim.embedding_step: fused (pooled gradient + fused row-wise Adam) trains like sparse_adam."""
 import pytest
+import torch
 
 from ncs.config import resolve_config
 from ncs.train import runner
@@ -70,3 +71,23 @@ def test_fused_equals_sparse_adam_step_by_step(one_thread, monkeypatch, kind, ba
         assert (False, True) in projected
         assert {k: v.is_sparse for k, v in a.balancer.last["cvr"].items()} == \
             {k: v.is_sparse for k, v in b.balancer.last["cvr"].items()}
+
+
+@pytest.mark.parametrize("step", ["sparse_adam", "fused"])
+def test_frozen_embeddings_stay_put_with_either_step(one_thread, step):  # noqa: F811
+    """stages.joint.embeddings freeze: the joint steps leave the tables untouched (the fused
+    step's gradient waits in a sink, which the loop empties, as it drops a sparse gradient)."""
+    from _steps import CPU, steps_config, steps_data
+    from ncs.train import batches as B
+    from ncs.train.stages import ModelTrainer
+
+    data = steps_data()
+    cfg = steps_config("connection", step, "pcgrad")
+    split = B.prepare_split(data, cfg.tasks, "click", CPU)
+    tr = ModelTrainer("connection", cfg, data.fields, split, split, CPU, "/nonexistent")
+    before = [p.detach().clone() for p in tr.model.embedding_parameters()]
+    dense = [p.detach().clone() for p in tr.model.dense_parameters()]
+    tr.freeze_embeddings = True
+    tr.train_epoch(B.alternating_batches(split, tr.names, 64, 0, "joint", 0)[:4], True, "joint")
+    assert all(torch.equal(a, p) for a, p in zip(before, tr.model.embedding_parameters()))
+    assert not all(torch.equal(a, p) for a, p in zip(dense, tr.model.dense_parameters()))
