@@ -65,17 +65,27 @@ def segment_rows(rows: torch.Tensor, mode: str, padding_idx: Optional[int]
 
 
 @torch.no_grad()
-def reference_rowwise_adam_(weight, exp_avg, exp_avg_sq, rows, grad, step: int, lr: float, beta1: float,
-                            beta2: float, eps: float, mode: str = "mean", padding_idx: Optional[int] = None) -> None:
-    """Pure PyTorch: the per-row gradient by a sorted segment sum, then SparseAdam's arithmetic."""
+def segment_sum(rows: torch.Tensor, grad: torch.Tensor, mode: str, padding_idx: Optional[int]
+                ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """The table gradient of the pooled gradient grad [bags, d] of bags rows [bags, L]: (unique
+    row ids U (sorted), per-row sums [U, d]); each row's sum over its (bag, slot) entries in bag
+    order of grad[bag] (/ the bag's count: mean). The dense-equivalent of what the fused step applies."""
     uniq, offsets, bag_sorted, div = segment_rows(rows, mode, padding_idx)
-    if uniq.numel() == 0:
-        return
     contrib = grad.index_select(0, bag_sorted)
     if mode == "mean":
         contrib = contrib / div.index_select(0, bag_sorted).to(grad.dtype).unsqueeze(1)
     seg = torch.repeat_interleave(torch.arange(uniq.numel(), device=rows.device), offsets.diff())
     g = torch.zeros(uniq.numel(), grad.shape[1], dtype=grad.dtype, device=grad.device).index_add_(0, seg, contrib)
+    return uniq, g
+
+
+@torch.no_grad()
+def reference_rowwise_adam_(weight, exp_avg, exp_avg_sq, rows, grad, step: int, lr: float, beta1: float,
+                            beta2: float, eps: float, mode: str = "mean", padding_idx: Optional[int] = None) -> None:
+    """Pure PyTorch: the per-row gradient by a sorted segment sum, then SparseAdam's arithmetic."""
+    uniq, g = segment_sum(rows, grad, mode, padding_idx)
+    if uniq.numel() == 0:
+        return
     m_old = exp_avg.index_select(0, uniq)
     v_old = exp_avg_sq.index_select(0, uniq)
     m_new = m_old + (g - m_old).mul_(1 - beta1)

@@ -17,17 +17,16 @@ update and the weights stay identical (checked: a hash of every parameter and of
 compared across ranks after each model and written to <out>/distributed.json). A 2-rank run
 equals a 1-rank run up to the order of the floating-point sums.
 
-Gradients (reduce_gradients): the dense ones go in ONE flat buffer (plus a has-grad flag per
-parameter, so a parameter without a gradient stays without one) and one all_reduce(SUM). The
-embedding tables' gradients are sparse (only the batch's rows): each rank coalesces its own,
-the row counts are all-gathered, then the row ids and the rows (padded to the longest), and
-every rank concatenates them in rank order into one sparse gradient (SparseAdam sums the
-duplicates). The traffic is the batch's rows, never the table. We do not use
-torch.nn.parallel.DistributedDataParallel: its bucketed all-reduce is for dense gradients (it
-rejects or densifies sparse ones), it hooks the autograd graph of a module whose forward
-differs per stage and task (unused parameters in every task batch of the tower models), and the
-masked optimizers must see the summed gradient before they mask it; one explicit reduction per
-step is simpler and is exactly what DDP would compute.
+Gradients (reduce_gradients): the dense ones in ONE flat buffer (plus a has-grad flag per
+parameter) and one all_reduce(SUM); a table's sparse rows (or, optim.embedding_step fused, its
+bags' ids and pooled gradients) all-gathered in rank order, the batch's rows, never the table.
+Loss balancing: uncertainty shares out its regulariser 0.5 s_k over the ranks and all-reduces
+the log-variances' gradients with the rest; PCGrad reduces each task's gradient on its own
+before projecting (reduce_task_gradients on mixed batches; the joint stage reduces, then
+projects). Every rank so computes the one-process step. We do not use DistributedDataParallel:
+its bucketed all-reduce is for dense gradients, it hooks the autograd graph of a module whose
+forward differs per stage and task, and the masked optimizers and PCGrad must see summed
+gradients; one explicit reduction per step is what DDP would compute (docs/DISTRIBUTED.md).
 
 Only rank 0 writes the run directory: every other rank runs in a private scratch directory
 (deleted at the end), seeded with the run's config and checkpoints on --resume, so the trainer
@@ -175,12 +174,17 @@ class DataParallel:
                     self._weights[t] = (loc / glob.clamp_min(1.0)).to(self.device)
         return local
 
+    def scale_parts(self, kind: str, parts: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The rank's share of each task's L_k (the shares sum to the global batch's L_k): what
+        loss.balance combines (uncertainty, PCGrad) under torchrun."""
+        return {n: v * (self._row_weight if kind == "esmm" else self._weights[n]) for n, v in parts.items()}
+
     def mixed_loss(self, kind: str, parts: Mapping[str, torch.Tensor], tasks: Sequence[dict]) -> torch.Tensor:
         """The rank's share of Eq. 2 (or ESMM's loss) from its per-task losses L_k."""
+        share = self.scale_parts(kind, parts)
         total = None
         for t in tasks:
-            w = self._row_weight if kind == "esmm" else self._weights[t["name"]]
-            term = t["weight"] * parts[t["name"]] * w
+            term = t["weight"] * share[t["name"]]
             total = term if total is None else total + term
         return total
 
@@ -189,32 +193,63 @@ class DataParallel:
         return loss * self._row_weight
 
     # ------------------------------------------------------------------ gradients
-    def reduce_gradients(self, model: torch.nn.Module) -> None:
-        """Sum every parameter's gradient over the ranks (dense: one all_reduce; sparse: gather)."""
+    def _sum_dense(self, grads: Sequence[Optional[torch.Tensor]], like: Sequence[torch.Tensor]
+                   ) -> List[Optional[torch.Tensor]]:
+        """Sum dense gradients over the ranks: ONE flat buffer and all_reduce, plus a has-grad flag
+        each (None, no gradient on any rank, stays None: it matters to Adam)."""
+        flat = torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, like)]
+                         + [torch.tensor([float(g is not None) for g in grads], dtype=like[0].dtype,
+                                         device=like[0].device)])
+        self._collective("gradient all_reduce", torch.distributed.all_reduce, flat)
+        flags = flat[-len(like):].tolist()
+        out: List[Optional[torch.Tensor]] = []
+        off = 0
+        for p, f in zip(like, flags):
+            out.append(flat[off:off + p.numel()].view_as(p) if f > 0 else None)
+            off += p.numel()
+        return out
+
+    def reduce_gradients(self, model: torch.nn.Module, extra: Sequence[torch.Tensor] = ()) -> None:
+        """Sum every parameter's gradient over the ranks (dense: one all_reduce; sparse: gather);
+        `extra`: more dense parameters in the same all_reduce (uncertainty's log-variances)."""
         dense, sparse = [], []
-        for p in model.parameters():
+        for p in list(model.parameters()) + list(extra):
             if not p.requires_grad:
                 continue
             (sparse if p.grad is not None and p.grad.is_sparse else dense).append(p)
         # a parameter sparse on one rank is sparse on all (same module); dense ones may lack a grad
         if dense:
-            flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in dense]
-                             + [torch.tensor([float(p.grad is not None) for p in dense], dtype=dense[0].dtype,
-                                             device=dense[0].device)])
-            self._collective("gradient all_reduce", torch.distributed.all_reduce, flat)
-            flags = flat[-len(dense):].tolist()
-            off = 0
-            for p, f in zip(dense, flags):
-                k = p.numel()
-                p.grad = flat[off:off + k].view_as(p) if f > 0 else None
-                off += k
+            for p, g in zip(dense, self._sum_dense([p.grad for p in dense], dense)):
+                p.grad = g
         for p in sparse:
             p.grad = self._gather_sparse(p.grad)
         # optim.embedding_step fused: the tables' pooled gradients wait in their sinks
         for m in model.modules():
             sink = getattr(m, "fused_sink", None)
             if sink is not None:
-                self._gather_sink(sink, m.bag.weight)
+                got = self.gather_pooled(sink.take(), m.bag.weight)
+                if got is not None:
+                    sink.add(*got)
+
+    def reduce_task_gradients(self, grads: Sequence[Dict[int, object]], params: Sequence[torch.Tensor],
+                              tables: Mapping[int, object]) -> List[Dict[int, object]]:
+        """PCGrad on a mixed batch: each task's gradient ({index into params: dense, sparse or a
+        fused table's (rows, pooled)}) summed over the ranks on its own, before the projection
+        (dense: one all_reduce for every task; tables: all-gathers in rank order). A table no
+        task-k gradient reaches is so on every rank (the same graph everywhere)."""
+        rowwise = set(tables) | {i for g in grads for i, v in g.items() if not isinstance(v, tuple) and v.is_sparse}
+        slots = [(k, i) for k in range(len(grads)) for i in range(len(params)) if i not in rowwise]
+        out: List[Dict[int, object]] = [{} for _ in grads]
+        if slots:
+            got = self._sum_dense([grads[k].get(i) for k, i in slots], [params[i] for _, i in slots])
+            for (k, i), g in zip(slots, got):
+                if g is not None:
+                    out[k][i] = g
+        for k, g in enumerate(grads):
+            for i in sorted(rowwise):
+                if g.get(i) is not None:
+                    out[k][i] = self.gather_pooled(g[i], params[i]) if i in tables else self._gather_sparse(g[i])
+        return out
 
     def _gather_rows(self, parts: Sequence[Optional[torch.Tensor]], like: torch.Tensor) -> Optional[torch.Tensor]:
         """All-gather one tensor per rank (rows may differ in count, None = absent) -> the
@@ -234,42 +269,27 @@ class DataParallel:
         self._collective("all_gather", torch.distributed.all_gather, got, pad)
         return torch.cat([g[:max(k, 0)] for g, k in zip(got, c)])
 
-    def _gather_sink(self, sink, weight: torch.Tensor) -> None:
-        """The global batch's (rows, pooled gradient) of a fused table, in rank order = the
-        one-process bag order, so the fused step sums each row exactly as one process does."""
-        got = sink.take()
+    def gather_pooled(self, got, weight: torch.Tensor):
+        """A fused table's (rows, pooled gradient) of the global batch (None: none on any rank),
+        in rank order = the one-process bag order, so the fused step sums each row exactly as one
+        process does."""
         rows, grad = (None, None) if got is None else got
         L = torch.tensor([-1 if rows is None else rows.shape[1]], dtype=torch.int64, device=self.device)
         Ls = [torch.zeros_like(L) for _ in range(self.world_size)]
         self._collective("all_gather", torch.distributed.all_gather, Ls, L)
         width = max(int(x.item()) for x in Ls)
         if width < 0:
-            return
+            return None
         rows = self._gather_rows([rows], torch.zeros((0, width), dtype=torch.int64, device=weight.device))
         grad = self._gather_rows([grad], torch.zeros((0, weight.shape[1]), dtype=weight.dtype, device=weight.device))
-        sink.add(rows, grad)
+        return rows, grad
 
     def _gather_sparse(self, g: torch.Tensor) -> torch.Tensor:
+        """Every rank's coalesced sparse row gradient, concatenated in rank order (SparseAdam sums the duplicates)."""
         g = g.coalesce()
-        idx, val = g.indices()[0].contiguous(), g.values().contiguous()
-        n = torch.tensor([idx.numel()], dtype=torch.int64, device=idx.device)
-        counts = [torch.zeros_like(n) for _ in range(self.world_size)]
-        self._collective("sparse gradient all_gather", torch.distributed.all_gather, counts, n)
-        counts_l = [int(c.item()) for c in counts]
-        m = max(counts_l)
-        if m == 0:
-            return g
-        pi = torch.zeros(m, dtype=idx.dtype, device=idx.device)
-        pi[:idx.numel()] = idx
-        pv = torch.zeros((m,) + tuple(val.shape[1:]), dtype=val.dtype, device=val.device)
-        pv[:val.shape[0]] = val
-        gi = [torch.empty_like(pi) for _ in range(self.world_size)]
-        gv = [torch.empty_like(pv) for _ in range(self.world_size)]
-        self._collective("sparse gradient all_gather", torch.distributed.all_gather, gi, pi)
-        self._collective("sparse gradient all_gather", torch.distributed.all_gather, gv, pv)
-        rows = torch.cat([t[:c] for t, c in zip(gi, counts_l)])
-        vals = torch.cat([t[:c] for t, c in zip(gv, counts_l)])
-        return torch.sparse_coo_tensor(rows.unsqueeze(0), vals, g.shape)
+        idx = self._gather_rows([g.indices()[0].unsqueeze(1)], torch.zeros((0, 1), dtype=torch.int64, device=g.device))
+        val = self._gather_rows([g.values()], g.values()[:0])
+        return torch.sparse_coo_tensor(idx.t(), val, g.shape, check_invariants=False)
 
     # ------------------------------------------------------------------ small collectives
     def sum(self, t: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,6 @@ threads: 1
 data: {kind: synthetic, rows: 500, seed: 3}
 model: {embed_dim: 4, hidden: [8, 4]}
 train: {batch_size: 64}
-loss: {balance: fixed}
 stages: {warmup: {epochs: 1}, masks: {rounds: 2, epochs_per_round: 1}, joint: {epochs: 1}}
 """
 
@@ -61,32 +60,42 @@ def _torchrun(n, *args, timeout=120):
     return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout, cwd=ROOT)
 
 
-def test_two_gloo_ranks_match_one_process(tmp_path):
+@pytest.mark.parametrize("balance", [None, "uncertainty"])
+def test_two_gloo_ranks_match_one_process(tmp_path, balance):
+    """The default config (loss.balance pcgrad, optim.embedding_step fused) and uncertainty
+    weighting: a 2-rank torchrun run equals the 1-rank run with the same global batch."""
     import yaml
 
+    text = CFG + ("" if balance is None else f"loss: {{balance: {balance}}}\n")
     cfg_path = tmp_path / "c.yaml"
-    cfg_path.write_text(CFG)
+    cfg_path.write_text(text)
     out2 = tmp_path / "r2"
     p = _torchrun(2, "train", "--config", str(cfg_path), "--out", str(out2))
     assert p.returncode == 0, p.stderr[-3000:]
     # the one-process run, same global batch
-    cfg = resolve_config(yaml.safe_load(CFG))
+    cfg = resolve_config(yaml.safe_load(text))
+    assert cfg.loss.balance == (balance or "pcgrad") and cfg.optim.embedding_step == "fused"
     one = runner.run(cfg, str(tmp_path / "r1"))
     two = json.loads((out2 / "metrics.json").read_text())
     assert two["world_size"] == 2 and two["config"]["world_size"] == 2 and one["world_size"] == 1
     for k, v in one["models"]["connection"].items():
         assert two["models"]["connection"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    # the same masks as one process (pruning by |w| on equal weights)
+    import ncs_kernels as nk
+    m1, _ = nk.load_masks(str(tmp_path / "r1" / "masks.safetensors"))
+    m2, _ = nk.load_masks(str(out2 / "masks.safetensors"))
+    assert D.masks_digest(m1) == D.masks_digest(m2)
     # the ranks' masks are bit-identical (their digests, written by rank 0)
     dist = json.loads((out2 / "distributed.json").read_text())
     hashes = dist["sha256"]["connection"]["masks"]
     assert len(hashes) == 2 and hashes[0] == hashes[1]
     # ... and equal to the masks file rank 0 wrote
-    import ncs_kernels as nk
-    masks, _ = nk.load_masks(str(out2 / "masks.safetensors"))
-    assert D.masks_digest(masks) == hashes[0]
+    assert D.masks_digest(m2) == hashes[0]
     # only rank 0 wrote: nothing of another rank's scratch directory in the run directory
     assert sorted(os.listdir(out2 / "checkpoints")) == sorted(os.listdir(tmp_path / "r1" / "checkpoints"))
     # resume with a different world size: a clear one-line error
+    if balance is not None:
+        return
     with pytest.raises(RunError, match="world size 2, now 1"):
         runner.run(cfg, str(out2), resume=True)
 
@@ -167,52 +176,47 @@ def test_a_dead_rank_is_named_not_a_hang(tmp_path):
 STEPS = textwrap.dedent("""
     import sys, torch
     sys.path.insert(0, sys.argv[1])
-    from _tiny import tiny_data
+    from _steps import STEP_KINDS, max_difference, run_steps, steps_data
     from ncs import distributed as D
-    from ncs.config import resolve_config
-    from ncs.train import batches as B
-    from ncs.train.stages import ModelTrainer
     torch.set_num_threads(1)
     dp = D.init("cpu")
-    data = tiny_data(300, [13, 7, 29])
-    cpu = torch.device("cpu")
-    worst = 0.0
-    for step in ("sparse_adam", "fused"):
-        for kind in ("connection", "single", "esmm", "mmoe"):
-            cfg = resolve_config({"models": [kind], "device": "cpu", "model": {"embed_dim": 4, "hidden": [8, 4]},
-                                  "optim": {"embedding_step": step, "lr": 0.01},
-                                  "loss": {"balance": "fixed"}})
-            split = B.prepare_split(data, cfg.tasks, "click", cpu)
-            # 3 mixed batches (the last one short: 300 = 2 * 128 + 44), 2 cvr task batches, and
-            # a 1-row batch of each kind (fewer rows than ranks: rank 1 adds a zero-weight row)
-            mixed = B.mixed_batches(split, 128, 0, "mixed", 0)
-            cvr = B.task_batches(split, "cvr", 32, 0, "t", 0)
-            bt = mixed + cvr[:2] + [(None, mixed[0][1][:1]), ("cvr", cvr[0][1][:1])]
-            trs = []
-            for use_dp in (True, False):
-                tr = ModelTrainer(kind, cfg, data.fields, split, split, cpu, "/nonexistent")
-                tr.dist = dp if use_dp else None
-                loss = tr.train_epoch(bt, True, "x")
-                trs.append((tr, loss))
-            (a, la), (b, lb) = trs
-            assert abs(la - lb) <= 1e-5 * abs(lb) + 1e-7, (step, kind, la, lb)
-            for (n, p), (_, q) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
-                worst = max(worst, float((p - q).abs().max()) if p.numel() else 0.0)
-            dp.check_same(f"{step} {kind} parameters", D.tensors_digest(a.model.state_dict()))
-    print("WORST", worst)
+    data = steps_data()
+    worst = {}
+    for balance in ("fixed", "pcgrad", "uncertainty"):
+        for kind in STEP_KINDS:
+            two = {}
+            for step in ("sparse_adam", "fused"):
+                a, la = run_steps(kind, step, balance, data, dp)
+                b, lb = run_steps(kind, step, balance, data)
+                assert all(abs(x - y) <= 1e-5 * abs(y) + 1e-7 for x, y in zip(la, lb)), (step, kind, la, lb)
+                worst[balance] = max(worst.get(balance, 0.0), max_difference(a, b))
+                state = dict(a.model.state_dict())
+                if a.balancer.log_var is not None:   # uncertainty: the log-variances, trained alike
+                    state.update({f"s{i}": p.detach().reshape(1) for i, p in enumerate(a.balancer.log_var)})
+                    assert all(abs(float(p.detach()) - float(q.detach())) < 1e-6 for p, q in zip(a.balancer.log_var, b.balancer.log_var))
+                    assert all(float(p.detach()) != 0.0 for p in a.balancer.log_var)
+                dp.check_same(f"{balance} {step} {kind} parameters", D.tensors_digest(state))
+                two[step] = a
+            worst["fused-vs-sparse"] = max(worst.get("fused-vs-sparse", 0.0), max_difference(two["fused"], two["sparse_adam"]))
+    print("WORST", repr(worst))
     dp.close()
 """)
 
 
 def test_two_rank_steps_equal_one_process_steps(tmp_path):
-    """Mixed (Eq. 2, ESMM) and task batches, sparse and fused embedding steps: after 2-rank steps
-    every parameter equals the one-process steps' (up to reduction order) and is bit-identical
-    across the ranks."""
+    """Every stage's steps (mixed batches: Eq. 2, ESMM; a mask round; alternating joint steps; the
+    last batch short and split unevenly, 1-row batches: fewer rows than ranks) for loss.balance
+    fixed, pcgrad and uncertainty, sparse and fused embedding steps, four models: after 2-rank
+    steps every parameter (and log-variance) equals the one-process steps' (up to reduction
+    order) and is bit-identical across the ranks; fused equals sparse on 2 ranks too."""
+    import ast
+
     script = tmp_path / "steps.py"
     script.write_text(STEPS)
     procs = _spawn_ranks(script, os.path.dirname(os.path.abspath(__file__)), NCS_DIST_TIMEOUT="60")
-    outs = [p.communicate(timeout=120) for p in procs]
+    outs = [p.communicate(timeout=180) for p in procs]
     for p, (o, e) in zip(procs, outs):
         assert p.returncode == 0, e[-3000:]
-    worst = float(outs[0][0].split("WORST")[1])
-    assert worst < 1e-5, worst
+    worst = ast.literal_eval(outs[0][0].split("WORST")[1].strip())
+    assert set(worst) == {"fixed", "pcgrad", "uncertainty", "fused-vs-sparse"}
+    assert max(worst.values()) < 2e-6, worst

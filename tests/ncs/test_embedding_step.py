@@ -1,5 +1,6 @@
 """optim.embedding_step: fused (pooled gradient + fused row-wise Adam) trains like sparse_adam."""
 import pytest
+import torch
 
 from ncs.config import resolve_config
 from ncs.train import runner
@@ -39,3 +40,54 @@ def test_fused_resume(tmp_path, one_thread):  # noqa: F811
         runner.run(cfg, str(tmp_path / "cut"), data=data, stop_after_checkpoints=2)
     resumed = runner.run(cfg, str(tmp_path / "cut"), resume=True, data=data)
     assert resumed["models"] == full["models"]
+
+
+@pytest.mark.parametrize("balance", ["pcgrad", "uncertainty"])
+@pytest.mark.parametrize("kind", ["connection", "single", "esmm", "mmoe"])
+def test_fused_equals_sparse_adam_step_by_step(one_thread, monkeypatch, kind, balance):  # noqa: F811
+    """The same steps of every stage (mixed batches, a mask round, alternating joint steps) with
+    each embedding step: PCGrad on a fused table (its sink's pooled gradients) and on the sparse
+    gradient give the same weights; so does uncertainty weighting."""
+    from _steps import max_difference, run_steps, steps_data
+    from ncs.train import pcgrad as PC
+
+    projected = []   # (mixed batch?, did the surgery change a gradient?) per PCGrad step
+    coefficients = PC.coefficients
+
+    def spy(grads, mixed):
+        out = coefficients(grads, mixed)
+        projected.append((mixed, any(any(v != 1.0 for v in c.values()) for c in out[0].values())))
+        return out
+
+    monkeypatch.setattr(PC, "coefficients", spy)
+    data = steps_data()
+    a, la = run_steps(kind, "sparse_adam", balance, data)
+    b, lb = run_steps(kind, "fused", balance, data)
+    assert lb == pytest.approx(la, rel=1e-5)
+    assert max_difference(a, b) < 1e-6
+    if balance == "pcgrad" and kind in ("connection", "mmoe"):  # conflicts: the surgery did work
+        assert (True, True) in projected
+    if balance == "pcgrad" and kind == "connection":  # ... also in the joint stage's alternating steps
+        assert (False, True) in projected
+        assert {k: v.is_sparse for k, v in a.balancer.last["cvr"].items()} == \
+            {k: v.is_sparse for k, v in b.balancer.last["cvr"].items()}
+
+
+@pytest.mark.parametrize("step", ["sparse_adam", "fused"])
+def test_frozen_embeddings_stay_put_with_either_step(one_thread, step):  # noqa: F811
+    """stages.joint.embeddings freeze: the joint steps leave the tables untouched (the fused
+    step's gradient waits in a sink, which the loop empties, as it drops a sparse gradient)."""
+    from _steps import CPU, steps_config, steps_data
+    from ncs.train import batches as B
+    from ncs.train.stages import ModelTrainer
+
+    data = steps_data()
+    cfg = steps_config("connection", step, "pcgrad")
+    split = B.prepare_split(data, cfg.tasks, "click", CPU)
+    tr = ModelTrainer("connection", cfg, data.fields, split, split, CPU, "/nonexistent")
+    before = [p.detach().clone() for p in tr.model.embedding_parameters()]
+    dense = [p.detach().clone() for p in tr.model.dense_parameters()]
+    tr.freeze_embeddings = True
+    tr.train_epoch(B.alternating_batches(split, tr.names, 64, 0, "joint", 0)[:4], True, "joint")
+    assert all(torch.equal(a, p) for a, p in zip(before, tr.model.embedding_parameters()))
+    assert not all(torch.equal(a, p) for a, p in zip(dense, tr.model.dense_parameters()))

@@ -314,3 +314,105 @@ def test_cycled_alternation_gives_every_task_as_many_steps_as_the_largest():
     assert set(cvr_rows) == clicked                      # only the task's space, all of it
     first = torch.cat([r for t, r in cover if t == "cvr"])
     assert cvr_rows[:first.numel()] == first.tolist()    # the first pass is the plain order
+
+
+# ---------------------------------------------------------------- PCGrad on scalars (pcgrad.py)
+
+def _random_grads(n_tasks, seed, V=11, d=3):
+    """n_tasks gradients over 5 parameters: two dense reached by every task, one dense reached by
+    tasks 0 and 2 only, a sparse table (different rows per task) and a task-0-only head; the
+    tasks pulled against each other so that several pairs conflict."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(4, generator=g)
+    out = []
+    for k in range(n_tasks):
+        sign = -1.0 if k % 2 else 1.0
+        gk = {0: sign * base + 0.7 * torch.randn(4, generator=g), 1: torch.randn(2, 3, generator=g)}
+        if k in (0, 2):
+            gk[2] = torch.randn(5, generator=g)
+        rows = torch.randperm(V, generator=g)[:6].sort().values
+        dense = torch.zeros(V, d)
+        dense[rows] = torch.randn(6, d, generator=g) * sign
+        gk[3] = dense.to_sparse(sparse_dim=1).coalesce()
+        if k == 0:
+            gk[4] = torch.randn(1, generator=g)
+        out.append(gk)
+    return out
+
+
+def _dense(t):
+    return t.to_dense() if t.is_sparse else t
+
+
+@pytest.mark.parametrize("n_tasks", [2, 3, 4])
+@pytest.mark.parametrize("seed", range(4))
+def test_pcgrad_coefficients_equal_the_sequential_definition(n_tasks, seed):
+    """Mixed: the sum of project_conflicting's projected gradients; task step: the first gradient
+    projected against the others. Dense and sparse, >2 tasks, parameters reached by subsets."""
+    from ncs.train import pcgrad as PC
+
+    grads = _random_grads(n_tasks, seed)
+    params = [torch.nn.Parameter(torch.zeros(_dense(grads[0][i]).shape)) for i in range(5)]
+    count = {}
+    for gk in grads:
+        for i in gk:
+            count[i] = count.get(i, 0) + 1
+    shared = [i for i, c in count.items() if c >= 2]
+    want = {}
+    for gk in project_conflicting(grads, shared):
+        for i, v in gk.items():
+            want[i] = _dense(v) if i not in want else want[i] + _dense(v)
+    PC.apply(grads, params, {}, mixed=True)
+    conflicts = 0
+    for i, p in enumerate(params):
+        assert torch.allclose(_dense(p.grad), want[i], rtol=1e-5, atol=1e-6), (i, p.grad, want[i])
+    # the task step: grads[0] against the others (only the shared parameters of grads[0])
+    mine, others = grads[0], grads[1:]
+    sh = sorted(set(mine) & set().union(*[set(o) for o in others]))
+    ref = project_conflicting([mine], sh, against=others)[0]
+    for p in params:
+        p.grad = None
+    PC.apply([mine] + others, params, {}, mixed=False)
+    for i, p in enumerate(params):
+        assert torch.allclose(_dense(p.grad), _dense(ref[i]), rtol=1e-5, atol=1e-6), i
+        conflicts += not torch.equal(_dense(ref[i]), _dense(mine[i]))
+    assert seed or conflicts  # the data make the surgery do something (seed 0 at least)
+
+
+@pytest.mark.parametrize("mode", ["mean", "sum"])
+def test_pcgrad_on_fused_tables_equals_the_sparse_definition(mode):
+    """A fused table's gradients as (rows, pooled) pairs: the sink receives (rows_k, b_k pooled_k)
+    and one earlier step's sparse gradient as one-row bags; its per-row sums equal
+    project_conflicting on the dense-equivalent (sparse) gradients."""
+    from ncs.train import pcgrad as PC
+    from ncs_kernels.embedding_adam import GradSink, segment_sum
+
+    g = torch.Generator().manual_seed(3)
+    V, d, bags, L, pad = 9, 4, 7, 3, 8
+    rows = torch.randint(0, V - 1, (bags, L), generator=g)
+    rows[torch.rand(bags, L, generator=g) < 0.3] = pad
+    table = PC.Table(GradSink(), mode, pad, (V, d))
+
+    def sparse_of(r, pooled):
+        u, s = segment_sum(r, pooled, mode, pad)
+        return torch.sparse_coo_tensor(u.unsqueeze(0), s, (V, d)).coalesce()
+
+    pooled = [torch.randn(bags, d, generator=g) * (1 if k % 2 == 0 else -1) for k in range(3)]
+    dense = [torch.randn(5, generator=g) * (1 if k % 2 == 0 else -1) for k in range(3)]
+    fused = [{0: dense[k], 1: (rows, pooled[k])} for k in range(3)]
+    sparse = [{0: dense[k], 1: sparse_of(rows, pooled[k])} for k in range(3)]
+    w = [torch.nn.Parameter(torch.zeros(5)), torch.nn.Parameter(torch.zeros(V, d))]
+    PC.apply(fused, w, {1: table}, mixed=True)
+    want = [sum(_dense(x[i]) for x in project_conflicting(sparse, [0, 1])) for i in (0, 1)]
+    r, p = table.sink.take()
+    assert w[1].grad is None and torch.allclose(w[0].grad, want[0], atol=1e-6)
+    assert torch.allclose(_dense(sparse_of(r, p)), want[1], atol=1e-6)
+    # the task step: this step's (rows, pooled) against two kept sparse gradients (other bags)
+    rows2 = torch.randint(0, V - 1, (bags, L), generator=g)
+    mine = {0: dense[1], 1: (rows2, pooled[1])}
+    PC.apply([mine, sparse[0], sparse[2]], w, {1: table}, mixed=False)
+    ref = project_conflicting([{0: dense[1], 1: sparse_of(rows2, pooled[1])}], [0, 1], against=[sparse[0], sparse[2]])[0]
+    r, p = table.sink.take()
+    assert r.shape[1] == L and torch.allclose(w[0].grad, ref[0], atol=1e-6)
+    assert torch.allclose(_dense(sparse_of(r, p)), _dense(ref[1]), atol=1e-6)
+    assert not torch.allclose(_dense(ref[1]), _dense(sparse_of(rows2, pooled[1])))  # it was projected

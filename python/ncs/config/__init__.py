@@ -221,11 +221,6 @@ def _cross_checks(cfg: Dict[str, Any]) -> None:
 
 def _model_checks(cfg: Dict[str, Any]) -> None:
     m, tasks, models = cfg["model"], cfg["tasks"], cfg["models"]
-    if cfg["optim"]["embedding_step"] == "fused" and cfg["loss"]["balance"] == "pcgrad":
-        # the fused step keeps only the pooled embedding gradient, which PCGrad cannot project
-        raise ConfigError("optim.embedding_step: 'fused' does not combine with loss.balance: pcgrad (PCGrad "
-                          "projects the embedding gradients, which the fused step never forms); use "
-                          "loss.balance fixed or uncertainty, or embedding_step sparse_adam")
     if "ple" in models:
         bottom = max(1, len(m["hidden"]) - 1)
         if m["ple_levels"] > bottom:

@@ -17,6 +17,9 @@ Balancer            loss.balance: how the task losses meet on shared parameters
                                    so there a step's gradient is projected against the most
                                    recent gradient of every other task (the previous steps of
                                    the alternation), kept from the step that computed it.
+                                   The surgery itself, on dense, sparse and fused-table
+                                   gradients: pcgrad.py. Under torchrun each task's gradient
+                                   is summed over the ranks before it is projected.
 grad_diagnostics    per task, the gradient norm on each shared parameter group and the cosine
                     between the tasks' gradients, on fixed training batches (train.diagnostics_batches)
 PerTaskModel        the served model of per-task selection: task t predicts with the snapshot of
@@ -35,76 +38,8 @@ import torch.nn as nn
 from ..losses import mixed_loss, task_loss
 from . import batches as B
 from .batches import cycled_alternating_batches  # noqa: F401  (its old home)
-
-
-# ------------------------------------------------------------------------------------------
-# gradients as {param index: dense tensor or coalesced sparse COO}
-
-def _coalesced(g: torch.Tensor) -> torch.Tensor:
-    return g.coalesce() if g.is_sparse else g
-
-
-def _union_rows(a: torch.Tensor, b: torch.Tensor):
-    """Two coalesced sparse row gradients [V, d] -> (rows, A [U, d], B [U, d]) on their union of rows."""
-    ia, ib = a.indices()[0], b.indices()[0]
-    rows, inv = torch.unique(torch.cat([ia, ib]), return_inverse=True)
-    shape = (int(rows.numel()),) + tuple(a.shape[1:])
-    A = torch.zeros(shape, dtype=a.dtype, device=a.device).index_copy_(0, inv[:ia.numel()], a.values())
-    Bm = torch.zeros(shape, dtype=b.dtype, device=b.device).index_copy_(0, inv[ia.numel():], b.values())
-    return rows, A, Bm
-
-
-def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    if a.is_sparse:
-        _, A, Bm = _union_rows(a, b)
-        return (A * Bm).sum()
-    return (a * b).sum()
-
-
-def _sqnorm(a: torch.Tensor) -> torch.Tensor:
-    return (a.values() if a.is_sparse else a).pow(2).sum()
-
-
-def _axpy(a: torch.Tensor, c: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a + c * b (sparse: on the union of the rows)."""
-    if a.is_sparse:
-        rows, A, Bm = _union_rows(a, b)
-        return torch.sparse_coo_tensor(rows.unsqueeze(0), A + c * Bm, a.shape, check_invariants=False).coalesce()
-    return a + c * b
-
-
-def _add(a: Optional[torch.Tensor], b: torch.Tensor) -> torch.Tensor:
-    if a is None:
-        return b
-    return (a + b).coalesce() if a.is_sparse else a + b
-
-
-def project_conflicting(grads: Sequence[Dict[int, torch.Tensor]], shared: Sequence[int],
-                        against: Optional[Sequence[Dict[int, torch.Tensor]]] = None) -> List[Dict[int, torch.Tensor]]:
-    """PCGrad's surgery on the `shared` parameters: for each task i (in order), for each other
-    gradient j (in order; `against` defaults to the tasks' own unprojected gradients), if
-    g_i . g_j < 0 then g_i -= (g_i . g_j) / |g_j|^2 g_j. Dot products and norms run over the
-    shared parameters both gradients touch. Returns the projected gradients (non-shared entries
-    unchanged)."""
-    against = grads if against is None else against
-    out = []
-    for i, gi in enumerate(grads):
-        g = dict(gi)
-        for j, gj in enumerate(against):
-            if against is grads and j == i:
-                continue
-            common = [p for p in shared if p in g and p in gj]
-            if not common:
-                continue
-            dot = sum(_dot(g[p], gj[p]) for p in common)
-            if float(dot) < 0.0:
-                nj = sum(_sqnorm(gj[p]) for p in common)
-                if float(nj) > 0.0:
-                    c = -dot / nj
-                    for p in common:
-                        g[p] = _axpy(g[p], c, gj[p])
-        out.append(g)
-    return out
+from . import pcgrad as P
+from .pcgrad import _add, _coalesced, _dot, _sqnorm, project_conflicting  # noqa: F401  (project_conflicting: its old home)
 
 
 # ------------------------------------------------------------------------------------------
@@ -130,20 +65,27 @@ class Balancer:
     def pcgrad(self) -> bool:
         return self.method == "pcgrad"
 
-    def term(self, task: str, lk: torch.Tensor) -> torch.Tensor:
+    def term(self, task: str, lk: torch.Tensor, ranks: int = 1) -> torch.Tensor:
+        """The task's term. Under torchrun lk is the rank's share of L_k (the shares sum to the
+        global L_k) and ranks the world size: the regulariser 0.5 s_k is shared out likewise,
+        so the terms summed over the ranks (and their gradients, all-reduced) are one process's."""
         t = self.tasks[self.index[task]]
         if self.method != "uncertainty":
             return t["weight"] * lk
         s = self.log_var[self.index[task]]
         c = 0.5 if t["loss"] == "mse" else 1.0
-        return t["weight"] * (c * torch.exp(-s) * lk + 0.5 * s)
+        return t["weight"] * (c * torch.exp(-s) * lk + (0.5 * s if ranks == 1 else 0.5 * s / ranks))
 
-    def combine(self, parts: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def combine(self, parts: Mapping[str, torch.Tensor], ranks: int = 1) -> torch.Tensor:
         total = None
         for n in self.names:
-            x = self.term(n, parts[n])
+            x = self.term(n, parts[n], ranks)
             total = x if total is None else total + x
         return total
+
+    def parameters(self) -> List[nn.Parameter]:
+        """The log-variances (uncertainty), whose gradients a torchrun run all-reduces; else []."""
+        return [] if self.log_var is None else list(self.log_var)
 
     def effective_weights(self) -> Dict[str, float]:
         """The factor on each L_k's gradient: omega_k, or omega_k c_k exp(-s_k)."""
@@ -164,42 +106,40 @@ class Balancer:
         if self.opt is not None:
             self.opt.step()
 
-    # PCGrad ---------------------------------------------------------------------------
-    def pcgrad_mixed_backward(self, parts: Mapping[str, torch.Tensor], params: Sequence[torch.Tensor]) -> None:
-        """Set p.grad of `params` to the sum of the PCGrad-projected task gradients of one mixed batch."""
-        grads: List[Dict[int, torch.Tensor]] = []
+    # PCGrad (pcgrad.py) -----------------------------------------------------------------
+    def pcgrad_mixed_backward(self, parts: Mapping[str, torch.Tensor], params: Sequence[torch.Tensor],
+                              tables: Optional[Dict[int, "P.Table"]] = None, dist=None) -> None:
+        """Set the step's gradient of `params` (fused `tables`: their sinks) to the sum of the
+        PCGrad-projected task gradients of one mixed batch. Under torchrun (`dist`) `parts` are
+        the rank's shares of L_k and each task's gradient is summed over the ranks before the
+        projection, so every rank projects the global batch's gradients: the one-process step."""
+        tables = tables or {}
+        grads: List[Dict[int, Any]] = []
         n_tasks = len(self.names)
         for k, n in enumerate(self.names):
             gs = torch.autograd.grad(self.term(n, parts[n]), params, retain_graph=k < n_tasks - 1,
                                      allow_unused=True)
-            grads.append({i: _coalesced(g) for i, g in enumerate(gs) if g is not None})
-        count: Dict[int, int] = {}
-        for g in grads:
-            for i in g:
-                count[i] = count.get(i, 0) + 1
-        shared = [i for i, c in count.items() if c >= 2]
-        projected = project_conflicting(grads, shared)
-        for i, p in enumerate(params):
-            tot = None
-            for g in projected:
-                if i in g:
-                    tot = _add(tot, g[i])
-            p.grad = tot
+            g: Dict[int, Any] = {i: x for i, x in enumerate(gs) if x is not None}
+            g.update(P.take_sinks(tables))
+            grads.append(g)
+        if dist is not None:
+            grads = dist.reduce_task_gradients(grads, params, tables)
+        P.apply(grads, params, tables, mixed=True)
 
-    def pcgrad_task_step(self, task: str, params: Sequence[torch.Tensor]) -> None:
-        """After loss.backward() of a task-homogeneous step: project the task's p.grad against
-        the most recent gradient of every other task (where they conflict), and remember the
-        task's own, unprojected gradient for the other tasks' next steps."""
-        mine = {i: _coalesced(p.grad) for i, p in enumerate(params) if p.grad is not None}
+    def pcgrad_task_step(self, task: str, params: Sequence[torch.Tensor],
+                         tables: Optional[Dict[int, "P.Table"]] = None) -> None:
+        """After the backward of a task-homogeneous step (under torchrun: after the gradients'
+        reduction, so the global ones): project the task's gradient against the most recent
+        gradient of every other task (where they conflict), and remember the task's own,
+        unprojected gradient (a fused table's as its dense-equivalent, sparse) for the other
+        tasks' next steps."""
+        tables = tables or {}
+        mine: Dict[int, Any] = {i: p.grad for i, p in enumerate(params) if p.grad is not None}
+        mine.update(P.take_sinks(tables))
+        eq = P.equivalents([mine], tables)[0]
         others = [self.last[n] for n in self.names if n != task and n in self.last]
-        self.last[task] = {i: g.detach().clone() for i, g in mine.items()}
-        if not others:
-            return
-        shared = sorted(set(mine) & set().union(*[set(o) for o in others]))
-        g = project_conflicting([mine], shared, against=others)[0]
-        for i, p in enumerate(params):
-            if i in g:
-                p.grad = g[i]
+        self.last[task] = {i: (g if isinstance(mine[i], tuple) else g.detach().clone()) for i, g in eq.items()}
+        P.apply([mine] + others, params, tables, mixed=False, eq=[eq] + others)
 
     # checkpoint ------------------------------------------------------------------------
     def state_tensors(self) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
@@ -283,11 +223,15 @@ def grad_diagnostics(model: nn.Module, split: B.SplitTensors, tasks: Sequence[di
     task_forward: the task's served network (model(ids, task): the connection model under its
     mask) instead of the mixed network model(ids) with L_k as losses.mixed_loss gives it for
     model `kind` (Eq. 1 per task; ESMM: its all-impression terms). Uses torch.autograd.grad: no .grad is
-    written, no optimizer is touched, no random numbers are drawn."""
+    written, no optimizer is touched, no random numbers are drawn (fused tables: their sinks are
+    emptied, the step's zero_grad does that anyway)."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     groups = param_groups(model)
     names = [t["name"] for t in tasks]
     grads: Dict[str, Dict[int, torch.Tensor]] = {n: {} for n in names}
+    tables = P.fused_tables(model, [p for _, p in params])
+    for t in tables.values():
+        t.sink.clear()
     for start in range(0, int(rows.numel()), batch_size):
         idx = rows[start:start + batch_size].to(split.ids.device)
         ids, tg, sp = split.batch(idx)
@@ -302,10 +246,10 @@ def grad_diagnostics(model: nn.Module, split: B.SplitTensors, tasks: Sequence[di
                 lk = weights[n] * parts[n]
             gs = torch.autograd.grad(lk, [p for _, p in params], retain_graph=not task_forward and n != names[-1],
                                      allow_unused=True)
-            for i, g in enumerate(gs):
-                if g is not None:
-                    g = _coalesced(g.detach())
-                    grads[n][i] = _add(grads[n].get(i), g)
+            got = {i: g.detach() for i, g in enumerate(gs) if g is not None}
+            got.update(P.take_sinks(tables))  # optim.embedding_step fused: the tables' pooled gradients
+            for i, g in P.equivalents([got], tables)[0].items():
+                grads[n][i] = _add(grads[n].get(i), g)
     by_group: Dict[str, List[int]] = {}
     for i, (pn, _) in enumerate(params):
         by_group.setdefault(groups[pn], []).append(i)

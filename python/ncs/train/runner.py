@@ -199,12 +199,6 @@ def _run_data_parallel(dp, cfg, out, resume, progress, log, stop_after_checkpoin
     from ..distributed import check_batch
     if cfg.train.batch_size != "auto":  # auto: checked once it is resolved (_run)
         check_batch(dp.world_size, int(cfg.train.batch_size))
-    if cfg.loss.balance != "fixed":
-        # PCGrad projects and uncertainty weighting rescales per-task gradients; done per rank
-        # before the all-reduce, neither would equal the one-process step, so refuse them
-        raise ConfigError(f"loss.balance: {cfg.loss.balance!r} is not supported under torchrun yet "
-                          f"(per-rank task gradients would be combined before the all-reduce); "
-                          f"set loss.balance: fixed for a distributed run")
     _check_run_dir(cfg, out, resume)  # every rank, before any writes: the same error everywhere
     if resume:
         prev = _run_world_size(out)
