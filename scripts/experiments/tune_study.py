@@ -14,7 +14,7 @@ summary.json); rerunning the same command resumes a killed study. RUNS/NAME.log 
 RUNS/NAME.time.json the wall and CPU seconds of the process. A study with "ctr_auc_margin" M
 constrains every model but Single_Task to a validation CTR AUC >= the tuned Single_Task's - M
 (issue 10's CTR condition on validation; ncs.tune.tune's argument, no CLI flag). --tiny: the
-base config shrunk to grids.TINY, 2 trials, 2 seeds, single and connection only (the plumbing,
+base config shrunk to grids.TINY, 1 trial, 2 seeds, single and connection only (the plumbing,
 not the science).
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ def study_args(name: str, runs: Path, tiny: bool = False) -> dict:
         runs.mkdir(parents=True, exist_ok=True)
         tiny_cfg = str(runs / f"{name}.yaml")
         dump_config(load_config(st["config"], G.TINY), tiny_cfg)
-        st.update(config=tiny_cfg, trials=2, seeds=2, models="single,connection")
+        st.update(config=tiny_cfg, trials=1, seeds=2, models="single,connection")
     st["out"] = str(runs / name)
     return st
 
@@ -77,7 +77,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("study", choices=sorted(G.TUNE_STUDIES))
     p.add_argument("--runs", default="runs/exp", help="root of the study directories (default runs/exp, gitignored)")
-    p.add_argument("--tiny", action="store_true", help="a tiny config, 2 trials, 2 seeds (smoke test)")
+    p.add_argument("--tiny", action="store_true", help="a tiny config, 1 trial, 2 seeds (smoke test)")
     p.add_argument("--list", action="store_true", help="print the equivalent ncs tune command, run nothing")
     a = p.parse_args(argv)
     runs = Path(a.runs)

@@ -210,10 +210,10 @@ def test_adopt_takes_only_a_run_of_the_grids_config(tmp_path):
 
 @pytest.mark.skipif(not SAMPLE.is_file(), reason=f"real sample {SAMPLE} not present")
 def test_tiny_tune_study_end_to_end(tmp_path):
-    """tune_study.py --tiny (2 trials, 2 seeds, single and connection) and its report."""
+    """tune_study.py --tiny (1 trial, 2 seeds, single and connection) and its report."""
     runs = tmp_path / "runs"
     cmd = T.command("tune_real", runs, tiny=True)
-    assert cmd[cmd.index("--trials") + 1] == "2" and cmd[cmd.index("--models") + 1] == "single,connection"
+    assert cmd[cmd.index("--trials") + 1] == "1" and cmd[cmd.index("--models") + 1] == "single,connection"
     full = T.command("tune_real", runs)
     assert full[full.index("--trials") + 1] == str(G.TUNE_STUDIES["tune_real"]["trials"])
     assert full[full.index("--models") + 1] == "all" and full[full.index("--seeds") + 1] == "5"
@@ -221,12 +221,12 @@ def test_tiny_tune_study_end_to_end(tmp_path):
                         capture_output=True, text=True, cwd=REPO, timeout=300)
     assert rc.returncode == 0, rc.stdout + rc.stderr + (runs / "tune_real.log").read_text()
     rep = P.tune_report(runs / "tune_real")
-    assert set(rep["best"]) == {"single", "connection"} and rep["trials_per_model"] == 2
-    assert all(b["trials_done"] == 2 for b in rep["best"].values())
+    assert set(rep["best"]) == {"single", "connection"} and rep["trials_per_model"] == 1
+    assert all(b["trials_done"] == 1 for b in rep["best"].values())
     vs = rep["versus_connection"]
     assert vs["single"]["vs_ref"]["pairs"] == 2 and len(vs["connection"]["test_cvr_mse"]["values"]) == 2
     doc = tmp_path / "doc.md"
     doc.write_text("<!-- table:tune_real -->\n<!-- /table:tune_real -->\n")
     assert P.main(["--tune", str(runs / "tune_real"), "--doc", str(doc), "--json", str(tmp_path / "t.json")]) == 0
     text = doc.read_text()
-    assert "| trials |" in text and "| Single_Task | 2 |" in text and "**Connection_Share**" in text
+    assert "| trials |" in text and "| Single_Task | 1 |" in text and "**Connection_Share**" in text
