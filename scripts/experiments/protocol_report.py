@@ -121,9 +121,11 @@ def tune_report(study: Path) -> Dict[str, Any]:
                 for k, r in summ["models"].items()}
     trials = [json.loads(p.read_text()) for p in sorted((study / "trials").glob("*/trial_*.json"))]
     secs = {k: sum(t["seconds"] for t in trials if t["kind"] == k) for k in summ["models"]}
+    timing = study.parent / f"{study.name}.time.json"  # tune_study.py's wall / CPU seconds
     return {"study": study.name, "metric": summ["metric"], "trials_per_model": summ["trials"],
             "seeds": summ["seeds"], "space": got["tune"].get("space"), "best": per_kind,
-            "search_seconds": secs, "versus_connection": vs}
+            "search_seconds": secs, "process": json.loads(timing.read_text()) if timing.is_file() else None,
+            "versus_connection": vs}
 
 
 def tune_md(rep: Dict[str, Any]) -> str:
