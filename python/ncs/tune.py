@@ -31,8 +31,9 @@ Early stopping and everything else come from the base config, for every model al
 Objective: the validation value of --metric (default: stages.joint.metric, or the last task's
 main metric, e.g. cvr_mse; minimised, or maximised for an *_auc metric). With --ctr-auc-floor A,
 a trial whose validation AUC of the first bce/focal task is below A is infeasible (TPE's
-constraints_func; the best trial is the best feasible one). A trial whose metric is NaN fails
-and counts towards the budget.
+constraints_func; the best trial is the best feasible one). tune(ctr_auc_margin=M): the floor of every
+kind but single is the validation CTR AUC of Single_Task's best trial (tuned first, unconstrained)
+minus M (issue 10's condition). A trial whose metric is NaN fails and counts towards the budget.
 
 Files: DIR/study.journal (Optuna's JSON-lines journal storage: a killed `ncs tune` resumes
 where it stopped when run again with the same arguments; a trial cut short is run again with
@@ -71,9 +72,6 @@ def _optuna():
         raise ConfigError("ncs tune needs optuna: pip install 'ncs[tune]'") from None
     return optuna
 
-
-# ---------------------------------------------------------------------------------------------
-# objective
 
 def objective_metric(base: "Config", metric: Optional[str]) -> tuple:
     """(metric name, direction)."""
@@ -186,15 +184,19 @@ def _mean_std(values: List[float]) -> Dict[str, Any]:
     return {"mean": m, "std": sd, "values": values}
 
 
-def _settings_doc(metric, direction, floor, sampler_seed) -> Dict[str, Any]:
-    return {"metric": metric, "direction": direction, "ctr_auc_floor": floor, "sampler_seed": sampler_seed}
+def _settings_doc(metric, direction, floor, sampler_seed, margin=None) -> Dict[str, Any]:
+    doc = {"metric": metric, "direction": direction, "ctr_auc_floor": floor, "sampler_seed": sampler_seed}
+    return doc if margin is None else dict(doc, ctr_auc_margin=margin)  # absent when unused: old studies resume
 
 
 def tune(base: "Config", out: str, trials: int, models: Optional[Sequence[str]] = None, seeds: int = 3,
          metric: Optional[str] = None, ctr_auc_floor: Optional[float] = None, sampler_seed: int = 0,
-         final: bool = True, log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
+         final: bool = True, log: Optional[Callable[[str], None]] = None,
+         ctr_auc_margin: Optional[float] = None) -> Dict[str, Any]:
     """Tune every kind of `models` (default: base.models) with `trials` trials each, then train
-    each best config with `seeds` seeds and report its test metrics. Returns summary.json's dict."""
+    each best config with `seeds` seeds and report its test metrics. Returns summary.json's dict.
+    ctr_auc_margin M: every kind but single is constrained to a validation CTR AUC >= Single_Task's
+    (its best trial's) - M; single is then tuned first and must be among the kinds."""
     import torch
 
     from .metrics import json_safe
@@ -218,10 +220,18 @@ def tune(base: "Config", out: str, trials: int, models: Optional[Sequence[str]] 
     ctr = _ctr_name(base)
     if ctr_auc_floor is not None and ctr is None:
         raise ConfigError("--ctr-auc-floor: the config has no bce/focal task whose AUC it could bound")
+    if ctr_auc_margin is not None:
+        bad_m = isinstance(ctr_auc_margin, bool) or not isinstance(ctr_auc_margin, (int, float)) or not ctr_auc_margin >= 0
+        why = (f"expected a number >= 0, got {ctr_auc_margin!r}" if bad_m else "give it or --ctr-auc-floor, not both"
+               if ctr_auc_floor is not None else "the config has no bce/focal task" if ctr is None else
+               "the floor is Single_Task's validation CTR AUC minus it; tune 'single' too" if "single" not in kinds
+               else None)
+        if why:
+            raise ConfigError(f"ctr_auc_margin: {why}")
     os.makedirs(out, exist_ok=True)
 
     # one study directory = one base config and one objective; --trials may grow between runs
-    settings = _settings_doc(metric, direction, ctr_auc_floor, sampler_seed)
+    settings = _settings_doc(metric, direction, ctr_auc_floor, sampler_seed, ctr_auc_margin)
     base_doc = base.override({"models": list(RUN_ORDER)})  # the kinds tuned may differ between runs
     cfg_path = os.path.join(out, "config.yaml")
     tune_path = os.path.join(out, "tune.json")
@@ -247,8 +257,15 @@ def tune(base: "Config", out: str, trials: int, models: Optional[Sequence[str]] 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         summary: Dict[str, Any] = {"metric": metric, "direction": direction, "ctr_auc_floor": ctr_auc_floor,
                                    "trials": trials, "seeds": seeds, "models": {}}
-        for kind in kinds:
+        for kind in kinds:  # RUN_ORDER: single first
             summary["models"][kind] = _tune_one(optuna, storage, st, kind, trials, sampler_seed, log)
+            if kind == "single" and ctr_auc_margin is not None:
+                ref = (summary["models"]["single"].get("best_valid_metrics") or {}).get(f"{ctr}_auc")
+                if ref is None or ref != ref:
+                    raise ConfigError("ctr_auc_margin: Single_Task has no successful trial to take the floor from")
+                st.floor = ref - ctr_auc_margin
+                summary.update(ctr_auc_floor=st.floor, ctr_auc_margin=ctr_auc_margin)
+                log(f"tune: CTR AUC floor {st.floor:.5f} = Single_Task's validation {ref:.5f} - {ctr_auc_margin:g}")
         if final:
             for kind in kinds:
                 best = summary["models"][kind]

@@ -25,6 +25,13 @@ smoke test):
             chosen defaults with every model), seeds 0-4, all models of each run
   protocol_synth  the same at 20,000 synthetic rows (conflict 0.5), the variants
             SYNTH_PROTOCOL_VARIANTS, seeds 0-4
+  minimal_real  a config of ONLY data and model size (no base YAML: every other key its default,
+            batch / lr / epochs "auto") on the real sample, seeds 0-4, the paper's three models
+  minimal_synth1m  the same at 1,000,000 synthetic rows, conflict 0.5, data, split and model
+            seed s = 0..4; two runs per seed (the paper's three models; the four competitors),
+            which protocol_report.py pairs by seed
+The fair tuning study (`ncs tune`, every model the same Optuna budget on the validation split) is
+not a grid of `ncs train` runs: see TUNE_STUDIES and tune_study.py.
 """
 from __future__ import annotations
 
@@ -42,7 +49,7 @@ CONFIGS = REPO / "configs"
 class RunSpec:
     grid: str
     run_id: str
-    base: str                      # a YAML of configs/
+    base: str                      # a YAML of configs/, or "" (none: the defaults + overrides only)
     overrides: Dict[str, Any] = field(default_factory=dict)
     tags: Dict[str, Any] = field(default_factory=dict)   # what the report groups by
 
@@ -191,6 +198,8 @@ def grid(name: str, tiny: bool = False) -> List[RunSpec]:
                 base = merge(TODAY_REAL if real else merge(SYNTH_PROTOCOL, TODAY_SYNTH), {"seed": s})
                 runs.append(RunSpec(name, f"{v}_seed{s}", "lt4rec_sample.yaml" if real else "demo.yaml",
                                     _deep(base, PROTOCOL_VARIANTS[v]), {"seed": s, "variant": v}))
+    elif name in ("minimal_real", "minimal_synth1m"):
+        return _minimal(name, tiny)  # tiny: the minimal config shrunk (rows), not TINY's schedule
     elif name == "real_ablation":
         seeds = REAL_SEEDS[:1] if tiny else REAL_SEEDS
         variants = REAL_ABLATIONS[:1] if tiny else REAL_ABLATIONS
@@ -224,5 +233,48 @@ SYNTH_PROTOCOL = {
 }
 SYNTH_PROTOCOL_VARIANTS = ["today", "per_task", "cycle_pcgrad", "cycle_pcgrad_moments", "cycle_fraction0.5"]
 
+# Configs of only data and model size (issue 10's "minimal config"): no base YAML.
+MODEL_SIZE = {"model": {"embed_dim": 8, "hidden": [256, 128, 64]}}
+# relative to configs/ (the folder a grid's config is resolved in), as in lt4rec_sample.yaml
+SAMPLE_PATH = "../../shared/data/lt4rec/part-r-00002.gz"
+MINIMAL_REAL = {"data": {"kind": "tfrecord", "path": SAMPLE_PATH, "options": {"max_len": 8}}, **MODEL_SIZE}
+COMPETITORS = ["shared_bottom", "mmoe", "ple", "esmm"]
+
+
+def minimal_synth(rows: int, seed: int) -> Dict[str, Any]:
+    """The 1M-row minimal config of seed s (data, split and model seed s; threads and the eval
+    batch / log interval do not change what is learned)."""
+    return {"seed": seed, "threads": 1,
+            "data": {"kind": "synthetic", "rows": rows, "seed": seed, "conflict": 0.5,
+                     "split": {"by": "request", "fractions": [0.8, 0.1, 0.1], "seed": seed}},
+            **MODEL_SIZE, "train": {"eval_batch_size": 16384, "log_every": 100}}
+
+
+def _minimal(name: str, tiny: bool) -> List[RunSpec]:
+    seeds = REAL_SEEDS[:1] if tiny else REAL_SEEDS
+    if name == "minimal_real":
+        return [RunSpec(name, f"seed{s}", "", merge(MINIMAL_REAL, {"seed": s}), {"seed": s, "variant": "minimal"})
+                for s in seeds]
+    runs = []
+    for s in seeds:
+        over = minimal_synth(TINY_SYNTH_ROWS if tiny else 1_000_000, s)
+        runs.append(RunSpec(name, f"seed{s}", "", over, {"seed": s, "variant": "minimal"}))
+        runs.append(RunSpec(name, f"comp_seed{s}", "", merge(over, {"models": COMPETITORS}),
+                            {"seed": s, "variant": "minimal"}))
+    return runs
+
+
+# The fair tuning studies (tune_study.py): `ncs tune` arguments. Every model kind, the same number
+# of trials over the same search space (ncs.tune_space), scored on the validation split; each best
+# config then trained with seeds 0-4 and evaluated on test. trials: sized so that the study fits in
+# ~40 CPU-minutes on one core (measured first: one trial 2-12 s; the study then took 23 CPU-minutes,
+# 280 trials of 0.7-30 s wall, mean 8.9 s, at load average 7-8 on 2 cores, plus 35 final runs).
+TUNE_STUDIES: Dict[str, Dict[str, Any]] = {
+    "tune_real": {"config": "lt4rec_sample.yaml", "trials": 40, "seeds": 5, "models": "all", "sampler_seed": 0},
+    # the same with issue 10's CTR condition as the constraint on validation (defined, not run yet)
+    "tune_real_ctr": {"config": "lt4rec_sample.yaml", "trials": 40, "seeds": 5, "models": "all", "sampler_seed": 0,
+                      "ctr_auc_margin": 0.002},
+}
+
 GRIDS = ("real", "real_splits", "real_ablation", "synth1m", "synth1m_ablation", "sweep", "ablation",
-         "protocol_real", "protocol_synth")
+         "protocol_real", "protocol_synth", "minimal_real", "minimal_synth1m")

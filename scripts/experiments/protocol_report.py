@@ -33,14 +33,106 @@ def _ms(xs: List[float]) -> Dict[str, float]:
 
 
 def collect(runs: Path, grid: str) -> Dict[str, Dict[int, Dict[str, Any]]]:
-    """{variant: {seed: metrics.json}}"""
+    """{variant: {seed: {"models": test metrics per kind, "valid": validation metrics per kind}}};
+    several runs of one variant and seed (e.g. the paper's models and the competitors trained
+    apart) are merged."""
     out: Dict[str, Dict[int, Dict[str, Any]]] = {}
     for tags in sorted((runs / grid).glob("*.tags.json")):
         t = json.loads(tags.read_text())
         m = runs / grid / t["run_id"] / "metrics.json"
         if m.is_file():
-            out.setdefault(t["variant"], {})[int(t["seed"])] = json.loads(m.read_text())
+            rec = out.setdefault(t["variant"], {}).setdefault(int(t["seed"]), {"models": {}, "valid": {}})
+            got = json.loads(m.read_text())
+            for key in ("models", "valid"):
+                rec[key].update(got.get(key, {}))
     return out
+
+
+def versus(seeds: Dict[int, Dict[str, Any]], ref: str = "connection") -> Dict[str, Any]:
+    """Every model against `ref` (Connection_Share), paired by seed, on test: per model its
+    validation / test CVR MSE and test CTR AUC (mean ± std, values per seed), and for the others
+    ref's CVR gain over it (other - ref) / other in %, the seeds where ref's CVR MSE is lower, and
+    ref's CTR AUC minus the model's."""
+    kinds = sorted({k for m in seeds.values() for k in m["models"]}, key=lambda k: list(PAPER).index(k))
+    order = sorted(seeds)
+    res: Dict[str, Any] = {}
+    for kind in kinds:
+        have = [s for s in order if kind in seeds[s]["models"]]
+        row: Dict[str, Any] = {"seeds": have}
+        for name, key, metric in (("valid_cvr_mse", "valid", "cvr_mse"), ("test_cvr_mse", "models", "cvr_mse"),
+                                  ("test_ctr_auc", "models", "ctr_auc")):
+            vals = [seeds[s].get(key, {}).get(kind, {}).get(metric) for s in have]
+            row[name] = dict(_ms(vals), values=vals)
+        if kind != ref:
+            pairs = [(seeds[s]["models"][kind], seeds[s]["models"][ref]) for s in have if ref in seeds[s]["models"]]
+            gain = [(o["cvr_mse"] - c["cvr_mse"]) / o["cvr_mse"] * 100 for o, c in pairs]
+            dauc = [c["ctr_auc"] - o["ctr_auc"] for o, c in pairs]
+            row["vs_ref"] = {"cvr_gain_pct": dict(_ms(gain), values=gain), "ctr_auc_diff": dict(_ms(dauc), values=dauc),
+                             "ref_cvr_better": sum(g > 0 for g in gain), "pairs": len(pairs)}
+        res[kind] = row
+    return res
+
+
+def versus_md(vs: Dict[str, Any], ref: str = "connection", extra: Dict[str, Dict[str, str]] = None) -> str:
+    """The table of versus(): the reference model last, in bold. `extra`: {column: {kind: text}}
+    inserted after the model name."""
+    extra = extra or {}
+    head = ["model", *extra, "valid CVR MSE", "test CVR MSE", "test CTR AUC",
+            f"{PAPER[ref]}'s CVR gain (paired)", "seeds better", "CTR AUC difference"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ms = lambda d, p: "-" if d["n"] == 0 else f"{d['mean']:.{p}f} ± {d['std']:.{p}f}"  # noqa: E731
+    for kind in [k for k in vs if k != ref] + [k for k in vs if k == ref]:
+        r = vs[kind]
+        cells = [f"**{PAPER[kind]}**" if kind == ref else PAPER.get(kind, kind)]
+        cells += [extra[c].get(kind, "") for c in extra]
+        cvr = ms(r["test_cvr_mse"], 5)
+        cells += [ms(r["valid_cvr_mse"], 5), f"**{cvr}**" if kind == ref else cvr, ms(r["test_ctr_auc"], 4)]
+        if kind == ref or "vs_ref" not in r:
+            cells += ["", "", ""]
+        else:
+            v = r["vs_ref"]
+            cells += [f"{v['cvr_gain_pct']['mean']:+.2f} % ± {v['cvr_gain_pct']['std']:.2f}",
+                      f"{v['ref_cvr_better']}/{v['pairs']}",
+                      f"{v['ctr_auc_diff']['mean']:+.4f} ± {v['ctr_auc_diff']['std']:.4f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def collect_tune(study: Path) -> Dict[str, Any]:
+    """A `ncs tune` study directory (tune_study.py): {"seeds": {seed: {"models", "valid"}} of the
+    final runs of every best config, "summary": summary.json, "tune": tune.json}."""
+    summary = json.loads((study / "summary.json").read_text())
+    seeds: Dict[int, Dict[str, Any]] = {}
+    for kind in summary["models"]:
+        for m in sorted((study / "final" / kind).glob("seed*/metrics.json")):
+            s = int(m.parent.name[len("seed"):])
+            got = json.loads(m.read_text())
+            rec = seeds.setdefault(s, {"models": {}, "valid": {}})
+            rec["models"][kind] = got["models"][kind]
+            rec["valid"][kind] = got.get("valid", {}).get(kind, {})
+    return {"seeds": seeds, "summary": summary, "tune": json.loads((study / "tune.json").read_text())}
+
+
+def tune_report(study: Path) -> Dict[str, Any]:
+    got = collect_tune(study)
+    summ = got["summary"]
+    vs = versus(got["seeds"])
+    per_kind = {k: {key: r.get(key) for key in ("trials_done", "best_trial", "best_valid", "params", "feasible")}
+                for k, r in summ["models"].items()}
+    trials = [json.loads(p.read_text()) for p in sorted((study / "trials").glob("*/trial_*.json"))]
+    secs = {k: sum(t["seconds"] for t in trials if t["kind"] == k) for k in summ["models"]}
+    timing = study.parent / f"{study.name}.time.json"  # tune_study.py's wall / CPU seconds
+    return {"study": study.name, "metric": summ["metric"], "trials_per_model": summ["trials"],
+            "seeds": summ["seeds"], "space": got["tune"].get("space"), "best": per_kind,
+            "search_seconds": secs, "process": json.loads(timing.read_text()) if timing.is_file() else None,
+            "versus_connection": vs}
+
+
+def tune_md(rep: Dict[str, Any]) -> str:
+    extra = {"trials": {k: str(b["trials_done"]) for k, b in rep["best"].items()},
+             f"best trial's valid {rep['metric']}": {k: ("-" if b["best_valid"] is None else f"{b['best_valid']:.5f}")
+                                                    for k, b in rep["best"].items()}}
+    return versus_md(rep["versus_connection"], extra=extra)
 
 
 def aggregate(data: Dict[str, Dict[int, Dict[str, Any]]]) -> Dict[str, Any]:
@@ -182,7 +274,35 @@ def main(argv=None) -> int:
     p.add_argument("--pick-over", help="comma-separated grids: choose the defaults on validation over all of them")
     p.add_argument("--marker", help="the block name for --doc (default: the grid name)")
     p.add_argument("--variants", help="comma-separated variants (and their order) for --doc / --figure")
+    p.add_argument("--tune", help="a `ncs tune` study directory (tune_study.py): the tuned models' table")
+    p.add_argument("--versus", action="store_true",
+                   help="--grid: every model against Connection_Share, paired by seed (one variant per grid)")
     a = p.parse_args(argv)
+    if a.tune:
+        if not (Path(a.tune) / "summary.json").is_file():
+            print(f"--tune: {a.tune} has no summary.json (is the study finished?)", file=sys.stderr)
+            return 2
+        rep = tune_report(Path(a.tune))
+        md = tune_md(rep)
+        if a.json:
+            Path(a.json).write_text(json.dumps(rep, indent=1, allow_nan=True))
+        if a.doc:
+            replace_block(Path(a.doc), a.marker or rep["study"], md)
+        print(md)
+        return 0
+    if a.versus:
+        data = collect(Path(a.runs), a.grid)
+        if not data:
+            print(f"--runs: no finished runs of grid {a.grid} under {a.runs}", file=sys.stderr)
+            return 2
+        rep = {"grid": a.grid, "variants": {v: versus(seeds) for v, seeds in data.items()}}
+        md = "\n\n".join(versus_md(vs) for vs in rep["variants"].values())
+        if a.json:
+            Path(a.json).write_text(json.dumps(rep, indent=1, allow_nan=True))
+        if a.doc:
+            replace_block(Path(a.doc), a.marker or a.grid, md)
+        print(md)
+        return 0
     if a.pick_over:
         aggs = {g: aggregate(collect(Path(a.runs), g)) for g in a.pick_over.split(",")}
         print(json.dumps(pick_over(aggs), indent=1))

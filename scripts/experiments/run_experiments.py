@@ -5,6 +5,7 @@
     python scripts/experiments/run_experiments.py sweep --runs runs/exp --jobs 2 --only 'c0.5_'
     python scripts/experiments/run_experiments.py ablation --runs runs/exp --list
     python scripts/experiments/run_experiments.py real --runs /tmp/x --tiny      # seconds
+    python scripts/experiments/run_experiments.py minimal_real --adopt seed0=/elsewhere/r0   # a run made by hand
 
 Each run: RUNS/GRID/ID.yaml (the resolved config: every key), RUNS/GRID/ID/ (the `ncs train` run
 directory: metrics.json, masks.json, rounds.json, ...), RUNS/GRID/ID.log (its log) and
@@ -34,11 +35,17 @@ import grids as G  # noqa: E402
 
 def resolved_config(spec: G.RunSpec, cache_dir: Optional[str]) -> dict:
     """The base YAML with the run's overrides, validated, data.path made absolute."""
-    from ncs.config import load_config
+    from ncs.config import ConfigError, load_config, resolve_config
     over = spec.overrides
-    if cache_dir is not None and spec.base != "lt4rec_sample.yaml":
+    synthetic = spec.base == "demo.yaml" or over.get("data", {}).get("kind") == "synthetic"
+    if cache_dir is not None and synthetic:
         over = G.merge(over, {"data": {"cache_dir": os.path.abspath(cache_dir)}})
-    return load_config(str(G.CONFIGS / spec.base), over)
+    if spec.base:
+        return load_config(str(G.CONFIGS / spec.base), over)
+    try:  # no base YAML: the defaults + the overrides, paths relative to configs/
+        return resolve_config(over, base_dir=str(G.CONFIGS))
+    except ConfigError as e:
+        raise ConfigError(f"grid {spec.grid}, run {spec.run_id}: {e}") from None
 
 
 def write_config(spec: G.RunSpec, runs: Path) -> Path:
@@ -77,6 +84,32 @@ def run_one(spec: G.RunSpec, runs: Path, dry: bool = False) -> str:
     return f"{spec.grid}/{spec.run_id}: {wall:.0f} s"
 
 
+def adopt(spec: G.RunSpec, runs: Path, src: Path) -> str:
+    """Take a run trained elsewhere (by hand, before its grid existed) into the grid: only if its
+    config.yaml is the grid's resolved config, key for key. Copies its metrics.json and
+    config.yaml (not the checkpoints) to RUNS/GRID/ID/ and notes where it came from."""
+    import shutil
+    import tempfile
+
+    from ncs.config import dump_config
+    with tempfile.TemporaryDirectory() as tmp:
+        dump_config(resolved_config(spec, None), os.path.join(tmp, "c.yaml"))
+        want = Path(tmp, "c.yaml").read_text().splitlines()
+    have = (src / "config.yaml").read_text().splitlines() if (src / "config.yaml").is_file() else []
+    if not (src / "metrics.json").is_file():
+        return f"{spec.grid}/{spec.run_id}: FAILED to adopt {src}: no metrics.json"
+    diff = [f"{a!r} != {b!r}" for a, b in zip(have, want) if a != b] + (["lengths differ"] if len(have) != len(want) else [])
+    if diff:
+        return f"{spec.grid}/{spec.run_id}: FAILED to adopt {src}: its config differs from the grid's: {diff[:3]}"
+    write_config(spec, runs)
+    out = runs / spec.grid / spec.run_id
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("metrics.json", "config.yaml"):
+        shutil.copyfile(src / name, out / name)
+    (runs / spec.grid / f"{spec.run_id}.adopted.json").write_text(json.dumps({"from": str(src.resolve())}))
+    return f"{spec.grid}/{spec.run_id}: adopted from {src}"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("grid", choices=G.GRIDS)
@@ -85,7 +118,19 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--only", help="regex on the run id: train only the matching runs")
     p.add_argument("--tiny", action="store_true", help="every run shrunk to seconds (smoke test)")
     p.add_argument("--list", action="store_true", help="print the commands, train nothing")
+    p.add_argument("--adopt", action="append", default=[], metavar="ID=DIR",
+                   help="take the finished run DIR (trained by hand) as run ID if its config.yaml is the grid's")
     args = p.parse_args(argv)
+    if args.adopt:
+        by_id = {s.run_id: s for s in G.grid(args.grid, tiny=args.tiny)}
+        msgs = []
+        for item in args.adopt:
+            rid, sep, src = item.partition("=")
+            if not sep or rid not in by_id:
+                p.error(f"--adopt: expected ID=DIR with ID one of {', '.join(by_id)}, got {item!r}")
+            msgs.append(adopt(by_id[rid], Path(args.runs), Path(src)))
+        print("\n".join(msgs))
+        return 1 if any("FAILED" in m for m in msgs) else 0
     if args.jobs < 1:
         p.error("--jobs: expected an integer >= 1")
     runs = Path(args.runs)

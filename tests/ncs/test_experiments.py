@@ -31,6 +31,8 @@ def _load(name):
 G = _load("grids")
 R = _load("make_report")
 D = _load("run_experiments")
+P = _load("protocol_report")
+T = _load("tune_study")
 
 
 def test_every_grid_resolves_to_a_valid_config():
@@ -39,7 +41,7 @@ def test_every_grid_resolves_to_a_valid_config():
         assert specs and len({s.run_id for s in specs}) == len(specs), name
         for s in specs:
             cfg = D.resolved_config(s, None)  # raises ConfigError on a bad override
-            assert cfg.threads == 1
+            assert cfg.threads == (None if name == "minimal_real" else 1), name  # minimal: the default
     sizes = {s.run_id: D.resolved_config(s, None).data.rows for s in G.grid("synth1m")}
     assert set(sizes.values()) == {1_000_000}
     abl = {s.tags["variant"]: D.resolved_config(s, None) for s in G.grid("ablation")}
@@ -135,3 +137,96 @@ def test_no_warmup_rewinds_to_the_model_as_initialised(tmp_path):
         assert torch.equal(snap[f"model/{name}"], p.detach()), name
     # and no optimizer moments in the snapshot: a fresh Adam, as after variable initialisation
     assert not any(k.endswith(("exp_avg", "exp_avg_sq")) for k in snap)
+
+
+def test_minimal_grids_hold_only_data_and_model_size():
+    """Issue 10's minimal config: no base YAML; the keys given are data, model size and seed (plus,
+    at 1M rows, threads / eval batch / log interval, which do not change what is learned)."""
+    real = G.grid("minimal_real")
+    assert [s.run_id for s in real] == [f"seed{s}" for s in range(5)]
+    for s in real:
+        assert s.base == "" and set(s.overrides) == {"seed", "data", "model"}
+        cfg = D.resolved_config(s, None)
+        assert cfg.models == ("single", "layer", "connection") and os.path.isfile(cfg.data.path)
+        assert cfg.train.batch_size == "auto" and cfg.optim.lr == "auto"
+    synth = G.grid("minimal_synth1m")
+    assert len(synth) == 10 and {s.tags["seed"] for s in synth} == set(range(5))
+    for s in synth:
+        assert s.base == "" and set(s.overrides) - {"models"} == {"seed", "threads", "data", "model", "train"}
+        cfg = D.resolved_config(s, None)
+        assert cfg.data.rows == 1_000_000 and cfg.data.conflict == 0.5
+        assert cfg.data.seed == cfg.data.split.seed == cfg.seed == s.tags["seed"]
+    kinds = {k for s in synth if s.tags["seed"] == 0 for k in D.resolved_config(s, None).models}
+    assert kinds == {"single", "layer", "connection", "shared_bottom", "mmoe", "ple", "esmm"}
+
+
+def _metrics(models, valid=None):
+    return {"models": models, "valid": valid or models}
+
+
+def test_versus_pairs_every_model_with_connection_by_seed(tmp_path):
+    """Two runs per seed (the paper's models, the competitors) are merged; Connection_Share's gain
+    over a model is (model - connection) / model, paired by seed."""
+    g = tmp_path / "minimal_synth1m"
+    g.mkdir()
+    vals = {0: (0.20, 0.70, 0.18, 0.71, 0.25, 0.69), 1: (0.20, 0.70, 0.22, 0.69, 0.20, 0.70)}
+    for s, (ms, auc_s, mc, auc_c, mm, auc_m) in vals.items():
+        for rid, models in ((f"seed{s}", {"single": {"cvr_mse": ms, "ctr_auc": auc_s},
+                                          "connection": {"cvr_mse": mc, "ctr_auc": auc_c}}),
+                            (f"comp_seed{s}", {"mmoe": {"cvr_mse": mm, "ctr_auc": auc_m}})):
+            (g / rid).mkdir()
+            (g / rid / "metrics.json").write_text(json.dumps(_metrics(models)))
+            (g / f"{rid}.tags.json").write_text(json.dumps({"run_id": rid, "seed": s, "variant": "minimal"}))
+    data = P.collect(tmp_path, "minimal_synth1m")
+    assert set(data["minimal"][0]["models"]) == {"single", "connection", "mmoe"}
+    vs = P.versus(data["minimal"])
+    single = vs["single"]["vs_ref"]
+    assert single["cvr_gain_pct"]["values"] == pytest.approx([10.0, -10.0])
+    assert single["ref_cvr_better"] == 1 and single["pairs"] == 2
+    assert single["ctr_auc_diff"]["mean"] == pytest.approx(0.0)
+    assert vs["mmoe"]["vs_ref"]["cvr_gain_pct"]["values"] == pytest.approx([28.0, -10.0])
+    assert vs["connection"]["test_cvr_mse"]["mean"] == pytest.approx(0.20) and "vs_ref" not in vs["connection"]
+    md = P.versus_md(vs)
+    lines = md.splitlines()
+    assert lines[-1].startswith("| **Connection_Share** |") and "| MMoE |" in md
+    assert "+0.00 % ± 14.14 | 1/2 |" in md  # single: +10 % and -10 %
+
+
+def test_adopt_takes_only_a_run_of_the_grids_config(tmp_path):
+    from ncs.config import dump_config
+    spec = G.grid("minimal_real")[0]
+    src = tmp_path / "byhand"
+    src.mkdir()
+    dump_config(D.resolved_config(spec, None), str(src / "config.yaml"))
+    (src / "metrics.json").write_text(json.dumps(_metrics({"single": {"cvr_mse": 0.1, "ctr_auc": 0.6}})))
+    runs = tmp_path / "runs"
+    assert "adopted" in D.adopt(spec, runs, src)
+    assert (runs / "minimal_real" / "seed0" / "metrics.json").is_file()
+    assert json.loads((runs / "minimal_real" / "seed0.tags.json").read_text())["variant"] == "minimal"
+    other = G.grid("minimal_real")[1]  # seed 1: another config
+    msg = D.adopt(other, runs, src)
+    assert "FAILED" in msg and "differs" in msg and not (runs / "minimal_real" / "seed1").exists()
+
+
+@pytest.mark.skipif(not SAMPLE.is_file(), reason=f"real sample {SAMPLE} not present")
+def test_tiny_tune_study_end_to_end(tmp_path):
+    """tune_study.py --tiny (1 trial, 2 seeds, single and connection) and its report."""
+    runs = tmp_path / "runs"
+    cmd = T.command("tune_real", runs, tiny=True)
+    assert cmd[cmd.index("--trials") + 1] == "1" and cmd[cmd.index("--models") + 1] == "single,connection"
+    full = T.command("tune_real", runs)
+    assert full[full.index("--trials") + 1] == str(G.TUNE_STUDIES["tune_real"]["trials"])
+    assert full[full.index("--models") + 1] == "all" and full[full.index("--seeds") + 1] == "5"
+    rc = subprocess.run([sys.executable, str(EXP / "tune_study.py"), "tune_real", "--runs", str(runs), "--tiny"],
+                        capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert rc.returncode == 0, rc.stdout + rc.stderr + (runs / "tune_real.log").read_text()
+    rep = P.tune_report(runs / "tune_real")
+    assert set(rep["best"]) == {"single", "connection"} and rep["trials_per_model"] == 1
+    assert all(b["trials_done"] == 1 for b in rep["best"].values())
+    vs = rep["versus_connection"]
+    assert vs["single"]["vs_ref"]["pairs"] == 2 and len(vs["connection"]["test_cvr_mse"]["values"]) == 2
+    doc = tmp_path / "doc.md"
+    doc.write_text("<!-- table:tune_real -->\n<!-- /table:tune_real -->\n")
+    assert P.main(["--tune", str(runs / "tune_real"), "--doc", str(doc), "--json", str(tmp_path / "t.json")]) == 0
+    text = doc.read_text()
+    assert "| trials |" in text and "| Single_Task | 1 |" in text and "**Connection_Share**" in text

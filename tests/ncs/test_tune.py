@@ -133,3 +133,31 @@ def test_auto_sizes_are_resolved_before_the_space_is_built():
     assert space("connection", sized)["lr"]["low"] == pytest.approx(auto_lr(32) / 10)
     assert logs and logs[0].startswith("auto sizes for ")
     assert _sized(resolve_config(BASE), logs.append) == (resolve_config(BASE), None)
+
+
+def test_ctr_auc_margin_is_relative_to_the_tuned_single_task(tmp_path):
+    """Issue 10's CTR condition as a constraint: Single_Task is tuned first, unconstrained; every
+    other kind's trials are feasible only with a validation CTR AUC >= Single_Task's best - M."""
+    base = resolve_config(BASE)
+    out = tmp_path / "t"
+    logs = []
+    s = tune(base, str(out), 2, models=["connection", "single"], final=False, ctr_auc_margin=0.0, log=logs.append)
+    ref = s["models"]["single"]["best_valid_metrics"]["ctr_auc"]
+    assert s["ctr_auc_floor"] == pytest.approx(ref) and s["ctr_auc_margin"] == 0.0
+    assert any(m.startswith("tune: CTR AUC floor") for m in logs)
+    recs = [json.loads((out / "trials" / "connection" / f"trial_{i:04d}.json").read_text()) for i in range(2)]
+    for rec in recs:
+        assert rec["feasible"] == (rec["valid"]["ctr_auc"] >= ref)
+    single = [json.loads((out / "trials" / "single" / f"trial_{i:04d}.json").read_text()) for i in range(2)]
+    assert all(r["feasible"] for r in single)  # no floor while Single_Task itself is tuned
+    feas = [r for r in recs if r["feasible"]]
+    best = s["models"]["connection"]
+    assert best["feasible"] == bool(feas)
+    if feas:
+        assert best["best_valid"] == min(r["value"] for r in feas)
+    assert json.loads((out / "tune.json").read_text())["settings"]["ctr_auc_margin"] == 0.0
+    for kw, needle in (({"ctr_auc_margin": -0.1}, "expected a number >= 0"),
+                       ({"ctr_auc_margin": 0.002, "ctr_auc_floor": 0.5}, "not both"),
+                       ({"ctr_auc_margin": 0.002, "models": ["connection"]}, "tune 'single' too")):
+        with pytest.raises(ConfigError, match=needle):
+            tune(base, str(tmp_path / "x"), 1, final=False, **kw)
