@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--seeds", type=int, default=3, help="seeds of the final training of each best config")
     tu.add_argument("--metric", help="validation objective, e.g. cvr_mse (default: the joint early-stopping metric)")
     tu.add_argument("--ctr-auc-floor", type=float, help="trials below this validation CTR AUC are infeasible")
+    tu.add_argument("--ctr-auc-margin", type=float,
+                    help="Single_Task is tuned first; every other model's trials below its best validation "
+                         "CTR AUC minus this margin are infeasible (issue 10's condition, e.g. 0.002)")
     tu.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE samplers")
     tu.add_argument("--no-final", action="store_true", help="search only; no final training on the best configs")
     config_overrides(tu)

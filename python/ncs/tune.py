@@ -392,7 +392,7 @@ def main(args, over: Dict[str, Any], log: Callable[[str], None]) -> int:
     t0 = time.perf_counter()
     summary = tune(cfg, args.out, args.trials,
                    seeds=args.seeds, metric=args.metric, ctr_auc_floor=args.ctr_auc_floor,
-                   sampler_seed=args.sampler_seed, final=not args.no_final, log=log)
+                   ctr_auc_margin=getattr(args, "ctr_auc_margin", None), sampler_seed=args.sampler_seed, final=not args.no_final, log=log)
     print(summary_table(summary, cfg.tasks))
     print(f"tune directory: {args.out} ({time.perf_counter() - t0:.1f} s)")
     return 0

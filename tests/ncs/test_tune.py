@@ -112,7 +112,8 @@ def test_tune_resumes_a_killed_study(tmp_path):
 def test_tune_user_errors_are_one_line(tmp_path, capsys):
     cfg = _write_cfg(tmp_path)
     for argv, needle in ((["--trials", "0"], "--trials: expected an integer >= 1"),
-                         (["--trials", "1", "--metric", "cvr_auc"], "--metric: expected one of")):
+                         (["--trials", "1", "--metric", "cvr_auc"], "--metric: expected one of"),
+                     (["--trials", "1", "--ctr-auc-margin", "-0.5"], "ctr_auc_margin: expected a number >= 0")):
         rc = cli.main(["tune", "--config", cfg, "--out", str(tmp_path / "x"), *argv])
         _, err = capsys.readouterr()
         lines = [x for x in err.splitlines() if x.strip()]
