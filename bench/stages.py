@@ -261,10 +261,18 @@ def summarize(results: List[Dict]) -> List[Dict]:
         row["dense_mlp"] = _median([(r.get("dense_mlp") or {}).get("samples_per_s") for r in ok])
         row["dense_mlp_input_grad"] = _median([(r.get("dense_mlp") or {}).get("input_grad_samples_per_s") for r in ok])
         for s in TRAIN_STAGES:
-            # per repeat: stage rate / the bound measured right before it; then the median
-            row[f"{s}_ratio"] = _median([
-                (r.get(s) or {}).get("samples_per_s") / r["dense_mlp"]["samples_per_s"]
-                for r in ok if (r.get(s) or {}).get("samples_per_s") and (r.get("dense_mlp") or {}).get("samples_per_s")])
+            # per repeat: stage rate / the bound measured right before it; then the median.
+            # _ratio: the issue's bound (bare fwd+bwd); _ceiling_ratio: the bound that also
+            # computes dL/dx of the first layer, as every real step must (the fp32 ceiling)
+            for suffix, key in (("ratio", "samples_per_s"), ("ceiling_ratio", "input_grad_samples_per_s")):
+                row[f"{s}_{suffix}"] = _median([
+                    (r.get(s) or {}).get("samples_per_s") / r["dense_mlp"][key]
+                    for r in ok if (r.get(s) or {}).get("samples_per_s") and (r.get("dense_mlp") or {}).get(key)])
+        # the ceiling itself as a fraction of the bound: what any implementation doing the same
+        # GEMMs in fp32 can reach at most against the issue's definition
+        row["ceiling_of_bound"] = _median([
+            r["dense_mlp"]["input_grad_samples_per_s"] / r["dense_mlp"]["samples_per_s"]
+            for r in ok if (r.get("dense_mlp") or {}).get("input_grad_samples_per_s")])
         row["errors"] = [r["error"] for r in rs if "error" in r]
         out.append(row)
     return out
@@ -272,25 +280,31 @@ def summarize(results: List[Dict]) -> List[Dict]:
 
 def format_table(results: List[Dict]) -> str:
     """samples/s per stage (median over repeats); in brackets the ratio to the bare dense MLP
-    bound (fwd+bwd of nn.Linear layers of the same shapes) measured in the same run."""
-    lines = [f"{'backend / embedding step':<28}" + "".join(f"{s + ' samples/s':>24}" for s in STAGES)
-             + f"{'dense MLP bound':>18}{'(+ input grad)':>16}"]
+    bound (fwd+bwd of nn.Linear layers of the same shapes: the issue's definition) and to the
+    same bound with the first layer's input gradient (the fp32 ceiling), both measured in the
+    same run just before the stage."""
+    lines = [f"{'backend / embedding step':<28}" + "".join(f"{s + ' samples/s':>30}" for s in STAGES)
+             + f"{'dense MLP bound':>18}{'(+ input grad)':>22}"]
     for r in summarize(results):
         name = r["backend"] + ("->" + r["resolved_backend"] if r.get("resolved_backend") else "") \
             + " / " + r["embedding_step"]
         cells = []
         for s in STAGES:
             v = r.get(s)
-            ratio = r.get(f"{s}_ratio")
-            cells.append(("-" if v is None else f"{v:,.0f}" + (f" ({ratio:.2f}x)" if ratio else "")).rjust(24))
+            ratio, ceil = r.get(f"{s}_ratio"), r.get(f"{s}_ceiling_ratio")
+            tag = f" ({ratio:.2f}x | {ceil:.2f}x)" if ratio and ceil else (f" ({ratio:.2f}x)" if ratio else "")
+            cells.append(("-" if v is None else f"{v:,.0f}" + tag).rjust(30))
         bound = r.get("dense_mlp")
         b2 = r.get("dense_mlp_input_grad")
+        cb = r.get("ceiling_of_bound")
         lines.append(f"{name:<28}" + "".join(cells) + ("-" if bound is None else f"{bound:,.0f}").rjust(18)
-                     + ("-" if b2 is None else f"{b2:,.0f}").rjust(16))
+                     + ("-" if b2 is None else f"{b2:,.0f}" + (f" ({cb:.2f}x)" if cb else "")).rjust(22))
         for e in r["errors"]:
             lines.append(f"  ERROR {e[:150]}")
-    lines.append("(x) = stage samples/s / the dense MLP bound measured just before it, median over repeats; "
-                 "target >= 0.85x")
+    lines.append("(a | b) = stage samples/s / the bare dense MLP bound (a: the issue's definition, target >= 0.85x) "
+                 "and / the bound with the first layer's input gradient (b: the fp32 ceiling of a step that "
+                 "must reach the embeddings), each measured just before the stage; median over repeats. "
+                 "(+ input grad) (c) = that ceiling / the bare bound.")
     return "\n".join(lines)
 
 

@@ -260,3 +260,15 @@ def test_stages_tiny_run(tmp_path):
         for s in stages.STAGES:
             assert r[s]["samples"] > 0 and r[s]["samples_per_s"] > 0, (r["backend"], s)
         assert set(r["masks"]["per_task"]) == {"ctr", "cvr"}
+    # both ratios per training stage: to the bare bound (the issue's) and to the bound with the
+    # first layer's input gradient (the fp32 ceiling), each from the bound measured next to it
+    for row in doc["summary"]:
+        (r,) = [r for r in doc["results"] if r["backend"] == row["backend"]]
+        for s in stages.TRAIN_STAGES:
+            rate = r[s]["samples_per_s"]
+            assert row[f"{s}_ratio"] == pytest.approx(rate / r["dense_mlp"]["samples_per_s"])
+            assert row[f"{s}_ceiling_ratio"] == pytest.approx(rate / r["dense_mlp"]["input_grad_samples_per_s"])
+        assert row["ceiling_of_bound"] == pytest.approx(
+            r["dense_mlp"]["input_grad_samples_per_s"] / r["dense_mlp"]["samples_per_s"])
+    table = stages.format_table(doc["results"])
+    assert "(+ input grad)" in table and "x | " in table
