@@ -47,6 +47,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=None, help="also write the table here")
     p.add_argument("--parts", action="store_true", help="time the parts of a step (no profiler)")
     p.add_argument("--rounds", type=int, default=10, help="--parts: interleaved rounds")
+    p.add_argument("--bf16", action="store_true",
+                   help="--parts: also the bound and a plain-torch model of the same shapes (feature_cross + "
+                        "nn.Linear layers, dL/d emb) in fp32 and under torch.autocast('cpu', bfloat16)")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     a.batch = a.batch or (64 if a.tiny else 4096)
@@ -122,7 +125,9 @@ def main(argv=None) -> int:
 def _parts(a, args, tr, batches, cfg) -> int:
     """--parts: every part of one warmup step timed alone, interleaved (see the module doc)."""
     from ncs.losses import mixed_loss
-    from ncs_kernels.ops import cross_masked_linear as cml
+    import importlib
+
+    cml = importlib.import_module("ncs_kernels.ops.cross_masked_linear")  # the module (the package exports the function)
 
     ids, tg, sp = tr.train.batch(batches[0][1])
     F_, d = (4 if a.tiny else 20), cfg.model.embed_dim
@@ -172,6 +177,8 @@ def _parts(a, args, tr, batches, cfg) -> int:
              "+ embedding step (= step)": step,
              "cross fwd+bwd, Gu/Wf kept": cross_op(lambda e, w, m, b: cml.cross_masked_linear(e, w, m, b, "cpu")),
              "cross fwd+bwd, rebuilt": cross_op(lambda e, w, m, b: cml._apply(e, w, m, b, "cpu"))}
+    if a.bf16:
+        parts.update(_bf16_parts(mlp, y, x0, x1, emb, widths))
     for fn in parts.values():
         fn()
     wall = {k: [] for k in parts}
@@ -195,6 +202,31 @@ def _parts(a, args, tr, batches, cfg) -> int:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(text + "\n")
     return 0
+
+
+def _bf16_parts(mlp, y, x0, x1, emb, widths):
+    """What bf16 autocast would give: the ncs ops do not run under autocast (their CPU kernels are
+    fp32/fp64 and their inner ATen calls would be autocast to bf16), so the model is stood in for
+    by plain torch ops of the same shapes: feature_cross (materialised) + nn.Linear layers +
+    heads, forward and backward down to d emb, fp32 and bf16."""
+    import ncs_kernels as nk
+
+    layers = []
+    for i, o in zip(widths[:-1], widths[1:]):
+        layers += [torch.nn.Linear(i, o), torch.nn.ReLU()]
+    net = torch.nn.Sequential(*layers, torch.nn.Linear(widths[-1], y.shape[1]))
+
+    def run(model, x, bf16, cross=False):
+        def f():
+            model.zero_grad(set_to_none=True)
+            x.grad = None
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                z = model(nk.feature_cross(x) if cross else x)
+            torch.nn.functional.binary_cross_entropy_with_logits(z.float(), y).backward()
+        return f
+
+    return {"bound, bf16 autocast": run(mlp, x0, True), "bound + dL/dx, bf16 autocast": run(mlp, x1, True),
+            "torch-ops model fp32": run(net, emb, False, True), "torch-ops model bf16": run(net, emb, True, True)}
 
 
 if __name__ == "__main__":

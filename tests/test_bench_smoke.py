@@ -272,3 +272,15 @@ def test_stages_tiny_run(tmp_path):
             r["dense_mlp"]["input_grad_samples_per_s"] / r["dense_mlp"]["samples_per_s"])
     table = stages.format_table(doc["results"])
     assert "(+ input grad)" in table and "x | " in table
+
+
+def test_profile_step_parts_tiny(tmp_path, capsys):
+    pytest.importorskip("ncs.train", reason="the trainer (python/ncs/train) is not importable")
+    from bench import profile_step
+
+    out = tmp_path / "parts.txt"
+    assert profile_step.main(["--tiny", "--threads", "1", "--parts", "--bf16", "--rounds", "1",
+                              "--embedding-step", "fused", "--out", str(out)]) == 0
+    text = out.read_text()
+    for part in ("bound + dL/dx", "+ embedding step (= step)", "cross fwd+bwd, Gu/Wf kept", "torch-ops model bf16"):
+        assert part in text, part
