@@ -109,6 +109,9 @@ def main(argv=None) -> int:
          tot("aten::embedding_bag", "_EmbeddingBagSink")),
         ("ReLU fwd/bwd (clamp_min, threshold_backward; self)", tot("aten::clamp_min", "aten::threshold_backward",
                                                                    self_time=True)),
+        ("the cross op's own loops (fold W*M, Gram triangle, scatter, unfold; self of its fwd/bwd)",
+         tot("_CrossSavedCPU", "_CrossSavedCPUBackward", "cross_masked_linear_eager", self_time=True)),
+        ("sums (bias gradients, the loss, the non-finite guard; aten::sum self)", tot("aten::sum", self_time=True)),
     ]
     lines.append("# summary (ms over the profiled steps; total self CPU %.0f ms):" % (total / 1e3))
     for name, us in groups:

@@ -106,11 +106,13 @@ def dense_mlp_bound(args, dev: torch.device, cfg: dict, reps: int = None) -> Dic
     reps = reps or max(3, args.steps)
     out = {"widths": widths}
     # input_grad: also dL/dx of the first layer, which the real step needs for the embeddings
-    # (one more GEMM of the widest layer); the bound of the ratio is the plain fwd+bwd
-    for key, need_dx in (("", False), ("input_grad_", True)):
-        x = torch.randn(args.batch, widths[0], device=dev, requires_grad=need_dx)
-        times = []
-        for i in range(2 + reps):
+    # (one more GEMM of the widest layer); the bound of the ratio is the plain fwd+bwd. The two
+    # alternate step by step, so that a change of the machine's load hits both alike.
+    xs = {"": torch.randn(args.batch, widths[0], device=dev),
+          "input_grad_": torch.randn(args.batch, widths[0], device=dev, requires_grad=True)}
+    times: Dict[str, List[float]] = {k: [] for k in xs}
+    for i in range(2 + reps):
+        for key, x in xs.items():
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
@@ -120,9 +122,9 @@ def dense_mlp_bound(args, dev: torch.device, cfg: dict, reps: int = None) -> Dic
             if dev.type == "cuda":
                 torch.cuda.synchronize()
             if i >= 2:
-                times.append(time.perf_counter() - t0)
-        times.sort()
-        med = times[len(times) // 2]
+                times[key].append(time.perf_counter() - t0)
+    for key, ts in times.items():
+        med = sorted(ts)[len(ts) // 2]
         out[key + "seconds_per_step"] = med
         out[key + "samples_per_s"] = args.batch / med
     return out
