@@ -274,7 +274,7 @@ def test_stages_tiny_run(tmp_path):
     assert "(+ input grad)" in table and "x | " in table
 
 
-def test_profile_step_parts_tiny(tmp_path, capsys):
+def test_profile_step_parts_tiny(tmp_path):
     pytest.importorskip("ncs.train", reason="the trainer (python/ncs/train) is not importable")
     from bench import profile_step
 
@@ -282,5 +282,6 @@ def test_profile_step_parts_tiny(tmp_path, capsys):
     assert profile_step.main(["--tiny", "--threads", "1", "--parts", "--bf16", "--rounds", "1",
                               "--embedding-step", "fused", "--out", str(out)]) == 0
     text = out.read_text()
-    for part in ("bound + dL/dx", "+ embedding step (= step)", "cross fwd+bwd, Gu/Wf kept", "torch-ops model bf16"):
+    for part in ("bound + dL/dx", "+ embedding step (= step)", "cross fwd+bwd, Gu/Wf kept", "torch-ops model bf16",
+                 "heads, one GEMM", "256->512 + ReLU in place"):
         assert part in text, part
