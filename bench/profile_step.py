@@ -117,11 +117,16 @@ def main(argv=None) -> int:
     for name, us in groups:
         lines.append(f"#   {name}: {us / 1e3:.0f} ms ({100 * us / total:.1f} %)")
     lines.append(ka.table(sort_by="self_cpu_time_total", row_limit=a.limit))
+    return _emit(lines, a.out)
+
+
+def _emit(lines, out) -> int:
+    """Print the lines, and write them to `out` too when given."""
     text = "\n".join(lines)
     print(text)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + "\n")
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text + "\n")
     return 0
 
 
@@ -200,12 +205,7 @@ def _parts(a, args, tr, batches, cfg) -> int:
         w, c = sorted(wall[k]), sorted(cpu[k])
         lines.append(f"{k:<30}{1e3 * w[0]:>10.1f}{1e3 * w[len(w) // 2]:>10.1f}{1e3 * c[0]:>10.1f}"
                      f"{1e3 * c[len(c) // 2]:>10.1f}")
-    text = "\n".join(lines)
-    print(text)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.out).write_text(text + "\n")
-    return 0
+    return _emit(lines, a.out)
 
 
 def _head_relu_parts(model, batch: int):

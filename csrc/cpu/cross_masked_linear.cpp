@@ -16,6 +16,7 @@
 #include "ncs_native.h"
 #include "cpu/cpu_common.h"
 
+#include <utility>
 #include <vector>
 
 namespace ncs {
@@ -26,7 +27,7 @@ struct CrossDims {
   int64_t B, F, d, FF, T, Fd, K;
 };
 
-CrossDims cross_dims(const at::Tensor& emb, const at::Tensor& weight) {
+CrossDims dims_of(const at::Tensor& emb) {
   CrossDims c;
   c.B = emb.size(0);
   c.F = emb.size(1);
@@ -36,6 +37,11 @@ CrossDims cross_dims(const at::Tensor& emb, const at::Tensor& weight) {
   c.Fd = c.F * c.d;
   c.K = c.FF + c.Fd;
   TORCH_CHECK(c.F >= 1, "emb: expected at least one field, got shape ", emb.sizes());
+  return c;
+}
+
+CrossDims cross_dims(const at::Tensor& emb, const at::Tensor& weight) {
+  const CrossDims c = dims_of(emb);
   TORCH_CHECK(weight.size(1) == c.K, "weight: expected in_features F*F + F*d = ", c.K, " for emb of shape ",
               emb.sizes(), ", got weight shape ", weight.sizes());
   return c;
@@ -230,20 +236,12 @@ std::vector<at::Tensor> cross_masked_linear_backward_saved_cpu(const at::Tensor&
                                                                const at::Tensor& packed, bool need_emb, bool need_w,
                                                                bool need_b) {
   cpu::check_cpu_float("emb", emb, 3);
-  cpu::check_cpu_float("dy", dy, 2);
-  cpu::check_cpu_float("gu", gu, 2);
-  cpu::check_cpu_float("wf", wf, 2);
-  cpu::check_same_dtype("dy", dy, emb, "emb");
-  cpu::check_same_dtype("gu", gu, emb, "emb");
-  cpu::check_same_dtype("wf", wf, emb, "emb");
-  CrossDims c;
-  c.B = emb.size(0);
-  c.F = emb.size(1);
-  c.d = emb.size(2);
-  c.FF = c.F * c.F;
-  c.T = c.F * (c.F + 1) / 2;
-  c.Fd = c.F * c.d;
-  c.K = c.FF + c.Fd;
+  const std::pair<const char*, const at::Tensor*> two_d[] = {{"dy", &dy}, {"gu", &gu}, {"wf", &wf}};
+  for (const auto& [name, t] : two_d) {
+    cpu::check_cpu_float(name, *t, 2);
+    cpu::check_same_dtype(name, *t, emb, "emb");
+  }
+  const CrossDims c = dims_of(emb);
   const int64_t N = wf.size(0);
   TORCH_CHECK(gu.size(0) == c.B && gu.size(1) == c.T, "gu: expected shape [", c.B, ", ", c.T, "], got ", gu.sizes());
   TORCH_CHECK(wf.size(1) == c.T + c.Fd, "wf: expected shape [", N, ", ", c.T + c.Fd, "], got ", wf.sizes());
