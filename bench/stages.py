@@ -174,7 +174,9 @@ def _timed_epochs(trainer, batches, weighted: bool, warm: int, desc: str) -> Dic
 
 
 def run_backend(backend: str, args, device: str, data, out: Dict, save=lambda: None) -> Dict:
-    """Fill `out` stage by stage (save() after each, so a killed run keeps what it measured)."""
+    """Fill `out` stage by stage (save() after each, so a killed run keeps what it measured).
+    Right before each training stage the bound is measured again (out["dense_mlp_by_stage"]),
+    so that each stage's ratio compares two figures taken under the same load."""
     import ncs_kernels as nk
     from ncs.train import batches as B
     from ncs.train.pruning import prune_round
@@ -198,12 +200,19 @@ def run_backend(backend: str, args, device: str, data, out: Dict, save=lambda: N
         out["layers"] = {n: [m.out_features, m.in_features] for n, m in trainer.layers.items()}
         out["parameters"] = int(sum(p.numel() for p in trainer.model.parameters()))
 
+        by_stage = out.setdefault("dense_mlp_by_stage", {})
+
+        def bound_now(stage: str) -> None:
+            by_stage[stage] = dense_mlp_bound(args, dev, cfg)
+
         batches = _cycled(lambda e: B.mixed_batches(split, bs, seed, "mixed", e), need)
+        bound_now("warmup")
         out["warmup"] = _timed_epochs(trainer, batches, True, warm, "warmup")
         save()
 
         ones = {n: nk.ones_mask(m.out_features, m.in_features, device=dev) for n, m in trainer.layers.items()}
         per_task = {}
+        bound_now("masks")
         selected = {}
         for task in names:
             weights = {n: m.weight for n, m in trainer.layers.items()}
@@ -225,6 +234,7 @@ def run_backend(backend: str, args, device: str, data, out: Dict, save=lambda: N
         for task in names:
             trainer.model.set_task_masks(task, selected[task])
         jb = _cycled(lambda e: B.alternating_batches(split, names, bs, seed, "joint", e), need)
+        bound_now("joint")
         out["joint"] = _timed_epochs(trainer, jb, True, warm, "joint")
         save()
 
@@ -245,6 +255,11 @@ TRAIN_STAGES = ("warmup", "masks", "joint")
 def _median(xs):
     xs = sorted(x for x in xs if x is not None)
     return xs[len(xs) // 2] if xs else None
+
+
+def _bound(r: Dict, stage: str) -> Dict:
+    """The bound measured right before `stage` (else the one before the configuration)."""
+    return (r.get("dense_mlp_by_stage") or {}).get(stage) or r.get("dense_mlp") or {}
 
 
 def summarize(results: List[Dict]) -> List[Dict]:
@@ -268,8 +283,8 @@ def summarize(results: List[Dict]) -> List[Dict]:
             # computes dL/dx of the first layer, as every real step must (the fp32 ceiling)
             for suffix, key in (("ratio", "samples_per_s"), ("ceiling_ratio", "input_grad_samples_per_s")):
                 row[f"{s}_{suffix}"] = _median([
-                    (r.get(s) or {}).get("samples_per_s") / r["dense_mlp"][key]
-                    for r in ok if (r.get(s) or {}).get("samples_per_s") and (r.get("dense_mlp") or {}).get(key)])
+                    (r.get(s) or {}).get("samples_per_s") / _bound(r, s)[key]
+                    for r in ok if (r.get(s) or {}).get("samples_per_s") and _bound(r, s).get(key)])
         # the ceiling itself as a fraction of the bound: what any implementation doing the same
         # GEMMs in fp32 can reach at most against the issue's definition
         row["ceiling_of_bound"] = _median([

@@ -264,10 +264,11 @@ def test_stages_tiny_run(tmp_path):
     # first layer's input gradient (the fp32 ceiling), each from the bound measured next to it
     for row in doc["summary"]:
         (r,) = [r for r in doc["results"] if r["backend"] == row["backend"]]
+        assert set(r["dense_mlp_by_stage"]) == set(stages.TRAIN_STAGES)  # a bound right before each stage
         for s in stages.TRAIN_STAGES:
-            rate = r[s]["samples_per_s"]
-            assert row[f"{s}_ratio"] == pytest.approx(rate / r["dense_mlp"]["samples_per_s"])
-            assert row[f"{s}_ceiling_ratio"] == pytest.approx(rate / r["dense_mlp"]["input_grad_samples_per_s"])
+            rate, bound = r[s]["samples_per_s"], r["dense_mlp_by_stage"][s]
+            assert row[f"{s}_ratio"] == pytest.approx(rate / bound["samples_per_s"])
+            assert row[f"{s}_ceiling_ratio"] == pytest.approx(rate / bound["input_grad_samples_per_s"])
         assert row["ceiling_of_bound"] == pytest.approx(
             r["dense_mlp"]["input_grad_samples_per_s"] / r["dense_mlp"]["samples_per_s"])
     table = stages.format_table(doc["results"])
