@@ -185,7 +185,7 @@ def _parts(a, args, tr, batches, cfg) -> int:
              "+ embedding step (= step)": step,
              "cross fwd+bwd, Gu/Wf kept": cross_op(lambda e, w, m, b: cml.cross_masked_linear(e, w, m, b, "cpu")),
              "cross fwd+bwd, rebuilt": cross_op(lambda e, w, m, b: cml._apply(e, w, m, b, "cpu"))}
-    parts.update(_head_relu_parts(tr.model, a.batch))
+    parts.update(_relu_parts(a.batch))
     if a.bf16:
         parts.update(_bf16_parts(mlp, y, x0, x1, emb, widths))
     for fn in parts.values():
@@ -208,23 +208,11 @@ def _parts(a, args, tr, batches, cfg) -> int:
     return _emit(lines, a.out)
 
 
-def _head_relu_parts(model, batch: int):
-    """The heads of the warmup network as one GEMM (NCSModel._all_heads) against one nn.Linear
-    per task, and ReLU in place against out of place after a 256 -> 512 layer; fwd + bwd each."""
+def _relu_parts(batch: int):
+    """ReLU in place against out of place after a 256 -> 512 layer, fwd + bwd."""
     f = torch.nn.functional
-    w = model.heads[model.tasks[0]].in_features
-    h0 = torch.randn(batch, w)
-    y = torch.rand(len(model.tasks), batch)
     x = torch.randn(batch, 256)
     lin = torch.nn.Linear(256, 512)
-
-    def heads(one_gemm):
-        def run():
-            model.zero_grad(set_to_none=True)
-            h = h0.clone().requires_grad_(True)
-            z = model._all_heads(h) if one_gemm else {t: model.heads[t](h).squeeze(-1) for t in model.tasks}
-            sum(f.binary_cross_entropy_with_logits(z[t], y[i]) for i, t in enumerate(model.tasks)).backward()
-        return run
 
     def relu(fn):
         def run():
@@ -232,8 +220,7 @@ def _head_relu_parts(model, batch: int):
             fn(lin(x)).sum().backward()
         return run
 
-    return {"heads, one GEMM": heads(True), "heads, one Linear per task": heads(False),
-            "256->512 + ReLU in place": relu(f.relu_), "256->512 + ReLU": relu(f.relu)}
+    return {"256->512 + ReLU in place": relu(f.relu_), "256->512 + ReLU": relu(f.relu)}
 
 
 def _bf16_parts(mlp, y, x0, x1, emb, widths):

@@ -1,6 +1,6 @@
-"""The step-speed rewrites of the models (docs/STEP_SPEED.md): every head of the warmup network
-as one GEMM, ReLU in place in the towers, the padding rows of FieldEmbeddings filled in place.
-Each is checked against the plain formulation it replaced, outputs and gradients."""
+"""The step-speed rewrites of the models (docs/STEP_SPEED.md): ReLU in place in the towers, the
+padding rows of FieldEmbeddings filled in place. Each is checked against the plain formulation
+it replaced, outputs and gradients."""
 import pytest
 import torch
 import torch.nn.functional as F
@@ -41,28 +41,27 @@ def _plain_forward(model, ids, task=None):
     return model.heads[task](h).squeeze(-1)
 
 
-@pytest.mark.parametrize("tasks", [("ctr", "cvr"), ("ctr",), ("a", "b", "c")])
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
-def test_warmup_heads_as_one_gemm_match_per_head_linear(tasks, backend):
+def test_warmup_network_is_exact_and_heads_stay_per_task(backend):
+    """The warmup network (task None): in-place ReLU gives the same outputs and gradients, bit
+    for bit, and a task's loss reaches no other task's head (no gradient at all, not a zero one:
+    the gradient diagnostics and PCGrad read None as "not shared")."""
     if backend not in nk.backends():
         pytest.skip(f"backend {backend} is not available here")
     torch.manual_seed(0)
+    tasks = ("ctr", "cvr", "third")
     model = NCSModel(VOCAB, tasks, 4, [16, 8, 5], backend=backend)
     ids = _ids()
-    weights = {t: torch.linspace(-1, 1, ids.shape[0]) * (i + 1) for i, t in enumerate(tasks)}
     got = model(ids)
-    sum((got[t] * weights[t]).sum() for t in tasks).backward()
-    g_got = _grads(model)
-    model.zero_grad(set_to_none=True)
     want = _plain_forward(model, ids)
-    sum((want[t] * weights[t]).sum() for t in tasks).backward()
-    g_want = _grads(model)
     for t in tasks:
-        assert got[t].shape == (ids.shape[0],) and got[t].is_contiguous()
-        torch.testing.assert_close(got[t], want[t], rtol=1e-6, atol=1e-6)
-    assert set(g_got) == set(g_want)
-    for n in g_want:
-        torch.testing.assert_close(g_got[n], g_want[n], rtol=1e-5, atol=1e-6, msg=n)
+        assert torch.equal(got[t], want[t])
+    heads = {t: list(model.heads[t].parameters()) for t in tasks}
+    for t in tasks:
+        others = [p for u in tasks if u != t for p in heads[u]]
+        gs = torch.autograd.grad(got[t].sum(), heads[t] + others, retain_graph=True, allow_unused=True)
+        assert all(g is not None for g in gs[:len(heads[t])])
+        assert all(g is None for g in gs[len(heads[t]):]), t
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpu"])
