@@ -34,6 +34,14 @@ at::Tensor cross_masked_linear_forward_cpu(const at::Tensor& emb, const at::Tens
 std::vector<at::Tensor> cross_masked_linear_backward_cpu(const at::Tensor& dy, const at::Tensor& emb,
                                                          const at::Tensor& weight, const at::Tensor& packed,
                                                          bool need_emb, bool need_w, bool need_b);
+// The same, forward also returning Gu [B, T] and Wf [N, T + F*d] for the backward that takes them.
+std::vector<at::Tensor> cross_masked_linear_forward_saved_cpu(const at::Tensor& emb, const at::Tensor& weight,
+                                                              const at::Tensor& packed,
+                                                              const c10::optional<at::Tensor>& bias);
+std::vector<at::Tensor> cross_masked_linear_backward_saved_cpu(const at::Tensor& dy, const at::Tensor& emb,
+                                                               const at::Tensor& gu, const at::Tensor& wf,
+                                                               const at::Tensor& packed, bool need_emb, bool need_w,
+                                                               bool need_b);
 void masked_adam_step_cpu(at::Tensor& param, const at::Tensor& grad, at::Tensor& exp_avg,
                           at::Tensor& exp_avg_sq, const c10::optional<at::Tensor>& packed, int64_t step,
                           double lr, double beta1, double beta2, double eps, double weight_decay,

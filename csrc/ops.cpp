@@ -86,6 +86,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   bind_device_ops(m, "_cpu", {&ncs::apply_mask_cpu, &ncs::mask_inplace_cpu, &ncs::masked_linear_forward_cpu,
                              &ncs::masked_linear_backward_cpu, &ncs::cross_masked_linear_forward_cpu,
                              &ncs::cross_masked_linear_backward_cpu, &ncs::masked_adam_step_cpu});
+  // cross_masked_linear keeping the forward's Gram triangle and folded weight for backward (CPU eager path)
+  m.def("cross_masked_linear_forward_saved_cpu",
+        [](const at::Tensor& emb, const at::Tensor& w, const at::Tensor& p, const c10::optional<at::Tensor>& b) {
+          return as_tuple(ncs::cross_masked_linear_forward_saved_cpu(emb, w, p, b));
+        },
+        "(y, gu, wf)", py::arg("emb"), py::arg("weight"), py::arg("packed"), py::arg("bias") = py::none());
+  m.def("cross_masked_linear_backward_saved_cpu",
+        [](const at::Tensor& dy, const at::Tensor& emb, const at::Tensor& gu, const at::Tensor& wf,
+           const at::Tensor& p, bool ne, bool nw, bool nb) {
+          return as_tuple(ncs::cross_masked_linear_backward_saved_cpu(dy, emb, gu, wf, p, ne, nw, nb));
+        },
+        "(d emb, dW, db) from the forward's gu and wf", py::arg("dy"), py::arg("emb"), py::arg("gu"), py::arg("wf"),
+        py::arg("packed"), py::arg("need_emb") = true, py::arg("need_w") = true, py::arg("need_b") = true);
   m.def("embedding_rowwise_adam_cpu",
         [](at::Tensor weight, at::Tensor exp_avg, at::Tensor exp_avg_sq, const at::Tensor& rows,
            const at::Tensor& grad, int64_t step, double lr, double beta1, double beta2, double eps, bool mean,

@@ -260,3 +260,29 @@ def test_stages_tiny_run(tmp_path):
         for s in stages.STAGES:
             assert r[s]["samples"] > 0 and r[s]["samples_per_s"] > 0, (r["backend"], s)
         assert set(r["masks"]["per_task"]) == {"ctr", "cvr"}
+    # both ratios per training stage: to the bare bound (the issue's) and to the bound with the
+    # first layer's input gradient (the fp32 ceiling), each from the bound measured next to it
+    for row in doc["summary"]:
+        (r,) = [r for r in doc["results"] if r["backend"] == row["backend"]]
+        assert set(r["dense_mlp_by_stage"]) == set(stages.TRAIN_STAGES)  # a bound right before each stage
+        for s in stages.TRAIN_STAGES:
+            rate, bound = r[s]["samples_per_s"], r["dense_mlp_by_stage"][s]
+            assert row[f"{s}_ratio"] == pytest.approx(rate / bound["samples_per_s"])
+            assert row[f"{s}_ceiling_ratio"] == pytest.approx(rate / bound["input_grad_samples_per_s"])
+        assert row["ceiling_of_bound"] == pytest.approx(
+            r["dense_mlp"]["input_grad_samples_per_s"] / r["dense_mlp"]["samples_per_s"])
+    table = stages.format_table(doc["results"])
+    assert "(+ input grad)" in table and "x | " in table
+
+
+def test_profile_step_parts_tiny(tmp_path):
+    pytest.importorskip("ncs.train", reason="the trainer (python/ncs/train) is not importable")
+    from bench import profile_step
+
+    out = tmp_path / "parts.txt"
+    assert profile_step.main(["--tiny", "--threads", "1", "--parts", "--bf16", "--rounds", "1",
+                              "--embedding-step", "fused", "--out", str(out)]) == 0
+    text = out.read_text()
+    for part in ("bound + dL/dx", "+ embedding step (= step)", "cross fwd+bwd, Gu/Wf kept", "torch-ops model bf16",
+                 "256->512 + ReLU in place"):
+        assert part in text, part

@@ -11,9 +11,12 @@
 //   dW[:, i*F+j] = dW[:, j*F+i] = (dy^T Gu)[:, p(i,j)],  dW[:, F*F:] = dy^T E,  then ⊙ M
 // At F=20, d=64 every GEMM runs over K' = 210 + 1280 = 1490 instead of 1680 columns (-11 %
 // FLOPs in all three GEMMs), and nothing but emb is needed from forward.
+// The *_saved entry points keep Gu and Wf from forward for backward (no second Gram bmm or fold
+// per step, for 4 B x (B T + N (T + F*d)) of memory until backward; the eager CPU path uses them).
 #include "ncs_native.h"
 #include "cpu/cpu_common.h"
 
+#include <utility>
 #include <vector>
 
 namespace ncs {
@@ -24,7 +27,7 @@ struct CrossDims {
   int64_t B, F, d, FF, T, Fd, K;
 };
 
-CrossDims cross_dims(const at::Tensor& emb, const at::Tensor& weight) {
+CrossDims dims_of(const at::Tensor& emb) {
   CrossDims c;
   c.B = emb.size(0);
   c.F = emb.size(1);
@@ -34,6 +37,11 @@ CrossDims cross_dims(const at::Tensor& emb, const at::Tensor& weight) {
   c.Fd = c.F * c.d;
   c.K = c.FF + c.Fd;
   TORCH_CHECK(c.F >= 1, "emb: expected at least one field, got shape ", emb.sizes());
+  return c;
+}
+
+CrossDims cross_dims(const at::Tensor& emb, const at::Tensor& weight) {
+  const CrossDims c = dims_of(emb);
   TORCH_CHECK(weight.size(1) == c.K, "weight: expected in_features F*F + F*d = ", c.K, " for emb of shape ",
               emb.sizes(), ", got weight shape ", weight.sizes());
   return c;
@@ -149,21 +157,67 @@ void check_cross(const at::Tensor& emb, const at::Tensor& weight, const at::Tens
 
 }  // namespace
 
-at::Tensor cross_masked_linear_forward_cpu(const at::Tensor& emb, const at::Tensor& weight, const at::Tensor& packed,
-                                           const c10::optional<at::Tensor>& bias) {
+namespace {
+
+// y, and what backward needs of it: Gu [B, T] and Wf [N, T + F*d] (see the file comment).
+std::vector<at::Tensor> forward_impl(const at::Tensor& emb, const at::Tensor& weight, const at::Tensor& packed,
+                                     const c10::optional<at::Tensor>& bias) {
   check_cross(emb, weight, packed);
   const CrossDims c = cross_dims(emb, weight);
   cpu::check_bias(bias, weight);
-  at::Tensor y;
+  at::Tensor y, wf, gu;
   AT_DISPATCH_FLOATING_TYPES(emb.scalar_type(), "cross_masked_linear_forward_cpu", [&] {
-    const at::Tensor wf = fold_weight<scalar_t>(weight, packed, c);
-    const at::Tensor gu = gram_upper<scalar_t>(emb, c);
+    wf = fold_weight<scalar_t>(weight, packed, c);
+    gu = gram_upper<scalar_t>(emb, c);
     const at::Tensor wg = wf.narrow(1, 0, c.T).t();    // [T, N], leading dimension T + F*d: BLAS reads it in place
     const at::Tensor we = wf.narrow(1, c.T, c.Fd).t(); // [F*d, N]
     y = (bias.has_value() && bias->defined()) ? at::addmm(*bias, gu, wg) : at::mm(gu, wg);
     y.addmm_(emb.view({c.B, c.Fd}), we);
   });
-  return y;
+  return {y, gu, wf};
+}
+
+// The gradients from dy, emb and, when defined, the forward's Gu and Wf (else rebuilt from emb
+// and from weight ⊙ packed): the same arithmetic either way, so the results are bit-identical.
+std::vector<at::Tensor> backward_impl(const at::Tensor& dy, const at::Tensor& emb, const CrossDims& c, int64_t N,
+                                      const at::Tensor& gu_saved, const at::Tensor& wf_saved,
+                                      const at::Tensor& weight, const at::Tensor& packed, bool need_emb, bool need_w,
+                                      bool need_b) {
+  TORCH_CHECK(dy.size(0) == c.B && dy.size(1) == N, "dy: expected shape [", c.B, ", ", N, "], got ", dy.sizes());
+  at::Tensor demb, dw, db;
+  AT_DISPATCH_FLOATING_TYPES(emb.scalar_type(), "cross_masked_linear_backward_cpu", [&] {
+    const at::Tensor e = emb.view({c.B, c.Fd});
+    if (need_w) {
+      const at::Tensor gu = gu_saved.defined() ? gu_saved : gram_upper<scalar_t>(emb, c);
+      const at::Tensor dwu = at::mm(dy.t(), gu);  // [N, T]
+      dw = at::empty({N, c.K}, dy.options());
+      // dy^T E straight into the E column block of dW (a strided view BLAS writes in place)
+      at::Tensor dw_e = dw.narrow(1, c.FF, c.Fd);
+      at::mm_out(dw_e, dy.t(), e);
+      scatter_gram_grad_and_mask<scalar_t>(dw, dwu, packed, c);
+    }
+    if (need_emb) {
+      const at::Tensor wf = wf_saved.defined() ? wf_saved : fold_weight<scalar_t>(weight, packed, c);
+      const at::Tensor dgu = at::mm(dy, wf.narrow(1, 0, c.T));  // [B, T]
+      demb = at::mm(dy, wf.narrow(1, c.T, c.Fd)).view({c.B, c.F, c.d});  // dE, then += S emb
+      demb.baddbmm_(unfold_sym<scalar_t>(dgu, c), emb);
+    }
+  });
+  if (need_b) db = dy.sum(0);
+  return {demb, dw, db};
+}
+
+}  // namespace
+
+at::Tensor cross_masked_linear_forward_cpu(const at::Tensor& emb, const at::Tensor& weight, const at::Tensor& packed,
+                                           const c10::optional<at::Tensor>& bias) {
+  return forward_impl(emb, weight, packed, bias)[0];
+}
+
+std::vector<at::Tensor> cross_masked_linear_forward_saved_cpu(const at::Tensor& emb, const at::Tensor& weight,
+                                                              const at::Tensor& packed,
+                                                              const c10::optional<at::Tensor>& bias) {
+  return forward_impl(emb, weight, packed, bias);
 }
 
 std::vector<at::Tensor> cross_masked_linear_backward_cpu(const at::Tensor& dy, const at::Tensor& emb,
@@ -173,29 +227,26 @@ std::vector<at::Tensor> cross_masked_linear_backward_cpu(const at::Tensor& dy, c
   cpu::check_cpu_float("dy", dy, 2);
   cpu::check_same_dtype("dy", dy, emb, "emb");
   const CrossDims c = cross_dims(emb, weight);
-  TORCH_CHECK(dy.size(0) == c.B && dy.size(1) == weight.size(0), "dy: expected shape [", c.B, ", ", weight.size(0),
-              "], got ", dy.sizes());
-  at::Tensor demb, dw, db;
-  AT_DISPATCH_FLOATING_TYPES(emb.scalar_type(), "cross_masked_linear_backward_cpu", [&] {
-    const at::Tensor e = emb.view({c.B, c.Fd});
-    if (need_w) {
-      const at::Tensor gu = gram_upper<scalar_t>(emb, c);
-      const at::Tensor dwu = at::mm(dy.t(), gu);  // [N, T]
-      dw = at::empty({weight.size(0), c.K}, weight.options());
-      // dy^T E straight into the E column block of dW (a strided view BLAS writes in place)
-      at::Tensor dw_e = dw.narrow(1, c.FF, c.Fd);
-      at::mm_out(dw_e, dy.t(), e);
-      scatter_gram_grad_and_mask<scalar_t>(dw, dwu, packed, c);
-    }
-    if (need_emb) {
-      const at::Tensor wf = fold_weight<scalar_t>(weight, packed, c);
-      const at::Tensor dgu = at::mm(dy, wf.narrow(1, 0, c.T));  // [B, T]
-      demb = at::mm(dy, wf.narrow(1, c.T, c.Fd)).view({c.B, c.F, c.d});  // dE, then += S emb
-      demb.baddbmm_(unfold_sym<scalar_t>(dgu, c), emb);
-    }
-  });
-  if (need_b) db = dy.sum(0);
-  return {demb, dw, db};
+  return backward_impl(dy, emb, c, weight.size(0), at::Tensor(), at::Tensor(), weight, packed, need_emb, need_w,
+                       need_b);
+}
+
+std::vector<at::Tensor> cross_masked_linear_backward_saved_cpu(const at::Tensor& dy, const at::Tensor& emb,
+                                                               const at::Tensor& gu, const at::Tensor& wf,
+                                                               const at::Tensor& packed, bool need_emb, bool need_w,
+                                                               bool need_b) {
+  cpu::check_cpu_float("emb", emb, 3);
+  const std::pair<const char*, const at::Tensor*> two_d[] = {{"dy", &dy}, {"gu", &gu}, {"wf", &wf}};
+  for (const auto& [name, t] : two_d) {
+    cpu::check_cpu_float(name, *t, 2);
+    cpu::check_same_dtype(name, *t, emb, "emb");
+  }
+  const CrossDims c = dims_of(emb);
+  const int64_t N = wf.size(0);
+  TORCH_CHECK(gu.size(0) == c.B && gu.size(1) == c.T, "gu: expected shape [", c.B, ", ", c.T, "], got ", gu.sizes());
+  TORCH_CHECK(wf.size(1) == c.T + c.Fd, "wf: expected shape [", N, ", ", c.T + c.Fd, "], got ", wf.sizes());
+  cpu::check_packed(packed, N, c.K);
+  return backward_impl(dy, emb, c, N, gu, wf, at::Tensor(), packed, need_emb, need_w, need_b);
 }
 
 }  // namespace ncs

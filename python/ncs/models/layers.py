@@ -69,7 +69,8 @@ class FieldEmbeddings(nn.Module):
         if self.pad_included:
             rows = ids.clamp_min(0) + self.offsets
         else:
-            rows = torch.where(ids >= 0, ids + self.offsets, torch.full_like(ids, self.pad_row))
+            # padding (-1) -> the zero row; one fresh tensor, filled in place (3 small ops, not 4)
+            rows = (ids + self.offsets).masked_fill_(ids < 0, self.pad_row)
         if self.fused_sink is not None:
             from ncs_kernels.embedding_adam import embedding_bag
             return embedding_bag(self.bag.weight, rows.reshape(b * f, l), self.bag.mode, self.pad_row,
@@ -111,7 +112,9 @@ class Tower(nn.Module):
     def forward(self, emb: torch.Tensor, task: Optional[str] = None) -> torch.Tensor:
         h = emb
         for layer in self.layers:
-            h = F.relu(layer(h, task))
+            # in place: no layer saves its output for backward, so ReLU may overwrite it
+            # (one [B, width] buffer less per layer; ReLU's backward reads its own result)
+            h = F.relu_(layer(h, task))
         return h
 
 
@@ -140,7 +143,7 @@ class Stack(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
-            h = F.relu(layer(h))
+            h = F.relu_(layer(h))  # in place, as in Tower
         return h
 
 
