@@ -53,7 +53,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--fields", type=int, default=20, help="--data random: number of fields F")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--tiny", action="store_true", help="tiny model and batches")
-    p.add_argument("--embedding-step", default="sparse_adam",
+    p.add_argument("--balance", choices=("fixed", "pcgrad", "uncertainty"), default="fixed",
+                   help="loss.balance of the timed steps (default fixed: Eq. 2, one backward per mixed batch; "
+                        "the trainer's default pcgrad takes one backward per task there)")
+    p.add_argument("--embedding-step", default="fused",
                    help="comma list of optim.embedding_step values to compare (sparse_adam, fused)")
     p.add_argument("--compile", choices=("none", "default", "reduce-overhead", "max-autotune"), default="none",
                    help="torch.compile the model's forward (reduce-overhead = CUDA graphs on a GPU); "
@@ -71,15 +74,13 @@ def _config(args, device: str, backend: str) -> dict:
         "device": device, "backend": backend, "models": ["connection"],
         "data": {"kind": "synthetic", "rows": args.rows, "seed": 0},
         "train": {"batch_size": args.batch, "log_every": 10 ** 6},
-        # the Eq. 2 step with fixed weights, so that both embedding steps time the same update
-        # (the fused step does not combine with the default loss.balance pcgrad)
-        "loss": {"balance": "fixed"},
+        # default: the Eq. 2 step with fixed weights (--balance)
+        "loss": {"balance": getattr(args, "balance", "fixed")},
     }
     if args.tiny:
         given["model"] = {"embed_dim": 8, "hidden": [16, 8]}
     step = getattr(args, "embedding_step_one", None) or args.embedding_step.split(",")[0]
-    if step != "sparse_adam":
-        given["optim"] = {"embedding_step": step}
+    given["optim"] = {"embedding_step": step}
     return resolve_config(given)
 
 
@@ -350,9 +351,9 @@ def _run(args, device: str) -> int:
                 data = runner.load_data(_config(args, device, "torch"))
             doc["config"] = {"batch": args.batch, "steps": args.steps, "warmup_steps": args.warmup_steps,
                              "rows": args.rows, "tiny": args.tiny, "data": args.data, "fields": len(data.fields),
-                             "data_seconds": time.perf_counter() - t0, "device": device}
+                             "data_seconds": time.perf_counter() - t0, "device": device, "balance": args.balance}
             print(f"# {doc['env']['device_name']} | batch {args.batch} | {args.steps} timed steps per stage "
-                  f"(+{args.warmup_steps} warm-up) | {len(data.fields)} fields, {args.rows} {args.data} rows", flush=True)
+                  f"(+{args.warmup_steps} warm-up) | {len(data.fields)} fields, {args.rows} {args.data} rows | loss.balance {args.balance}", flush=True)
             save = (lambda: _env.write_json(path, doc)) if path else (lambda: None)
             doc["load_average_start"] = load_average()
             steps = [s.strip() for s in args.embedding_step.split(",") if s.strip()]
