@@ -4,6 +4,7 @@
 //   Feature { oneof { BytesList bytes_list = 1; FloatList float_list = 2; Int64List int64_list = 3; } }
 // Only the requested features are collected; unknown fields are skipped as protobuf does.
 #include "cpu/tfrecord.h"
+#include "cpu/tfrecord_wire.h"
 
 #include <array>
 #include <cmath>
@@ -14,6 +15,8 @@
 #include <unordered_map>
 
 namespace ncs {
+
+using namespace wire;
 
 namespace {
 
@@ -76,69 +79,10 @@ bool have_sse42() {
   return yes;
 }
 
-uint32_t crc32c(const uint8_t* p, size_t n) { return have_sse42() ? crc32c_hw(p, n) : crc32c_sw(p, n); }
+uint32_t crc32c_best(const uint8_t* p, size_t n) { return have_sse42() ? crc32c_hw(p, n) : crc32c_sw(p, n); }
 #else
-uint32_t crc32c(const uint8_t* p, size_t n) { return crc32c_sw(p, n); }
+uint32_t crc32c_best(const uint8_t* p, size_t n) { return crc32c_sw(p, n); }
 #endif
-
-uint32_t masked(uint32_t crc) { return ((crc >> 15) | (crc << 17)) + 0xA282EAD8u; }
-
-uint32_t le32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-
-uint64_t le64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
-
-// ---------------------------------------------------------------- protobuf wire format
-struct ProtoError {
-  const char* what;
-};
-
-inline uint64_t varint(const uint8_t*& p, const uint8_t* end) {
-  uint64_t r = 0;
-  for (int shift = 0; shift < 70; shift += 7) {
-    if (p >= end) throw ProtoError{"truncated varint"};
-    uint8_t b = *p++;
-    r |= uint64_t(b & 0x7F) << shift;
-    if (!(b & 0x80)) return r;
-  }
-  throw ProtoError{"varint too long"};
-}
-
-// Calls f(field number, wire type, start, end, varint value) for each field of [p, end).
-template <typename F>
-void fields(const uint8_t* p, const uint8_t* end, F&& f) {
-  while (p < end) {
-    uint64_t key = varint(p, end);
-    uint32_t num = uint32_t(key >> 3), wire = uint32_t(key & 7);
-    if (num == 0) throw ProtoError{"field number 0"};
-    if (wire == 0) {
-      uint64_t v = varint(p, end);
-      f(num, wire, p, p, v);
-    } else if (wire == 1) {
-      if (end - p < 8) throw ProtoError{"truncated fixed64"};
-      f(num, wire, p, p + 8, 0);
-      p += 8;
-    } else if (wire == 2) {
-      uint64_t n = varint(p, end);
-      if (n > uint64_t(end - p)) throw ProtoError{"length-delimited field runs past its message"};
-      f(num, wire, p, p + n, 0);
-      p += n;
-    } else if (wire == 5) {
-      if (end - p < 4) throw ProtoError{"truncated fixed32"};
-      f(num, wire, p, p + 4, 0);
-      p += 4;
-    } else {
-      throw ProtoError{"unsupported wire type"};
-    }
-  }
-}
 
 struct Column {
   std::vector<int32_t> counts;
@@ -197,6 +141,10 @@ void parse_feature(const uint8_t* s, const uint8_t* e, Column& col, int64_t rec)
 }
 
 }  // namespace
+
+namespace wire {
+uint32_t crc32c(const uint8_t* p, size_t n) { return crc32c_best(p, n); }
+}  // namespace wire
 
 int64_t crc32c_cpu(const at::Tensor& buf, bool software) {
   TORCH_CHECK(buf.dtype() == at::kByte && buf.dim() == 1 && buf.is_contiguous() && !buf.is_cuda(),

@@ -42,16 +42,16 @@ const bool* valid_ptr(const c10::optional<at::Tensor>& valid, int64_t n, const c
 
 }  // namespace
 
-NativeVocab::NativeVocab(bool frozen) : frozen_(frozen), slots_(1024, Slot{0, -1, 0}) {}
+NativeVocab::NativeVocab(bool frozen) : frozen_(frozen), slots_(1024, Slot{0, 0, -1, 0}) {}
 
 void NativeVocab::grow() {
-  std::vector<Slot> old(slots_.size() * 2, Slot{0, -1, 0});
+  std::vector<Slot> old(slots_.size() * 2, Slot{0, 0, -1, 0});
   old.swap(slots_);
   const size_t mask = slots_.size() - 1;
   for (const Slot& s : old) {
-    if (s.key < 0) continue;
+    if (s.len < 0) continue;
     size_t i = size_t(s.hash) & mask;
-    while (slots_[i].key >= 0) i = (i + 1) & mask;
+    while (slots_[i].len >= 0) i = (i + 1) & mask;
     slots_[i] = s;
   }
 }
@@ -61,19 +61,20 @@ void NativeVocab::insert(const uint8_t* p, size_t n, int32_t id, bool ordered) {
   const uint64_t h = hash_bytes(p, n);
   const size_t mask = slots_.size() - 1;
   size_t i = size_t(h) & mask;
-  while (slots_[i].key >= 0) {
+  while (slots_[i].len >= 0) {
     const Slot& s = slots_[i];
-    const int64_t a = key_off_[size_t(s.key)], b = key_off_[size_t(s.key) + 1];
-    if (s.hash == h && size_t(b - a) == n && std::memcmp(keys_.data() + a, p, n) == 0) {
+    if (s.hash == h && size_t(s.len) == n && std::memcmp(keys_.data() + s.off, p, n) == 0) {
       slots_[i].id = id;  // the last assignment wins
       return;
     }
     i = (i + 1) & mask;
   }
+  if (n > size_t(INT32_MAX)) throw std::length_error("NativeVocab: a value longer than 2 GiB");
   const int64_t k = int64_t(key_off_.size()) - 1;
+  const int64_t off = int64_t(keys_.size());
   keys_.insert(keys_.end(), p, p + n);
   key_off_.push_back(int64_t(keys_.size()));
-  slots_[i] = Slot{h, k, id};
+  slots_[i] = Slot{h, off, int32_t(n), id};
   ++used_;
   if (ordered) order_.push_back(k);
 }
@@ -82,12 +83,9 @@ int32_t NativeVocab::find_or_add(const uint8_t* p, size_t n) {
   const uint64_t h = hash_bytes(p, n);
   const size_t mask = slots_.size() - 1;
   size_t i = size_t(h) & mask;
-  while (slots_[i].key >= 0) {
+  while (slots_[i].len >= 0) {
     const Slot& s = slots_[i];
-    if (s.hash == h) {
-      const int64_t a = key_off_[size_t(s.key)], b = key_off_[size_t(s.key) + 1];
-      if (size_t(b - a) == n && std::memcmp(keys_.data() + a, p, n) == 0) return s.id;
-    }
+    if (s.hash == h && size_t(s.len) == n && std::memcmp(keys_.data() + s.off, p, n) == 0) return s.id;
     i = (i + 1) & mask;
   }
   if (frozen_) return 0;

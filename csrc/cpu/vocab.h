@@ -27,15 +27,18 @@ class NativeVocab {
   // The values of ids 1..size() in id order: (offsets int64 [size + 1], data uint8).
   std::vector<at::Tensor> values() const;
   int64_t size() const { return int64_t(order_.size()); }
+  // The id of the n bytes at p (added with the next id when new and the table grows; 0 when
+  // unknown to a fixed table). For the native encoders (tfrecord_encode_cpu); no GIL needed.
+  int32_t find_or_add(const uint8_t* p, size_t n);
+  int32_t find_or_add_int(int64_t v);
 
  private:
   struct Slot {
     uint64_t hash;
-    int64_t key;  // index into key_off_; -1: empty
+    int64_t off;  // the key: keys_[off:off + len]
+    int32_t len;  // -1: empty
     int32_t id;
   };
-  int32_t find_or_add(const uint8_t* p, size_t n);
-  int32_t find_or_add_int(int64_t v);
   void insert(const uint8_t* p, size_t n, int32_t id, bool ordered);
   void grow();
   bool frozen_;
@@ -43,7 +46,7 @@ class NativeVocab {
   size_t used_ = 0;
   std::vector<int64_t> key_off_{0};  // key k = keys_[key_off_[k]:key_off_[k + 1]]
   std::vector<uint8_t> keys_;
-  std::vector<int64_t> order_;  // key index of ids 1..n
+  std::vector<int64_t> order_;  // key index of ids 1..n (the keys added in id order)
   // integers: a cache in front of the text table (value -> id of its decimal text), so that a
   // repeated id costs one probe of 16-byte slots instead of to_chars + a text hash + memcmp
   struct IntSlot {

@@ -16,7 +16,7 @@ import numpy as np
 
 from .columns import (LocalVocab, _binary_array, _first_values, _group_column, _hash_ids, _hash_strings,
                       _ids_from_lists, _numeric, place, validate_labels)
-from .tfchunks import _native, _tf_chunks_native, _tf_chunks_python
+from .tfchunks import _native, _tf_chunks_native, _tf_chunks_python, _tf_encoded_native
 
 _BATCH_ROWS = 1 << 20
 
@@ -69,9 +69,12 @@ def _run_tfrecord(task: Task) -> TaskResult:
               for f in LT4REC_FIELDS}
     lens = {f: (task.max_len if f in LT4REC_MULTI else 1) for f in LT4REC_FIELDS}
     stats: Dict[str, int] = {}
-    # skip_corrupt needs the resynchronising Python reader; otherwise the native one when built
-    native = _native() is not None and not task.skip_corrupt
-    chunks = (_tf_chunks_native(task.path, names) if native
+    # skip_corrupt needs the resynchronising Python reader; otherwise the native encoder (records
+    # straight to ids) when built, else the native parser + the vectorised encoding below
+    C = None if task.skip_corrupt else _native()
+    if C is not None and hasattr(C, "tfrecord_encode_cpu") and all(v.native is not None for v in vocabs.values()):
+        return _run_tfrecord_encoded(task, vocabs, lens, t0)
+    chunks = (_tf_chunks_native(task.path, names) if C is not None
               else _tf_chunks_python(task.path, names, task.skip_corrupt, stats))
     out_chunks, rows = [], 0
     for rec0, n, cols in chunks:
@@ -96,6 +99,31 @@ def _run_tfrecord(task: Task) -> TaskResult:
         rows += n
     return TaskResult(task.index, rows, out_chunks, {f: v.values() for f, v in vocabs.items()},
                       seconds=time.perf_counter() - t0, stats=stats)
+
+
+def _run_tfrecord_encoded(task: Task, vocabs: Dict[str, LocalVocab], lens: Dict[str, int], t0: float) -> TaskResult:
+    """The TFRecord task on the native encoder: the same columns as the path above (the same
+    ids, labels and group hashes), without the intermediate value columns."""
+    from .vocab import stable_hash64
+
+    fields = list(vocabs)
+    chunks = _tf_encoded_native(task.path, fields, [lens[f] for f in fields],
+                                [vocabs[f].native for f in fields], ["label", "cvrlabel"],
+                                {"seqnum": b"", "FEA_UID": b"-1"})
+    out_chunks, rows = [], 0
+    for rec0, n, ids, labs, grp in chunks:
+        click, conv = labs["label"], labs["cvrlabel"]
+        validate_labels(task.path, rec0, click, conv, "label", "cvrlabel")
+        enc: Dict[str, np.ndarray] = {f"f.{f}": ids[f] for f in fields}
+        enc["l.click"] = click.astype(np.uint8)
+        enc["l.conversion"] = conv.astype(np.float32)
+        for g, name in (("request", "seqnum"), ("user", "FEA_UID")):
+            idx, values = grp[name]  # hashed once per distinct value, as _hash_strings does
+            enc[f"g.{g}"] = np.asarray([stable_hash64(v) for v in values], dtype=np.int64)[idx]
+        out_chunks.append(_save_chunk(task.work, len(out_chunks), enc))
+        rows += n
+    return TaskResult(task.index, rows, out_chunks, {f: v.values() for f, v in vocabs.items()},
+                      seconds=time.perf_counter() - t0)
 
 
 # --------------------------------------------------------------------------- CSV / Parquet

@@ -1,11 +1,14 @@
 """TFRecord (LT4REC) files read in large chunks of records for `ncs data convert`.
 
-_tf_chunks_native   the native parser of ncs_kernels._C (tfrecord_parse_cpu; both CRCs checked):
+_tf_encoded_native  the native encoder of ncs_kernels._C (tfrecord_encode_cpu; both CRCs checked):
+                    records straight to id columns through the fields' NativeVocab tables;
                     32 MiB of decompressed records per call, read and inflated (python-isal when
                     installed, else zlib) on a reader thread while the previous block is parsed
+_tf_chunks_native   the native parser (tfrecord_parse_cpu): the same blocks into value columns
 _tf_chunks_python   the same chunks from the pure-Python reader (ncs.data.tfrecord), used when _C
                     lacks the parser or with skip_corrupt (it resynchronises after a bad record)
-Each chunk: (first record, records, {feature: (counts, offsets, bytes, first numeric value)}).
+Each chunk of the last two: (first record, records, {feature: (counts, offsets, bytes, first
+numeric value)}).
 """
 from __future__ import annotations
 
@@ -107,15 +110,15 @@ def _inflated_blocks(path: str, out: "queue.Queue", stop: "threading.Event") -> 
         out.put(("error", e))
 
 
-def _tf_chunks_native(path: str, names: List[str]):
-    """(first record, {name: (counts, offsets, data, num)}) per chunk, from the native parser,
-    with the file read and inflated on a background thread."""
+def _native_blocks(path: str, parse):
+    """(first record, parse(buffer)) per block of whole records: the file read and inflated on
+    a background thread; parse(uint8 tensor) -> the native output ([consumed], [records], ...).
+    Errors of the native parser ("record K: ...") are renamed to the file's record numbers."""
     import queue
     import threading
 
     import torch
 
-    C = _native()
     blocks: "queue.Queue" = queue.Queue(maxsize=2)
     stop = threading.Event()
     reader = threading.Thread(target=_inflated_blocks, args=(path, blocks, stop), daemon=True,
@@ -132,12 +135,14 @@ def _tf_chunks_native(path: str, names: List[str]):
                     raise DataError(f"{path}: record {rec0}: {e}") from None
                 raise e
             eof = block is None
-            buf = left + block if not eof else left
+            buf = bytearray(left)  # one copy into a writable buffer (torch.frombuffer needs one)
+            if not eof:
+                buf += block
+            del block
             if not buf:
                 return
-            t = torch.frombuffer(bytearray(buf), dtype=torch.uint8)
             try:
-                out = C.tfrecord_parse_cpu(t, names, True)
+                out = parse(torch.frombuffer(buf, dtype=torch.uint8))
             except ValueError as e:
                 msg = str(e)
                 if msg.startswith("record "):
@@ -145,13 +150,9 @@ def _tf_chunks_native(path: str, names: List[str]):
                     msg = f"record {rec0 + int(k)}:{rest}"
                 raise DataError(f"{path}: {msg}") from None
             consumed, n = int(out[0][0]), int(out[1][0])
-            cols = {}
-            for j, name in enumerate(names):
-                c, o, d, num = out[2 + 4 * j: 6 + 4 * j]
-                cols[name] = (c.numpy().astype(np.int64), o.numpy(), d.numpy(), num.numpy())
-            left = buf[consumed:]
+            left = bytes(buf[consumed:])
             if n:
-                yield rec0, n, cols
+                yield rec0, n, out
             rec0 += n
             if eof:
                 if left:
@@ -165,6 +166,44 @@ def _tf_chunks_native(path: str, names: List[str]):
             except queue.Empty:
                 pass
         reader.join()
+
+
+def _tf_chunks_native(path: str, names: List[str]):
+    """(first record, records, {name: (counts, offsets, data, num)}) per chunk, from the native
+    parser (tfrecord_parse_cpu)."""
+    C = _native()
+    for rec0, n, out in _native_blocks(path, lambda t: C.tfrecord_parse_cpu(t, names, True)):
+        cols = {}
+        for j, name in enumerate(names):
+            c, o, d, num = out[2 + 4 * j: 6 + 4 * j]
+            cols[name] = (c.numpy().astype(np.int64), o.numpy(), d.numpy(), num.numpy())
+        yield rec0, n, cols
+
+
+def _tf_encoded_native(path: str, fields: List[str], widths: List[int], vocabs: List[Any],
+                       labels: List[str], groups: Dict[str, bytes]):
+    """(first record, records, ids, labels, groups) per chunk, from the native encoder
+    (tfrecord_encode_cpu): ids {field: int32 [records] or [records, width]} looked up in the
+    NativeVocab tables `vocabs` (one per field); labels {name: float64 [records], NaN when
+    none}; groups {name: (index int32 [records], distinct first values: list of bytes)} of the
+    feature `name`'s first value (groups[name] when it has none)."""
+    C = _native()
+    gnames = list(groups)
+    gdef = [groups[g] for g in gnames]  # bytes -> std::string as they are
+    nf, nl = len(fields), len(labels)
+
+    def parse(t):
+        return C.tfrecord_encode_cpu(t, fields, widths, vocabs, labels, gnames, gdef, True)
+
+    for rec0, n, out in _native_blocks(path, parse):
+        ids = {f: out[2 + i].numpy() for i, f in enumerate(fields)}
+        labs = {name: out[2 + nf + i].numpy() for i, name in enumerate(labels)}
+        grp = {}
+        for i, g in enumerate(gnames):
+            idx, off, data = out[2 + nf + nl + 3 * i: 5 + nf + nl + 3 * i]
+            o, d = off.numpy(), data.numpy().tobytes()
+            grp[g] = (idx.numpy(), [d[o[k]:o[k + 1]] for k in range(len(o) - 1)])
+        yield rec0, n, ids, labs, grp
 
 
 def _tf_chunks_python(path: str, names: List[str], skip_corrupt: bool, stats: Dict[str, int]):

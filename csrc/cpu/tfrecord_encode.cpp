@@ -1,0 +1,266 @@
+// TFRecord records straight to id columns for `ncs data convert` (see tfrecord.h): one pass
+// over the decompressed bytes, each value looked up in its field's NativeVocab where it lies in
+// the buffer (no per-value copy, no intermediate columns, no Python per field).
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <limits>
+#include <stdexcept>
+#include <string_view>
+#include <unordered_map>
+
+#include "cpu/tfrecord.h"
+#include "cpu/tfrecord_wire.h"
+#include "cpu/vocab.h"
+
+namespace ncs {
+
+using namespace wire;
+
+namespace {
+
+// A requested feature name and what it feeds: an id field, a label, a group key (a name can
+// feed several, e.g. FEA_UID is a field and the user group).
+struct Role {
+  int field = -1, label = -1, group = -1;
+};
+
+// NCS_TFRECORD_PROFILE=1: the encoder's phases on stderr, per call (for docs/DATA.md's
+// breakdown; the clock reads cost ~2 % then, nothing otherwise).
+bool profiling() {
+  static const bool on = [] {
+    const char* v = std::getenv("NCS_TFRECORD_PROFILE");
+    return v != nullptr && v[0] != '\0' && v[0] != '0';
+  }();
+  return on;
+}
+
+using Clock = std::chrono::steady_clock;
+
+double secs(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+}  // namespace
+
+std::vector<at::Tensor> tfrecord_encode_cpu(const at::Tensor& buf, const std::vector<std::string>& fields_in,
+                                            const std::vector<int64_t>& widths,
+                                            const std::vector<NativeVocab*>& vocabs,
+                                            const std::vector<std::string>& labels,
+                                            const std::vector<std::string>& groups,
+                                            const std::vector<std::string>& group_defaults, bool check_crc) {
+  TORCH_CHECK(buf.dtype() == at::kByte && buf.dim() == 1 && buf.is_contiguous() && !buf.is_cuda(),
+              "tfrecord_encode_cpu: expected a contiguous 1-D uint8 CPU tensor");
+  TORCH_CHECK(widths.size() == fields_in.size() && vocabs.size() == fields_in.size(),
+              "tfrecord_encode_cpu: fields, widths and vocabs must have the same length");
+  TORCH_CHECK(group_defaults.size() == groups.size(), "tfrecord_encode_cpu: one default per group");
+  for (size_t i = 0; i < widths.size(); ++i) {
+    TORCH_CHECK(widths[i] >= 1, "tfrecord_encode_cpu: widths must be >= 1");
+    TORCH_CHECK(vocabs[i] != nullptr, "tfrecord_encode_cpu: vocabs must not be None");
+  }
+  const bool prof = profiling();
+  const auto t0 = Clock::now();
+  double t_crc = 0, t_ids = 0;
+  const uint8_t* base = buf.data_ptr<uint8_t>();
+  const size_t size = size_t(buf.numel());
+
+  // name -> slot of `roles`
+  std::vector<Role> roles;
+  std::unordered_map<std::string_view, int> index;
+  auto role_of = [&](const std::string& name) -> Role& {
+    auto it = index.find(std::string_view(name));
+    if (it != index.end()) return roles[size_t(it->second)];
+    index.emplace(std::string_view(name), int(roles.size()));
+    roles.emplace_back();
+    return roles.back();
+  };
+  for (size_t i = 0; i < fields_in.size(); ++i) role_of(fields_in[i]).field = int(i);
+  for (size_t i = 0; i < labels.size(); ++i) role_of(labels[i]).label = int(i);
+  for (size_t i = 0; i < groups.size(); ++i) role_of(groups[i]).group = int(i);
+  const size_t nroles = roles.size();
+
+  std::vector<std::vector<int32_t>> ids(fields_in.size());
+  std::vector<std::vector<double>> nums(labels.size());
+  std::vector<std::vector<int32_t>> gidx(groups.size());
+  std::vector<NativeVocab> gvocab;  // per group: the call's distinct first values (ids from 1)
+  gvocab.reserve(groups.size());
+  for (size_t i = 0; i < groups.size(); ++i) gvocab.emplace_back(false);
+
+  // per record: the Feature message of each role (the last map entry of a name wins, as in
+  // protobuf); map entries come in the writer's hash order, which is the same for records with
+  // the same keys, so the previous record's order predicts the slot of each entry's key.
+  std::vector<const uint8_t*> fs(nroles), fe(nroles);
+  std::vector<std::string_view> pred_key;
+  std::vector<int> pred_role;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+
+  size_t pos = 0;
+  int64_t rec = 0;
+  auto fail = [&](const std::string& msg) {
+    throw std::invalid_argument("record " + std::to_string(rec) + ": " + msg);
+  };
+  while (size - pos >= 12) {
+    const uint8_t* h = base + pos;
+    const uint64_t length = le64(h);
+    const auto c0 = prof ? Clock::now() : Clock::time_point();
+    if (check_crc && masked(crc32c(h, 8)) != le32(h + 8)) fail("length header CRC mismatch");
+    if (length > size - pos - 12 || size - pos - 12 - length < 4) break;  // partial record: needs more bytes
+    const uint8_t* payload = h + 12;
+    if (check_crc && masked(crc32c(payload, size_t(length))) != le32(payload + length)) fail("payload CRC mismatch");
+    if (prof) t_crc += secs(c0, Clock::now());
+    std::fill(fs.begin(), fs.end(), nullptr);
+    try {
+      size_t entry = 0;
+      fields(payload, payload + length, [&](uint32_t num, uint32_t wire, const uint8_t* ms, const uint8_t* me, uint64_t) {
+        if (num != 1 || wire != 2) return;
+        fields(ms, me, [&](uint32_t n, uint32_t w, const uint8_t* es, const uint8_t* ee, uint64_t) {
+          if (n != 1 || w != 2) return;  // Features.feature map entries
+          std::string_view key;
+          bool has_key = false;
+          const uint8_t* vs = nullptr;
+          const uint8_t* ve = nullptr;
+          fields(es, ee, [&](uint32_t kn, uint32_t kw, const uint8_t* a, const uint8_t* b, uint64_t) {
+            if (kn == 1 && kw == 2) {
+              key = std::string_view(reinterpret_cast<const char*>(a), size_t(b - a));
+              has_key = true;
+            } else if (kn == 2 && kw == 2) {
+              vs = a;
+              ve = b;
+            }
+          });
+          if (!has_key) throw ProtoError{"feature map entry without a key"};
+          int r;
+          if (entry < pred_key.size() && pred_key[entry] == key) {
+            r = pred_role[entry];
+          } else {
+            auto it = index.find(key);
+            r = it == index.end() ? -1 : it->second;
+            if (entry >= pred_key.size()) {
+              pred_key.resize(entry + 1);
+              pred_role.resize(entry + 1);
+            }
+            pred_key[entry] = key;  // (a view into buf: valid for the whole call)
+            pred_role[entry] = r;
+          }
+          ++entry;
+          if (r < 0 || vs == nullptr) return;
+          fs[size_t(r)] = vs;
+          fe[size_t(r)] = ve;
+        });
+      });
+      const auto c1 = prof ? Clock::now() : Clock::time_point();
+      for (size_t i = 0; i < ids.size(); ++i) ids[i].resize(ids[i].size() + size_t(widths[i]), -1);
+      for (auto& v : nums) v.push_back(nan);
+      for (size_t r = 0; r < nroles; ++r) {
+        const Role& ro = roles[r];
+        int32_t* out = ro.field >= 0 ? ids[size_t(ro.field)].data() + size_t(rec) * size_t(widths[size_t(ro.field)])
+                                     : nullptr;
+        const int64_t width = ro.field >= 0 ? widths[size_t(ro.field)] : 0;
+        int64_t count = 0;
+        const uint8_t* g0 = nullptr;  // the first bytes value (groups)
+        const uint8_t* g1 = nullptr;
+        if (fs[r] != nullptr) {
+          fields(fs[r], fe[r], [&](uint32_t num, uint32_t wire, const uint8_t* a, const uint8_t* b, uint64_t) {
+            if (wire != 2 || num < 1 || num > 3) return;
+            if (num == 1) {  // BytesList
+              fields(a, b, [&](uint32_t n, uint32_t w, const uint8_t* x, const uint8_t* y, uint64_t) {
+                if (n != 1 || w != 2) return;
+                if (count == 0) {
+                  g0 = x;
+                  g1 = y;
+                }
+                if (out != nullptr) {
+                  // every value enters the vocabulary; those past the width are dropped
+                  const int32_t id = vocabs[size_t(ro.field)]->find_or_add(x, size_t(y - x));
+                  if (count < width) out[count] = id;
+                }
+                ++count;
+              });
+              return;
+            }
+            if (ro.field >= 0) throw ProtoError{"a feature field holds numbers, not a BytesList"};
+            double* fp = ro.label >= 0 ? &nums[size_t(ro.label)][size_t(rec)] : nullptr;
+            if (num == 2) {  // FloatList
+              fields(a, b, [&](uint32_t n, uint32_t w, const uint8_t* x, const uint8_t* y, uint64_t) {
+                if (n != 1) return;
+                if (w == 2) {
+                  if ((y - x) % 4) throw ProtoError{"packed float list length not a multiple of 4"};
+                  for (const uint8_t* q = x; q < y; q += 4) {
+                    float v;
+                    std::memcpy(&v, q, 4);
+                    if (count++ == 0 && fp) *fp = v;
+                  }
+                } else if (w == 5) {
+                  float v;
+                  std::memcpy(&v, x, 4);
+                  if (count++ == 0 && fp) *fp = v;
+                } else {
+                  throw ProtoError{"float value with a wrong wire type"};
+                }
+              });
+            } else {  // Int64List
+              fields(a, b, [&](uint32_t n, uint32_t w, const uint8_t* x, const uint8_t* y, uint64_t v) {
+                if (n != 1) return;
+                if (w == 2) {
+                  const uint8_t* q = x;
+                  while (q < y) {
+                    const int64_t iv = int64_t(varint(q, y));
+                    if (count++ == 0 && fp) *fp = double(iv);
+                  }
+                } else if (w == 0) {
+                  if (count++ == 0 && fp) *fp = double(int64_t(v));
+                } else {
+                  throw ProtoError{"int64 value with a wrong wire type"};
+                }
+              });
+            }
+          });
+        }
+        if (out != nullptr && count == 0) out[0] = 0;  // no value: id 0 (missing)
+        if (ro.group >= 0) {
+          const std::string& d = group_defaults[size_t(ro.group)];
+          const int32_t g = g0 != nullptr ? gvocab[size_t(ro.group)].find_or_add(g0, size_t(g1 - g0))
+                                          : gvocab[size_t(ro.group)].find_or_add(
+                                                reinterpret_cast<const uint8_t*>(d.data()), d.size());
+          gidx[size_t(ro.group)].push_back(g - 1);
+        }
+      }
+      if (prof) t_ids += secs(c1, Clock::now());
+    } catch (const ProtoError& e) {
+      fail(std::string("malformed tf.train.Example: ") + e.what);
+    }
+    pos += 12 + size_t(length) + 4;
+    ++rec;
+  }
+  const auto t1 = Clock::now();
+  std::vector<at::Tensor> out;
+  auto i64 = at::TensorOptions().dtype(at::kLong);
+  out.push_back(at::full({1}, int64_t(pos), i64));
+  out.push_back(at::full({1}, rec, i64));
+  for (size_t i = 0; i < ids.size(); ++i) {
+    auto t = widths[i] == 1 ? at::empty({rec}, at::TensorOptions().dtype(at::kInt))
+                            : at::empty({rec, widths[i]}, at::TensorOptions().dtype(at::kInt));
+    if (!ids[i].empty()) std::memcpy(t.data_ptr<int32_t>(), ids[i].data(), ids[i].size() * sizeof(int32_t));
+    out.push_back(t);
+  }
+  for (auto& v : nums) {
+    auto t = at::empty({rec}, at::TensorOptions().dtype(at::kDouble));
+    if (!v.empty()) std::memcpy(t.data_ptr<double>(), v.data(), v.size() * sizeof(double));
+    out.push_back(t);
+  }
+  for (size_t g = 0; g < groups.size(); ++g) {
+    auto t = at::empty({rec}, at::TensorOptions().dtype(at::kInt));
+    if (!gidx[g].empty()) std::memcpy(t.data_ptr<int32_t>(), gidx[g].data(), gidx[g].size() * sizeof(int32_t));
+    out.push_back(t);
+    auto vals = gvocab[g].values();
+    out.push_back(vals[0]);
+    out.push_back(vals[1]);
+  }
+  if (prof) {
+    std::fprintf(stderr, "tfrecord_encode_cpu: %lld records, %.1f MB: total %.3f s = crc %.3f + ids/labels %.3f + "
+                 "framing/map %.3f, outputs %.3f s\n", (long long)rec, double(pos) / 1e6, secs(t0, Clock::now()),
+                 t_crc, t_ids, secs(t0, t1) - t_crc - t_ids, secs(t1, Clock::now()));
+  }
+  return out;
+}
+
+}  // namespace ncs
