@@ -1,6 +1,10 @@
 // Python bindings of the `ncs data convert` natives; called from csrc/ops.cpp's module init.
 #include "cpu/data_bind.h"
 
+// pybind11's types are hidden and NativeVocab is not: GCC's "declared with greater visibility
+// than its base" warning for class_<NativeVocab>, harmless inside one extension module
+#pragma GCC diagnostic ignored "-Wattributes"
+
 #include "cpu/tfrecord.h"
 #include "cpu/vocab.h"
 
@@ -24,6 +28,7 @@ void bind_data(pybind11::module& m) {
            py::call_guard<py::gil_scoped_release>())
       .def("values", &NativeVocab::values)
       .def("__len__", &NativeVocab::size);
+
   // ncs data convert: TFRecord records straight to id columns through NativeVocab tables
   // (csrc/cpu/tfrecord_encode.cpp); the tables are only used during the call
   m.def("tfrecord_encode_cpu", &tfrecord_encode_cpu, "parse the whole TFRecord records of a uint8 buffer into ids",

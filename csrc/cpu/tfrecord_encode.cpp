@@ -1,6 +1,7 @@
 // TFRecord records straight to id columns for `ncs data convert` (see tfrecord.h): one pass
 // over the decompressed bytes, each value looked up in its field's NativeVocab where it lies in
 // the buffer (no per-value copy, no intermediate columns, no Python per field).
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -26,6 +27,42 @@ struct Role {
   int field = -1, label = -1, group = -1;
 };
 
+// Feature name -> role slot: open addressing over the few requested names (the map keys of
+// every record are looked up here: a record's keys come in no fixed order).
+class NameTable {
+ public:
+  void add(std::string_view name, int role) {
+    if (4 * (n_ + 1) > slots_.size()) {
+      std::vector<std::pair<std::string_view, int>> old(std::max<size_t>(64, slots_.size() * 2), {{}, -1});
+      old.swap(slots_);
+      n_ = 0;
+      for (auto& s : old)
+        if (s.second >= 0) add(s.first, s.second);
+    }
+    size_t i = slot(name);
+    if (slots_[i].second < 0) ++n_;
+    slots_[i] = {name, role};
+  }
+  int find(std::string_view key) const {
+    const size_t i = slot(key);
+    return slots_[i].second;
+  }
+
+ private:
+  size_t slot(std::string_view k) const {
+    const auto* p = reinterpret_cast<const uint8_t*>(k.data());
+    const size_t mask = slots_.size() - 1;
+    size_t i = size_t(bytes::hash(p, k.size())) & mask;
+    while (slots_[i].second >= 0 &&
+           !(slots_[i].first.size() == k.size() &&
+             bytes::equal(reinterpret_cast<const uint8_t*>(slots_[i].first.data()), p, k.size())))
+      i = (i + 1) & mask;
+    return i;
+  }
+  std::vector<std::pair<std::string_view, int>> slots_ = std::vector<std::pair<std::string_view, int>>(64, {{}, -1});
+  size_t n_ = 0;
+};
+
 // NCS_TFRECORD_PROFILE=1: the encoder's phases on stderr, per call (for docs/DATA.md's
 // breakdown; the clock reads cost ~2 % then, nothing otherwise).
 bool profiling() {
@@ -34,6 +71,26 @@ bool profiling() {
     return v != nullptr && v[0] != '\0' && v[0] != '0';
   }();
   return on;
+}
+
+// The previous record's value at one position of a field, and its id: consecutive records of
+// a request repeat their user and context values, so most lookups are one memcmp, not a hash
+// probe. (A table never changes the id of a key it holds, so the cached id stays right.)
+struct Prev {
+  const uint8_t* p = nullptr;
+  size_t n = 0;
+  int32_t id = 0;
+};
+constexpr int64_t kPrev = 8;  // positions cached per field
+
+inline int32_t lookup(NativeVocab& v, Prev* pv, const uint8_t* x, size_t n) {
+  if (pv != nullptr) {
+    if (pv->p != nullptr && pv->n == n && std::memcmp(pv->p, x, n) == 0) return pv->id;
+    const int32_t id = v.find_or_add(x, n);
+    *pv = Prev{x, n, id};
+    return id;
+  }
+  return v.find_or_add(x, n);
 }
 
 using Clock = std::chrono::steady_clock;
@@ -77,6 +134,8 @@ std::vector<at::Tensor> tfrecord_encode_cpu(const at::Tensor& buf, const std::ve
   for (size_t i = 0; i < labels.size(); ++i) role_of(labels[i]).label = int(i);
   for (size_t i = 0; i < groups.size(); ++i) role_of(groups[i]).group = int(i);
   const size_t nroles = roles.size();
+  NameTable names;
+  for (const auto& kv : index) names.add(kv.first, kv.second);
 
   std::vector<std::vector<int32_t>> ids(fields_in.size());
   std::vector<std::vector<double>> nums(labels.size());
@@ -84,13 +143,10 @@ std::vector<at::Tensor> tfrecord_encode_cpu(const at::Tensor& buf, const std::ve
   std::vector<NativeVocab> gvocab;  // per group: the call's distinct first values (ids from 1)
   gvocab.reserve(groups.size());
   for (size_t i = 0; i < groups.size(); ++i) gvocab.emplace_back(false);
+  std::vector<Prev> prev(fields_in.size() * size_t(kPrev)), gprev(groups.size());
 
-  // per record: the Feature message of each role (the last map entry of a name wins, as in
-  // protobuf); map entries come in the writer's hash order, which is the same for records with
-  // the same keys, so the previous record's order predicts the slot of each entry's key.
+  // per record: the Feature message of each role (the last map entry of a name wins, as in protobuf)
   std::vector<const uint8_t*> fs(nroles), fe(nroles);
-  std::vector<std::string_view> pred_key;
-  std::vector<int> pred_role;
   const double nan = std::numeric_limits<double>::quiet_NaN();
 
   size_t pos = 0;
@@ -109,7 +165,6 @@ std::vector<at::Tensor> tfrecord_encode_cpu(const at::Tensor& buf, const std::ve
     if (prof) t_crc += secs(c0, Clock::now());
     std::fill(fs.begin(), fs.end(), nullptr);
     try {
-      size_t entry = 0;
       fields(payload, payload + length, [&](uint32_t num, uint32_t wire, const uint8_t* ms, const uint8_t* me, uint64_t) {
         if (num != 1 || wire != 2) return;
         fields(ms, me, [&](uint32_t n, uint32_t w, const uint8_t* es, const uint8_t* ee, uint64_t) {
@@ -118,30 +173,33 @@ std::vector<at::Tensor> tfrecord_encode_cpu(const at::Tensor& buf, const std::ve
           bool has_key = false;
           const uint8_t* vs = nullptr;
           const uint8_t* ve = nullptr;
-          fields(es, ee, [&](uint32_t kn, uint32_t kw, const uint8_t* a, const uint8_t* b, uint64_t) {
-            if (kn == 1 && kw == 2) {
-              key = std::string_view(reinterpret_cast<const char*>(a), size_t(b - a));
+          // the usual entry: key (field 1) then value (field 2) and nothing else, short lengths
+          const uint8_t* q = es;
+          bool done = false;
+          if (q + 2 <= ee && q[0] == 0x0A && q[1] < 0x80 && size_t(q[1]) + 2 <= size_t(ee - q)) {
+            const uint8_t* k0 = q + 2;
+            const uint8_t* k1 = k0 + q[1];
+            if (k1 + 2 <= ee && k1[0] == 0x12 && k1[1] < 0x80 && size_t(k1[1]) == size_t(ee - k1 - 2)) {
+              key = std::string_view(reinterpret_cast<const char*>(k0), size_t(k1 - k0));
               has_key = true;
-            } else if (kn == 2 && kw == 2) {
-              vs = a;
-              ve = b;
+              vs = k1 + 2;
+              ve = ee;
+              done = true;
             }
-          });
-          if (!has_key) throw ProtoError{"feature map entry without a key"};
-          int r;
-          if (entry < pred_key.size() && pred_key[entry] == key) {
-            r = pred_role[entry];
-          } else {
-            auto it = index.find(key);
-            r = it == index.end() ? -1 : it->second;
-            if (entry >= pred_key.size()) {
-              pred_key.resize(entry + 1);
-              pred_role.resize(entry + 1);
-            }
-            pred_key[entry] = key;  // (a view into buf: valid for the whole call)
-            pred_role[entry] = r;
           }
-          ++entry;
+          if (!done) {
+            fields(es, ee, [&](uint32_t kn, uint32_t kw, const uint8_t* a, const uint8_t* b, uint64_t) {
+              if (kn == 1 && kw == 2) {
+                key = std::string_view(reinterpret_cast<const char*>(a), size_t(b - a));
+                has_key = true;
+              } else if (kn == 2 && kw == 2) {
+                vs = a;
+                ve = b;
+              }
+            });
+          }
+          if (!has_key) throw ProtoError{"feature map entry without a key"};
+          const int r = names.find(key);
           if (r < 0 || vs == nullptr) return;
           fs[size_t(r)] = vs;
           fe[size_t(r)] = ve;
@@ -170,7 +228,8 @@ std::vector<at::Tensor> tfrecord_encode_cpu(const at::Tensor& buf, const std::ve
                 }
                 if (out != nullptr) {
                   // every value enters the vocabulary; those past the width are dropped
-                  const int32_t id = vocabs[size_t(ro.field)]->find_or_add(x, size_t(y - x));
+                  Prev* pv = count < kPrev ? &prev[size_t(ro.field) * size_t(kPrev) + size_t(count)] : nullptr;
+                  const int32_t id = lookup(*vocabs[size_t(ro.field)], pv, x, size_t(y - x));
                   if (count < width) out[count] = id;
                 }
                 ++count;
@@ -218,9 +277,10 @@ std::vector<at::Tensor> tfrecord_encode_cpu(const at::Tensor& buf, const std::ve
         if (out != nullptr && count == 0) out[0] = 0;  // no value: id 0 (missing)
         if (ro.group >= 0) {
           const std::string& d = group_defaults[size_t(ro.group)];
-          const int32_t g = g0 != nullptr ? gvocab[size_t(ro.group)].find_or_add(g0, size_t(g1 - g0))
-                                          : gvocab[size_t(ro.group)].find_or_add(
-                                                reinterpret_cast<const uint8_t*>(d.data()), d.size());
+          Prev* pv = &gprev[size_t(ro.group)];
+          const int32_t g = g0 != nullptr ? lookup(gvocab[size_t(ro.group)], pv, g0, size_t(g1 - g0))
+                                          : lookup(gvocab[size_t(ro.group)], pv,
+                                                   reinterpret_cast<const uint8_t*>(d.data()), d.size());
           gidx[size_t(ro.group)].push_back(g - 1);
         }
       }

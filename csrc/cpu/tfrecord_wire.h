@@ -12,15 +12,15 @@ namespace wire {
 // CRC-32C (Castagnoli): the SSE4.2 instruction where the CPU has it, else slicing by 8.
 uint32_t crc32c(const uint8_t* p, size_t n);
 
-inline uint32_t masked(uint32_t crc) { return ((crc >> 15) | (crc << 17)) + 0xA282EAD8u; }
+static inline uint32_t masked(uint32_t crc) { return ((crc >> 15) | (crc << 17)) + 0xA282EAD8u; }
 
-inline uint32_t le32(const uint8_t* p) {
+static inline uint32_t le32(const uint8_t* p) {
   uint32_t v;
   std::memcpy(&v, p, 4);
   return v;
 }
 
-inline uint64_t le64(const uint8_t* p) {
+static inline uint64_t le64(const uint8_t* p) {
   uint64_t v;
   std::memcpy(&v, p, 8);
   return v;
@@ -31,7 +31,7 @@ struct ProtoError {
   const char* what;
 };
 
-inline uint64_t varint(const uint8_t*& p, const uint8_t* end) {
+static inline uint64_t varint(const uint8_t*& p, const uint8_t* end) {
   uint64_t r = 0;
   for (int shift = 0; shift < 70; shift += 7) {
     if (p >= end) throw ProtoError{"truncated varint"};
@@ -42,11 +42,17 @@ inline uint64_t varint(const uint8_t*& p, const uint8_t* end) {
   throw ProtoError{"varint too long"};
 }
 
+// A varint, one byte without the loop (tags and short lengths: nearly all of them).
+static inline uint64_t varint1(const uint8_t*& p, const uint8_t* end) {
+  if (p < end && *p < 0x80) return *p++;
+  return varint(p, end);
+}
+
 // Calls f(field number, wire type, start, end, varint value) for each field of [p, end).
 template <typename F>
-inline void fields(const uint8_t* p, const uint8_t* end, F&& f) {
+static inline void fields(const uint8_t* p, const uint8_t* end, F&& f) {
   while (p < end) {
-    uint64_t key = varint(p, end);
+    uint64_t key = varint1(p, end);
     uint32_t num = uint32_t(key >> 3), wire = uint32_t(key & 7);
     if (num == 0) throw ProtoError{"field number 0"};
     if (wire == 0) {
@@ -57,7 +63,7 @@ inline void fields(const uint8_t* p, const uint8_t* end, F&& f) {
       f(num, wire, p, p + 8, 0);
       p += 8;
     } else if (wire == 2) {
-      uint64_t n = varint(p, end);
+      uint64_t n = varint1(p, end);
       if (n > uint64_t(end - p)) throw ProtoError{"length-delimited field runs past its message"};
       f(num, wire, p, p + n, 0);
       p += n;

@@ -18,20 +18,6 @@ inline uint64_t mix(uint64_t h) {
   return h ^ (h >> 33);
 }
 
-inline uint64_t hash_bytes(const uint8_t* p, size_t n) {
-  uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t(n) * 0x100000001B3ULL);
-  while (n >= 8) {
-    uint64_t v;
-    std::memcpy(&v, p, 8);
-    h = mix(h ^ v) + 0x2545F4914F6CDD1DULL;
-    p += 8;
-    n -= 8;
-  }
-  uint64_t v = 0;
-  std::memcpy(&v, p, n);
-  return mix(h ^ v ^ (uint64_t(n) << 56));
-}
-
 // The validity mask of n values (nullptr: all valid), checked.
 const bool* valid_ptr(const c10::optional<at::Tensor>& valid, int64_t n, const char* fn) {
   if (!valid.has_value()) return nullptr;
@@ -58,12 +44,12 @@ void NativeVocab::grow() {
 
 void NativeVocab::insert(const uint8_t* p, size_t n, int32_t id, bool ordered) {
   if (2 * (used_ + 1) > slots_.size()) grow();
-  const uint64_t h = hash_bytes(p, n);
+  const uint64_t h = bytes::hash(p, n);
   const size_t mask = slots_.size() - 1;
   size_t i = size_t(h) & mask;
   while (slots_[i].len >= 0) {
     const Slot& s = slots_[i];
-    if (s.hash == h && size_t(s.len) == n && std::memcmp(keys_.data() + s.off, p, n) == 0) {
+    if (s.hash == h && size_t(s.len) == n && bytes::equal(keys_.data() + s.off, p, n)) {
       slots_[i].id = id;  // the last assignment wins
       return;
     }
@@ -79,16 +65,7 @@ void NativeVocab::insert(const uint8_t* p, size_t n, int32_t id, bool ordered) {
   if (ordered) order_.push_back(k);
 }
 
-int32_t NativeVocab::find_or_add(const uint8_t* p, size_t n) {
-  const uint64_t h = hash_bytes(p, n);
-  const size_t mask = slots_.size() - 1;
-  size_t i = size_t(h) & mask;
-  while (slots_[i].len >= 0) {
-    const Slot& s = slots_[i];
-    if (s.hash == h && size_t(s.len) == n && std::memcmp(keys_.data() + s.off, p, n) == 0) return s.id;
-    i = (i + 1) & mask;
-  }
-  if (frozen_) return 0;
+int32_t NativeVocab::add_new(const uint8_t* p, size_t n) {  // find_or_add of a key not in the table
   if (order_.size() >= size_t(INT32_MAX - 1)) throw std::overflow_error("vocabulary larger than int32 ids");
   const int32_t id = int32_t(order_.size()) + 1;
   insert(p, n, id, true);

@@ -6,6 +6,8 @@
 
 #include <torch/extension.h>
 
+#include "cpu/bytes_hash.h"
+
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -29,10 +31,19 @@ class NativeVocab {
   int64_t size() const { return int64_t(order_.size()); }
   // The id of the n bytes at p (added with the next id when new and the table grows; 0 when
   // unknown to a fixed table). For the native encoders (tfrecord_encode_cpu); no GIL needed.
-  int32_t find_or_add(const uint8_t* p, size_t n);
+  int32_t find_or_add(const uint8_t* p, size_t n) {  // inline: the encoders' hot path
+    const uint64_t h = bytes::hash(p, n);
+    const size_t mask = slots_.size() - 1;
+    for (size_t i = size_t(h) & mask; slots_[i].len >= 0; i = (i + 1) & mask) {
+      const Slot& s = slots_[i];
+      if (s.hash == h && size_t(s.len) == n && bytes::equal(keys_.data() + s.off, p, n)) return s.id;
+    }
+    return frozen_ ? 0 : add_new(p, n);
+  }
   int32_t find_or_add_int(int64_t v);
 
  private:
+  int32_t add_new(const uint8_t* p, size_t n);
   struct Slot {
     uint64_t hash;
     int64_t off;  // the key: keys_[off:off + len]

@@ -212,14 +212,18 @@ def _merge(fmt, sch, results: List[TaskResult], max_len: int, fixed, base: Optio
         import pyarrow.compute as pc
 
         arrs = [r.vocab[name] for r in results if name in r.vocab]
-        allv = pa.concat_arrays(arrs) if arrs else pa.array([], pa.string())
-        glob = pc.unique(allv)  # first appearance order, inputs in order
-        for r in results:
-            vals = r.vocab.get(name)
-            lut = np.zeros((0 if vals is None else len(vals)) + 1, dtype=np.int64)
-            if vals is not None and len(vals):
-                lut[1:] = pc.index_in(vals, value_set=glob).to_numpy(zero_copy_only=False) + 1
-            luts[r.index][name] = lut
+        if len(results) == 1 and arrs:  # one task: its values are the vocabulary, its ids the global ones
+            glob = arrs[0]  # (a task's values are distinct, in id order)
+        else:
+            allv = pa.concat_arrays(arrs) if arrs else pa.array([], pa.string())
+            glob = pc.unique(allv)  # first appearance order, inputs in order
+            for r in results:
+                vals = r.vocab.get(name)
+                lut = np.zeros((0 if vals is None else len(vals)) + 1, dtype=np.int64)
+                if vals is not None and len(vals):
+                    lut[1:] = pc.index_in(vals, value_set=glob).to_numpy(zero_copy_only=False) + 1
+                if not np.array_equal(lut, np.arange(lut.size)):  # the first task's are the identity
+                    luts[r.index][name] = lut
         keys = glob.to_pylist()
         if pa.types.is_binary(glob.type) or pa.types.is_large_binary(glob.type):
             keys = [k.decode("utf-8", errors="replace") for k in keys]

@@ -71,7 +71,7 @@ def _inflater():
 
 def _inflated_blocks(path: str, out: "queue.Queue", stop: "threading.Event") -> None:
     """Read `path` (gzip or not) and put its decompressed bytes on `out` in blocks of about
-    _TF_CHUNK, then None. An error is put as ("error", DataError). Runs on a reader thread: zlib
+    _TF_CHUNK (each a list of bytes objects), then None. An error is put as ("error", DataError). Runs on a reader thread: zlib
     and file reads release the GIL, so inflating overlaps the parse of the previous block."""
     zlib = _inflater()
     try:
@@ -101,10 +101,10 @@ def _inflated_blocks(path: str, out: "queue.Queue", stop: "threading.Event") -> 
                     parts.append(data)
                     have += len(data)
                 if have >= _TF_CHUNK:
-                    out.put(b"".join(parts))
+                    out.put(parts)  # joined by the consumer, in one copy with its leftover bytes
                     parts, have = [], 0
             if parts:
-                out.put(b"".join(parts))
+                out.put(parts)
         out.put(None)
     except BaseException as e:  # noqa: BLE001  (handed to the consumer, which raises it)
         out.put(("error", e))
@@ -135,10 +135,14 @@ def _native_blocks(path: str, parse):
                     raise DataError(f"{path}: record {rec0}: {e}") from None
                 raise e
             eof = block is None
-            buf = bytearray(left)  # one copy into a writable buffer (torch.frombuffer needs one)
-            if not eof:
-                buf += block
-            del block
+            # the leftover and the block's parts in one copy into a writable buffer (torch.frombuffer)
+            parts = [left] + ([] if eof else block)
+            buf = bytearray(sum(len(x) for x in parts))
+            mv, at = memoryview(buf), 0
+            for x in parts:
+                mv[at:at + len(x)] = x
+                at += len(x)
+            del block, parts, mv
             if not buf:
                 return
             try:
