@@ -156,7 +156,7 @@ def convert(inputs: Sequence[str], out: str, schema=None, workers: int = 1, fmt:
                 for g in group_names:
                     outc[f"g.{g}"] = cols[f"g.{g}"].astype(gdt[g])
                 writer.write(outc)
-                shutil.rmtree(d)
+                os.remove(d)
         shutil.rmtree(work)
         stats: Dict[str, int] = {}
         for r in results:

@@ -70,16 +70,16 @@ def _inflater():
 
 
 def _inflated_blocks(path: str, out: "queue.Queue", stop: "threading.Event") -> None:
-    """Read `path` (gzip or not) and put its decompressed bytes on `out` in blocks of about
-    _TF_CHUNK (each a list of bytes objects), then None. An error is put as ("error", DataError). Runs on a reader thread: zlib
-    and file reads release the GIL, so inflating overlaps the parse of the previous block."""
+    """Read `path` (gzip or not) and put its decompressed bytes on `out` as they come (one bytes
+    object per read of _TF_CHUNK // 8 compressed bytes, a few times that inflated), then None.
+    An error is put as ("error", DataError). Runs on a reader thread: zlib and file reads release
+    the GIL, so inflating overlaps the parse of the previous block."""
     zlib = _inflater()
     try:
         with open(path, "rb") as raw:
             gz = raw.read(2) == b"\x1f\x8b"
             raw.seek(0)
             inflate = zlib.decompressobj(wbits=31) if gz else None
-            parts, have = [], 0
             while not stop.is_set():
                 data = raw.read(_TF_CHUNK // 8)
                 if not data:
@@ -91,41 +91,56 @@ def _inflated_blocks(path: str, out: "queue.Queue", stop: "threading.Event") -> 
                         while data:
                             if inflate.eof:
                                 inflate = zlib.decompressobj(wbits=31)
-                            chunk = inflate.decompress(data)
-                            parts.append(chunk)
-                            have += len(chunk)
+                            out.put(inflate.decompress(data))
                             data = inflate.unused_data if inflate.eof else b""
                     except zlib.error as e:
                         raise DataError(f"compressed stream is corrupt ({e})") from e
                 else:
-                    parts.append(data)
-                    have += len(data)
-                if have >= _TF_CHUNK:
-                    out.put(parts)  # joined by the consumer, in one copy with its leftover bytes
-                    parts, have = [], 0
-            if parts:
-                out.put(parts)
+                    out.put(data)
         out.put(None)
     except BaseException as e:  # noqa: BLE001  (handed to the consumer, which raises it)
         out.put(("error", e))
 
 
-def _native_blocks(path: str, parse):
-    """(first record, parse(buffer)) per block of whole records: the file read and inflated on
-    a background thread; parse(uint8 tensor) -> the native output ([consumed], [records], ...).
-    Errors of the native parser ("record K: ...") are renamed to the file's record numbers."""
-    import queue
-    import threading
+def _tensor(buf, offset: int = 0):
+    """A uint8 tensor over `buf` from `offset`, without a copy (a bytes object is read-only: the
+    parsers only read it, so torch's warning about that is silenced)."""
+    import warnings
 
     import torch
 
-    blocks: "queue.Queue" = queue.Queue(maxsize=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(buf, dtype=torch.uint8, offset=offset)
+
+
+def _native_blocks(path: str, parse):
+    """(first record, records, parse(buffer)) per block of whole records: the file read and
+    inflated on a background thread; parse(uint8 tensor) -> the native output ([consumed],
+    [records], ...). Each inflated block is parsed where it lies; only a record that straddles
+    two blocks is copied (and parsed on its own). Errors of the native parser ("record K: ...")
+    are renamed to the file's record numbers."""
+    import queue
+    import threading
+
+    blocks: "queue.Queue" = queue.Queue(maxsize=3)
     stop = threading.Event()
     reader = threading.Thread(target=_inflated_blocks, args=(path, blocks, stop), daemon=True,
                               name="ncs-tfrecord-read")
     reader.start()
     left = b""
     rec0 = 0
+
+    def run(buf, offset=0):
+        try:
+            return parse(_tensor(buf, offset))
+        except ValueError as e:
+            msg = str(e)
+            if msg.startswith("record "):
+                k, _, rest = msg[7:].partition(":")
+                msg = f"record {rec0 + int(k)}:{rest}"
+            raise DataError(f"{path}: {msg}") from None
+
     try:
         while True:
             block = blocks.get()
@@ -134,34 +149,39 @@ def _native_blocks(path: str, parse):
                 if isinstance(e, DataError):
                     raise DataError(f"{path}: record {rec0}: {e}") from None
                 raise e
-            eof = block is None
-            # the leftover and the block's parts in one copy into a writable buffer (torch.frombuffer)
-            parts = [left] + ([] if eof else block)
-            buf = bytearray(sum(len(x) for x in parts))
-            mv, at = memoryview(buf), 0
-            for x in parts:
-                mv[at:at + len(x)] = x
-                at += len(x)
-            del block, parts, mv
-            if not buf:
+            if block is None:
+                if left:
+                    if len(left) >= 12:
+                        run(bytearray(left))  # checks the length header's CRC, as for any record
+                    raise DataError(f"{path}: record {rec0}: truncated (the file ends inside a record)")
                 return
-            try:
-                out = parse(torch.frombuffer(buf, dtype=torch.uint8))
-            except ValueError as e:
-                msg = str(e)
-                if msg.startswith("record "):
-                    k, _, rest = msg[7:].partition(":")
-                    msg = f"record {rec0 + int(k)}:{rest}"
-                raise DataError(f"{path}: {msg}") from None
+            at = 0
+            if left:  # complete the record that the previous block ended inside
+                if len(left) < 12:
+                    take = min(12 - len(left), len(block))
+                    left, at = left + block[:take], take
+                    if len(left) < 12:
+                        continue
+                    run(bytearray(left))  # the length header's CRC (nothing is consumed yet)
+                need = 16 + int.from_bytes(left[:8], "little") - len(left)
+                if need > len(block) - at:
+                    left += block[at:]
+                    continue
+                one = bytearray(left)
+                one += block[at:at + need]
+                out = run(one)
+                yield rec0, 1, out
+                rec0 += 1
+                at += need
+                left = b""
+            if at == len(block):
+                continue
+            out = run(block, at)
             consumed, n = int(out[0][0]), int(out[1][0])
-            left = bytes(buf[consumed:])
+            left = block[at + consumed:]
             if n:
                 yield rec0, n, out
             rec0 += n
-            if eof:
-                if left:
-                    raise DataError(f"{path}: record {rec0}: truncated (the file ends inside a record)")
-                return
     finally:
         stop.set()
         while reader.is_alive():  # a consumer that stops early: drain so the reader can finish
