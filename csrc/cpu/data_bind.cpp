@@ -1,9 +1,9 @@
 // Python bindings of the `ncs data convert` natives; called from csrc/ops.cpp's module init.
-#include "cpu/data_bind.h"
-
 // pybind11's types are hidden and NativeVocab is not: GCC's "declared with greater visibility
 // than its base" warning for class_<NativeVocab>, harmless inside one extension module
 #pragma GCC diagnostic ignored "-Wattributes"
+
+#include "cpu/data_bind.h"
 
 #include "cpu/tfrecord.h"
 #include "cpu/vocab.h"

@@ -28,7 +28,9 @@ const bool* valid_ptr(const c10::optional<at::Tensor>& valid, int64_t n, const c
 
 }  // namespace
 
-NativeVocab::NativeVocab(bool frozen) : frozen_(frozen), slots_(1024, Slot{0, 0, -1, 0}) {}
+// 16 slots to start: the tables of small fields stay within a few cache lines (the encoders
+// probe 20 or so tables per record)
+NativeVocab::NativeVocab(bool frozen) : frozen_(frozen), slots_(16, Slot{0, 0, -1, 0}) {}
 
 void NativeVocab::grow() {
   std::vector<Slot> old(slots_.size() * 2, Slot{0, 0, -1, 0});
@@ -73,7 +75,7 @@ int32_t NativeVocab::add_new(const uint8_t* p, size_t n) {  // find_or_add of a 
 }
 
 int32_t NativeVocab::find_or_add_int(int64_t v) {
-  if (islots_.empty()) islots_.assign(1024, IntSlot{0, 0, 0});
+  if (islots_.empty()) islots_.assign(16, IntSlot{0, 0, 0});
   size_t mask = islots_.size() - 1;
   const uint64_t h = mix(uint64_t(v) ^ 0x9E3779B97F4A7C15ULL);
   size_t i = size_t(h) & mask;

@@ -1,11 +1,12 @@
 """`ncs data convert` / `ncs data synth`: sources -> the encoded directory format (shards.py).
 
-Streamed with bounded memory and parallel over input files (Parquet: over row groups):
+Streamed with bounded memory and parallel over input files (CSV / Parquet: also over a file's
+fields, on threads, when there are more workers than files):
 
-  pass 1 (parallel, one task per file / row-group range): read record batches, dictionary-encode
-      each field vectorised (pyarrow.compute.dictionary_encode, then index_in against the task's
-      vocabulary so far), validate labels, hash string group keys; write the task's rows with
-      task-local ids (int32) to a work folder. Memory: one batch + the task's vocabularies.
+  pass 1 (parallel, one task per file): read record batches (TFRecord: the native encoder,
+      records straight to ids; CSV / Parquet: each field's values looked up vectorised in the
+      task's vocabulary so far), validate labels, hash string group keys; write the task's rows
+      with task-local ids (int32) to a work folder. Memory: one batch + the task's vocabularies.
   merge: the tasks' vocabularies are merged in input order (value -> first id), which gives
       exactly the ids a sequential reader assigns (ids in order of first appearance).
   pass 2 (sequential, over the compact encoded rows only): remap local -> global ids with one
@@ -104,22 +105,13 @@ def convert(inputs: Sequence[str], out: str, schema=None, workers: int = 1, fmt:
     writer = ShardWriter(out, shard_rows, overwrite=overwrite)
     work = os.path.join(writer.tmp, "work")
     try:
-        tasks: List[Task] = []
-        for p in paths:
-            if fmt == "parquet" and workers > 1:
-                import pyarrow.parquet as pq
-
-                try:
-                    ngroups = pq.ParquetFile(p).num_row_groups
-                except Exception as e:
-                    raise DataError(f"{p}: not a readable Parquet file ({e})") from e
-                per = max(1, -(-ngroups // workers))
-                for a in range(0, ngroups, per):
-                    tasks.append(Task(len(tasks), p, fmt, sch, list(range(a, min(ngroups, a + per)))))
-            else:
-                tasks.append(Task(len(tasks), p, fmt, sch))
+        tasks: List[Task] = [Task(i, p, fmt, sch) for i, p in enumerate(paths)]
+        # CSV / Parquet: workers beyond the files encode a file's fields on threads (no vocabulary
+        # built twice and merged, as splitting a file into row-group tasks would)
+        threads = 1 if fmt == "tfrecord" else max(1, workers // len(tasks))
         for t in tasks:
             t.max_len, t.skip_corrupt, t.fixed_vocab, t.batch_rows = max_len, skip_corrupt, fixed, batch_rows
+            t.threads = threads
             t.work = os.path.join(work, f"task-{t.index:05d}")
             os.makedirs(t.work)
         if workers > 1 and len(tasks) > 1:

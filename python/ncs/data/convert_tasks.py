@@ -1,4 +1,4 @@
-"""Pass 1 of `ncs data convert`: one task per input file (Parquet: per row-group range).
+"""Pass 1 of `ncs data convert`: one task per input file.
 
 A task reads its rows in record batches, encodes every field with task-local ids (ncs.data.columns),
 validates the labels, turns group keys into int64 and saves the encoded rows to its work folder
@@ -28,12 +28,12 @@ class Task:
     path: str
     fmt: str  # tfrecord | csv | parquet
     schema: Any = None  # TableSchema for csv/parquet
-    row_groups: Optional[List[int]] = None
     max_len: int = 8
     skip_corrupt: bool = False
     work: str = ""
     fixed_vocab: Optional[Dict[str, Dict[str, int]]] = None
     batch_rows: int = _BATCH_ROWS
+    threads: int = 1  # CSV / Parquet: fields of a batch encoded on this many threads
 
 
 @dataclass
@@ -153,11 +153,72 @@ def _run_tfrecord_encoded(task: Task, vocabs: Dict[str, LocalVocab], lens: Dict[
 
 
 # --------------------------------------------------------------------------- CSV / Parquet
-def _run_table(task: Task) -> TaskResult:
+def _encode_field(f, col, n: int, vocab: Optional[LocalVocab]) -> np.ndarray:
+    """The ids of one field of a batch: [n] (max_len 1) or [n, max_len]."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from .table import _as_strings, _batches
+    from .table import _as_strings
+
+    is_list = pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
+    if not f.multi and not is_list:
+        flat, counts = col, np.ones(n, dtype=np.int64)  # text made per distinct value
+    else:
+        if not is_list:
+            col = pc.split_pattern(_as_strings(col), f.sep)
+        if not f.multi:
+            col = pc.list_slice(col.fill_null(pa.scalar([], col.type)), 0, 1)
+        counts = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        flat = pc.list_flatten(col)
+    if f.hash_buckets is not None:
+        out = place(_hash_ids(flat, f.missing, f.hash_buckets), counts, f.max_len)
+    else:
+        out = _ids_from_lists(vocab, flat, counts, f.max_len)
+    return out[:, 0] if f.max_len == 1 else out
+
+
+def _prefetched(it, depth: int = 1):
+    """The items of `it`, the next `depth` of them read ahead on a thread (an error is raised
+    where the item would have been)."""
+    import queue
+    import threading
+
+    q: "queue.Queue" = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def feed():
+        try:
+            for x in it:
+                q.put((True, x))
+                if stop.is_set():
+                    return
+            q.put((True, end))
+        except BaseException as e:  # noqa: BLE001  (raised by the consumer)
+            q.put((False, e))
+
+    t = threading.Thread(target=feed, daemon=True, name="ncs-convert-read")
+    t.start()
+    try:
+        while True:
+            ok, x = q.get()
+            if not ok:
+                raise x
+            if x is end:
+                return
+            yield x
+    finally:
+        stop.set()
+        while t.is_alive():
+            try:
+                q.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        t.join()
+
+
+def _run_table(task: Task) -> TaskResult:
+    from .table import _batches
 
     t0 = time.perf_counter()
     sch = task.schema
@@ -172,53 +233,54 @@ def _run_table(task: Task) -> TaskResult:
         else:
             vocabs[f.name] = LocalVocab(f.missing)
     out_chunks, rows = [], 0
-    if task.fmt == "parquet" and task.row_groups is not None:
-        import pyarrow.parquet as pq
-
-        pf = pq.ParquetFile(task.path)
-        batches = pf.iter_batches(batch_size=task.batch_rows, row_groups=task.row_groups, columns=sch.columns())
-        row0 = sum(pf.metadata.row_group(i).num_rows for i in range(task.row_groups[0])) if task.row_groups else 0
-    else:
-        batches = _batches(task.path, task.fmt, sch.columns(), task.batch_rows)
-        row0 = 0
+    batches = _batches(task.path, task.fmt, sch.columns(), task.batch_rows)
+    row0 = 0
     granges: Dict[str, Tuple[int, int]] = {}
-    for batch in batches:
-        cols = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
-        n = batch.num_rows
-        click = _numeric(task.path, sch.click, cols[sch.click])
-        conv = _numeric(task.path, sch.conversion, cols[sch.conversion]) if sch.conversion else None
-        if conv is not None:
-            conv = np.where(np.isnan(conv) & (click == 0), 0.0, conv)  # empty conversion on a non-click: 0
-        validate_labels(task.path, row0, click, conv, sch.click, sch.conversion or "conversion",
-                        sch.conversion_type == "binary")
-        enc: Dict[str, np.ndarray] = {}
-        for f in sch.fields:
-            col = cols[f.column]
-            is_list = pa.types.is_list(col.type) or pa.types.is_large_list(col.type)
-            if not f.multi and not is_list:
-                flat, counts = col, np.ones(n, dtype=np.int64)  # text made per distinct value
-            else:
-                if not is_list:
-                    col = pc.split_pattern(_as_strings(col), f.sep)
-                if not f.multi:
-                    col = pc.list_slice(col.fill_null(pa.scalar([], col.type)), 0, 1)
-                counts = pc.list_value_length(col).fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-                flat = pc.list_flatten(col)
-            if f.hash_buckets is not None:
-                out = place(_hash_ids(flat, f.missing, f.hash_buckets), counts, f.max_len)
-            else:
-                out = _ids_from_lists(vocabs[f.name], flat, counts, f.max_len)
-            enc[f"f.{f.name}"] = out[:, 0] if f.max_len == 1 else out
-        enc["l.click"] = click.astype(np.uint8)
-        enc["l.conversion"] = (conv if conv is not None else np.zeros(n)).astype(np.float32)
-        for g, c in sch.groups.items():
-            enc[f"g.{g}"], lo_hi = _group_column(task.path, g, c, cols[c])
-            if lo_hi is not None:
-                lo, hi = granges.get(g, lo_hi)
-                granges[g] = (min(lo, lo_hi[0]), max(hi, lo_hi[1]))
-        out_chunks.append(_save_chunk(task.work, len(out_chunks), enc))
-        rows += n
-        row0 += n
+    pool = None
+    if task.threads > 1:  # fields encoded on threads (the native lookups and pyarrow release the GIL)
+        from concurrent.futures import ThreadPoolExecutor
+
+        pool = ThreadPoolExecutor(task.threads, thread_name_prefix="ncs-convert")
+        batches = _prefetched(batches)  # the next batch read meanwhile
+    try:
+        for batch in batches:
+            cols = {name: batch.column(i) for i, name in enumerate(batch.schema.names)}
+            n = batch.num_rows
+            click = _numeric(task.path, sch.click, cols[sch.click])
+            conv = _numeric(task.path, sch.conversion, cols[sch.conversion]) if sch.conversion else None
+            if conv is not None:
+                conv = np.where(np.isnan(conv) & (click == 0), 0.0, conv)  # empty conversion on a non-click: 0
+            validate_labels(task.path, row0, click, conv, sch.click, sch.conversion or "conversion",
+                            sch.conversion_type == "binary")
+            enc: Dict[str, np.ndarray] = {}
+            futs = [pool.submit(_encode_field, f, cols[f.column], n, vocabs[f.name]) for f in sch.fields] if pool \
+                else None
+            if futs is None:
+                for f in sch.fields:
+                    enc[f"f.{f.name}"] = _encode_field(f, cols[f.column], n, vocabs[f.name])
+            enc["l.click"] = click.astype(np.uint8)
+            enc["l.conversion"] = (conv if conv is not None else np.zeros(n)).astype(np.float32)
+            gerr = None
+            try:
+                for g, c in sch.groups.items():
+                    enc[f"g.{g}"], lo_hi = _group_column(task.path, g, c, cols[c])
+                    if lo_hi is not None:
+                        lo, hi = granges.get(g, lo_hi)
+                        granges[g] = (min(lo, lo_hi[0]), max(hi, lo_hi[1]))
+            except Exception as e:  # noqa: BLE001  (a field's error comes first, as without threads)
+                if futs is None:
+                    raise
+                gerr = e
+            for f, fut in zip(sch.fields, futs or ()):
+                enc[f"f.{f.name}"] = fut.result()
+            if gerr is not None:
+                raise gerr
+            out_chunks.append(_save_chunk(task.work, len(out_chunks), enc))
+            rows += n
+            row0 += n
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     return TaskResult(task.index, rows, out_chunks, {k: v.values() for k, v in vocabs.items() if v is not None},
                       group_range=granges, seconds=time.perf_counter() - t0)
 
