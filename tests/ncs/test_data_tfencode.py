@@ -19,7 +19,7 @@ from ncs.data.lt4rec import LT4REC_FIELDS, LT4REC_MULTI  # noqa: E402
 from ncs.data.shards import EncodedDir  # noqa: E402
 from ncs.data.vocab import stable_hash64  # noqa: E402
 
-from .test_data_tfrecord import example, frame  # noqa: E402
+from test_data_tfrecord import example, frame  # noqa: E402
 
 SAMPLE = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data", "lt4rec", "part-r-00002.gz")
 SAMPLE = SAMPLE if os.path.exists(SAMPLE) else "/work/shared/data/lt4rec/part-r-00002.gz"
