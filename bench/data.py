@@ -109,7 +109,7 @@ def readers(args) -> None:
         res["results"].append({"reader": "pyarrow.csv.read_csv alone (floor)", "rows": n, **m,
                                "rows_per_s_wall": round(n / m["wall_s"])})
         for fmt, inputs, rows, workers in (("tfrecord", [str(tmp / "tf*.gz")], tf_rows, (1, 2)),
-                                           ("csv", [str(tmp / "t.csv")], n, (1,)),
+                                           ("csv", [str(tmp / "t.csv")], n, (1, 2)),
                                            ("parquet", [str(tmp / "t.parquet")], n, (1, 2))):
             for w in workers:
                 out = tmp / f"o-{fmt}-{w}"

@@ -18,6 +18,10 @@ inline uint64_t mix(uint64_t h) {
   return h ^ (h >> 33);
 }
 
+// Tables from this many slots on (>= 1 MB: past the L2 cache) have their next slots prefetched;
+// smaller ones hit the cache anyway, and the extra hash would cost more than it saves.
+constexpr size_t kPrefetchSlots = size_t(1) << 16;
+
 // The validity mask of n values (nullptr: all valid), checked.
 const bool* valid_ptr(const c10::optional<at::Tensor>& valid, int64_t n, const char* fn) {
   if (!valid.has_value()) return nullptr;
@@ -28,7 +32,7 @@ const bool* valid_ptr(const c10::optional<at::Tensor>& valid, int64_t n, const c
 
 }  // namespace
 
-// 16 slots to start: the tables of small fields stay within a few cache lines (the encoders
+// 16 text slots to start: the tables of small fields stay within a few cache lines (the encoders
 // probe 20 or so tables per record)
 NativeVocab::NativeVocab(bool frozen) : frozen_(frozen), slots_(16, Slot{0, 0, -1, 0}) {}
 
@@ -75,7 +79,7 @@ int32_t NativeVocab::add_new(const uint8_t* p, size_t n) {  // find_or_add of a 
 }
 
 int32_t NativeVocab::find_or_add_int(int64_t v) {
-  if (islots_.empty()) islots_.assign(16, IntSlot{0, 0, 0});
+  if (islots_.empty()) islots_.assign(1024, IntSlot{0, 0, 0});
   size_t mask = islots_.size() - 1;
   const uint64_t h = mix(uint64_t(v) ^ 0x9E3779B97F4A7C15ULL);
   size_t i = size_t(h) & mask;
@@ -132,6 +136,7 @@ at::Tensor NativeVocab::lookup_bytes(const at::Tensor& offsets, const at::Tensor
   int32_t* ids = out.data_ptr<int32_t>();
   const uint8_t* d = data.data_ptr<uint8_t>();
   const int64_t size = data.numel();
+  constexpr int64_t kPrefetch = 8;
   auto run = [&](auto* off) {
     for (int64_t i = 0; i < n; ++i) {
       if (ok && !ok[i]) {
@@ -140,6 +145,11 @@ at::Tensor NativeVocab::lookup_bytes(const at::Tensor& offsets, const at::Tensor
       }
       const int64_t a = int64_t(off[i]), b = int64_t(off[i + 1]);
       TORCH_CHECK(0 <= a && a <= b && b <= size, "NativeVocab.lookup_bytes: offsets out of range at ", i);
+      if (i + kPrefetch < n && slots_.size() >= kPrefetchSlots) {  // (a hint, as in lookup_int64)
+        const int64_t pa = int64_t(off[i + kPrefetch]), pb = int64_t(off[i + kPrefetch + 1]);
+        if (0 <= pa && pa <= pb && pb <= size)
+          __builtin_prefetch(&slots_[size_t(bytes::hash(d + pa, size_t(pb - pa))) & (slots_.size() - 1)]);
+      }
       ids[i] = find_or_add(d + a, size_t(b - a));
     }
   };
@@ -158,7 +168,16 @@ at::Tensor NativeVocab::lookup_int64(const at::Tensor& values, const c10::option
   auto out = at::empty({n}, at::TensorOptions().dtype(at::kInt));
   int32_t* ids = out.data_ptr<int32_t>();
   const int64_t* v = values.data_ptr<int64_t>();
-  for (int64_t i = 0; i < n; ++i) ids[i] = (ok && !ok[i]) ? 0 : find_or_add_int(v[i]);
+  // the integer cache of a high-cardinality column is bigger than the caches: its slot for the
+  // value kPrefetch ahead is requested while this one is looked up (a hint: the order, hence the
+  // ids, is unchanged)
+  constexpr int64_t kPrefetch = 8;
+  for (int64_t i = 0; i < n; ++i) {
+    if (i + kPrefetch < n && islots_.size() >= kPrefetchSlots)
+      __builtin_prefetch(&islots_[size_t(mix(uint64_t(v[i + kPrefetch]) ^ 0x9E3779B97F4A7C15ULL)) &
+                                  (islots_.size() - 1)]);
+    ids[i] = (ok && !ok[i]) ? 0 : find_or_add_int(v[i]);
+  }
   return out;
 }
 
