@@ -118,6 +118,7 @@ def readers(args) -> None:
                 res["results"].append({"reader": f"ncs data convert {fmt}", "workers": w, "rows": rows, **m,
                                        "rows_per_s_wall": round(rows / m["wall_s"]),
                                        "rows_per_s_per_cpu_s": round(rows / m["cpu_s"]),
+                                       "pass1_wall_s": s["parse_seconds"],  # parse + encode (parallel part)
                                        "encoded_bytes": s["bytes"]})
                 shutil.rmtree(out)
     finally:

@@ -141,3 +141,25 @@ def test_records_straddling_blocks(tmp_path, monkeypatch, gz):
     (tmp_path / "bad.tfrecord").write_bytes(bytes(bad))
     with pytest.raises(D.DataError, match="record 1: length header CRC mismatch"):
         convert([str(tmp_path / "bad.tfrecord")], str(tmp_path / "o3"))
+
+
+@pytest.mark.parametrize("values", [["a", "b c", "123", "-1", " ", "~x"], [], ['a"b'], ["a\\b"], ["é"], ["\x7f"],
+                                    ["\x1f"], ["tab\t"]])
+def test_vocab_json_text_is_json_dumps(values):
+    """vocab.json's tables rendered by pyarrow kernels: json.dumps' text exactly, or None (then
+    json.dumps itself) for values it would escape."""
+    import json
+
+    import pyarrow as pa
+
+    from ncs.data.convert import _json_table, _vocab_json
+
+    ref = json.dumps({v: i + 1 for i, v in enumerate(values)})
+    fast = 0
+    for t in (pa.string(), pa.large_string(), pa.binary()):
+        table = _json_table(pa.array([v.encode() if t == pa.binary() else v for v in values], t))
+        assert table is None or table == ref
+        fast += table is not None
+    assert fast == (3 if all(" " <= c <= "~" and c not in '"\\' for v in values for c in v) else 0)
+    vocab = {"f": _json_table(pa.array(values)) or {v: i + 1 for i, v in enumerate(values)}, "g": {"é": 1}}
+    assert _vocab_json(vocab) == json.dumps({"f": {v: i + 1 for i, v in enumerate(values)}, "g": {"é": 1}})

@@ -157,7 +157,7 @@ def convert(inputs: Sequence[str], out: str, schema=None, workers: int = 1, fmt:
         src = {"inputs": paths, "format": fmt, "workers": workers, "max_len": max_len, "stats": stats,
                "vocab_from": None if base is None else base.path}
         d = writer.close(fields, label_types(["click", "conversion"], ["click"]), group_names,
-                         vocab if fixed is None else fixed, src)
+                         _vocab_json(vocab) if fixed is None else fixed, src)
     except BaseException:
         writer.abort()
         raise
@@ -216,12 +216,54 @@ def _merge(fmt, sch, results: List[TaskResult], max_len: int, fixed, base: Optio
                     lut[1:] = pc.index_in(vals, value_set=glob).to_numpy(zero_copy_only=False) + 1
                 if not np.array_equal(lut, np.arange(lut.size)):  # the first task's are the identity
                     luts[r.index][name] = lut
-        keys = glob.to_pylist()
-        if pa.types.is_binary(glob.type) or pa.types.is_large_binary(glob.type):
-            keys = [k.decode("utf-8", errors="replace") for k in keys]
-        vocab[name] = dict(zip(keys, range(1, len(keys) + 1)))
-        fields.append(FieldSpec(name, len(keys) + 1, ml))
+        table = _json_table(glob)
+        if table is None:  # keys that JSON escapes: through Python objects
+            keys = glob.to_pylist()
+            if pa.types.is_binary(glob.type) or pa.types.is_large_binary(glob.type):
+                keys = [k.decode("utf-8", errors="replace") for k in keys]
+            table = dict(zip(keys, range(1, len(keys) + 1)))
+        vocab[name] = table
+        fields.append(FieldSpec(name, len(glob) + 1, ml))
     return fields, vocab, luts
+
+
+class _JsonTable(str):
+    """One field's {value: id} table already as JSON text (json.dumps' bytes exactly)."""
+
+
+def _json_table(values) -> Optional[_JsonTable]:
+    """json.dumps({v: i + 1 for i, v in enumerate(values)}) made by pyarrow kernels, without a
+    Python object per value, when no value needs an escape (printable ASCII without " or \\, the
+    usual ids and codes); None otherwise."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if values.null_count:
+        return None
+    try:
+        s = values.cast(pa.large_string())
+    except pa.ArrowException:  # bytes that are not UTF-8
+        return None
+    n = len(s)
+    if n == 0:
+        return _JsonTable("{}")
+    if pc.any(pc.match_substring_regex(s, r'[^ -~]|["\\]')).as_py():
+        return None
+    ids = pa.array(np.arange(1, n + 1, dtype=np.int64)).cast(pa.large_string())
+    items = pc.binary_join_element_wise(pa.scalar('"', pa.large_string()), s, pa.scalar('": ', pa.large_string()),
+                                        ids, pa.scalar("", pa.large_string()))
+    one = pa.LargeListArray.from_arrays(pa.array([0, n], pa.int64()), items)
+    return _JsonTable("{" + pc.binary_join(one, pa.scalar(", ", pa.large_string()))[0].as_py() + "}")
+
+
+def _vocab_json(vocab: Dict[str, Any]) -> str:
+    """json.dumps(vocab) where some tables are already _JsonTable text."""
+    import json
+
+    if not any(isinstance(t, _JsonTable) for t in vocab.values()):
+        return json.dumps(vocab)
+    return "{" + ", ".join(f"{json.dumps(k)}: {t if isinstance(t, _JsonTable) else json.dumps(t)}"
+                           for k, t in vocab.items()) + "}"
 
 
 # --------------------------------------------------------------------------- synthetic
