@@ -103,38 +103,9 @@ void parse_feature(const uint8_t* s, const uint8_t* e, Column& col, int64_t rec)
         col.offsets.push_back(int64_t(col.data.size()));
         ++count;
       });
-    } else if (num == 2) {  // FloatList
-      fields(a, b, [&](uint32_t n, uint32_t w, const uint8_t* x, const uint8_t* y, uint64_t) {
-        if (n != 1) return;
-        if (w == 2) {
-          if ((y - x) % 4) throw ProtoError{"packed float list length not a multiple of 4"};
-          for (const uint8_t* q = x; q < y; q += 4) {
-            float v;
-            std::memcpy(&v, q, 4);
-            if (count++ == 0) first = v;
-          }
-        } else if (w == 5) {
-          float v;
-          std::memcpy(&v, x, 4);
-          if (count++ == 0) first = v;
-        } else {
-          throw ProtoError{"float value with a wrong wire type"};
-        }
-      });
-    } else {  // Int64List
-      fields(a, b, [&](uint32_t n, uint32_t w, const uint8_t* x, const uint8_t* y, uint64_t v) {
-        if (n != 1) return;
-        if (w == 2) {
-          const uint8_t* q = x;
-          while (q < y) {
-            int64_t iv = int64_t(varint(q, y));
-            if (count++ == 0) first = double(iv);
-          }
-        } else if (w == 0) {
-          if (count++ == 0) first = double(int64_t(v));
-        } else {
-          throw ProtoError{"int64 value with a wrong wire type"};
-        }
+    } else {  // FloatList, Int64List
+      numeric_values(num, a, b, [&](double v) {
+        if (count++ == 0) first = v;
       });
     }
   });
@@ -169,49 +140,30 @@ std::vector<at::Tensor> tfrecord_parse_cpu(const at::Tensor& buf, const std::vec
   auto fail = [&](const std::string& msg) {
     throw std::invalid_argument("record " + std::to_string(rec) + ": " + msg);
   };
-  while (size - pos >= 12) {
-    const uint8_t* h = base + pos;
-    const uint64_t length = le64(h);
-    if (check_crc && masked(crc32c(h, 8)) != le32(h + 8)) fail("length header CRC mismatch");
-    if (length > size - pos - 12 || size - pos - 12 - length < 4) break;  // partial record: needs more bytes
-    const uint8_t* payload = h + 12;
-    if (check_crc && masked(crc32c(payload, size_t(length))) != le32(payload + length)) fail("payload CRC mismatch");
+  while (true) {
+    const uint8_t* payload = nullptr;
+    uint64_t length = 0;
+    const RecordState st = record_at(base, pos, size, check_crc, payload, length);
+    if (st == kPartial) break;  // needs more bytes
+    if (st == kBadHeader) fail("length header CRC mismatch");
+    if (st == kBadPayload) fail("payload CRC mismatch");
     for (auto& c : cols) {
       c.counts.push_back(0);
       c.num.push_back(nan);
     }
     try {
-      fields(payload, payload + length, [&](uint32_t num, uint32_t wire, const uint8_t* fs, const uint8_t* fe, uint64_t) {
-        if (num != 1 || wire != 2) return;
-        fields(fs, fe, [&](uint32_t n, uint32_t w, const uint8_t* es, const uint8_t* ee, uint64_t) {
-          if (n != 1 || w != 2) return;  // Features.feature map entries
-          std::string_view key;
-          bool has_key = false;
-          const uint8_t* vs = nullptr;
-          const uint8_t* ve = nullptr;
-          fields(es, ee, [&](uint32_t kn, uint32_t kw, const uint8_t* a, const uint8_t* b, uint64_t) {
-            if (kn == 1 && kw == 2) {
-              key = std::string_view(reinterpret_cast<const char*>(a), size_t(b - a));
-              has_key = true;
-            } else if (kn == 2 && kw == 2) {
-              vs = a;
-              ve = b;
-            }
-          });
-          if (!has_key) throw ProtoError{"feature map entry without a key"};
-          // (map entries come in no fixed order: writers serialise the map in hash order)
-          auto it = index.find(key);
-          if (it == index.end() || vs == nullptr) return;
-          const int col_idx = it->second;
-          Column& c = cols[size_t(col_idx)];
-          if (c.counts[size_t(rec)] != 0) {  // a repeated key: the last entry wins, as in protobuf
-            c.data.resize(size_t(c.offsets[c.offsets.size() - 1 - size_t(c.counts[size_t(rec)])]));
-            c.offsets.resize(c.offsets.size() - size_t(c.counts[size_t(rec)]));
-            c.counts[size_t(rec)] = 0;
-            c.num[size_t(rec)] = nan;
-          }
-          parse_feature(vs, ve, c, rec);
-        });
+      example_entries(payload, payload + length, [&](std::string_view key, const uint8_t* vs, const uint8_t* ve) {
+        auto it = index.find(key);
+        if (it == index.end() || vs == nullptr) return;
+        const int col_idx = it->second;
+        Column& c = cols[size_t(col_idx)];
+        if (c.counts[size_t(rec)] != 0) {  // a repeated key: the last entry wins, as in protobuf
+          c.data.resize(size_t(c.offsets[c.offsets.size() - 1 - size_t(c.counts[size_t(rec)])]));
+          c.offsets.resize(c.offsets.size() - size_t(c.counts[size_t(rec)]));
+          c.counts[size_t(rec)] = 0;
+          c.num[size_t(rec)] = nan;
+        }
+        parse_feature(vs, ve, c, rec);
       });
     } catch (const ProtoError& e) {
       fail(std::string("malformed tf.train.Example: ") + e.what);

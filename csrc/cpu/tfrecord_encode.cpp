@@ -154,56 +154,22 @@ std::vector<at::Tensor> tfrecord_encode_cpu(const at::Tensor& buf, const std::ve
   auto fail = [&](const std::string& msg) {
     throw std::invalid_argument("record " + std::to_string(rec) + ": " + msg);
   };
-  while (size - pos >= 12) {
-    const uint8_t* h = base + pos;
-    const uint64_t length = le64(h);
+  while (true) {
+    const uint8_t* payload = nullptr;
+    uint64_t length = 0;
     const auto c0 = prof ? Clock::now() : Clock::time_point();
-    if (check_crc && masked(crc32c(h, 8)) != le32(h + 8)) fail("length header CRC mismatch");
-    if (length > size - pos - 12 || size - pos - 12 - length < 4) break;  // partial record: needs more bytes
-    const uint8_t* payload = h + 12;
-    if (check_crc && masked(crc32c(payload, size_t(length))) != le32(payload + length)) fail("payload CRC mismatch");
+    const RecordState st = record_at(base, pos, size, check_crc, payload, length);
+    if (st == kPartial) break;  // needs more bytes
+    if (st == kBadHeader) fail("length header CRC mismatch");
+    if (st == kBadPayload) fail("payload CRC mismatch");
     if (prof) t_crc += secs(c0, Clock::now());
     std::fill(fs.begin(), fs.end(), nullptr);
     try {
-      fields(payload, payload + length, [&](uint32_t num, uint32_t wire, const uint8_t* ms, const uint8_t* me, uint64_t) {
-        if (num != 1 || wire != 2) return;
-        fields(ms, me, [&](uint32_t n, uint32_t w, const uint8_t* es, const uint8_t* ee, uint64_t) {
-          if (n != 1 || w != 2) return;  // Features.feature map entries
-          std::string_view key;
-          bool has_key = false;
-          const uint8_t* vs = nullptr;
-          const uint8_t* ve = nullptr;
-          // the usual entry: key (field 1) then value (field 2) and nothing else, short lengths
-          const uint8_t* q = es;
-          bool done = false;
-          if (q + 2 <= ee && q[0] == 0x0A && q[1] < 0x80 && size_t(q[1]) + 2 <= size_t(ee - q)) {
-            const uint8_t* k0 = q + 2;
-            const uint8_t* k1 = k0 + q[1];
-            if (k1 + 2 <= ee && k1[0] == 0x12 && k1[1] < 0x80 && size_t(k1[1]) == size_t(ee - k1 - 2)) {
-              key = std::string_view(reinterpret_cast<const char*>(k0), size_t(k1 - k0));
-              has_key = true;
-              vs = k1 + 2;
-              ve = ee;
-              done = true;
-            }
-          }
-          if (!done) {
-            fields(es, ee, [&](uint32_t kn, uint32_t kw, const uint8_t* a, const uint8_t* b, uint64_t) {
-              if (kn == 1 && kw == 2) {
-                key = std::string_view(reinterpret_cast<const char*>(a), size_t(b - a));
-                has_key = true;
-              } else if (kn == 2 && kw == 2) {
-                vs = a;
-                ve = b;
-              }
-            });
-          }
-          if (!has_key) throw ProtoError{"feature map entry without a key"};
-          const int r = names.find(key);
-          if (r < 0 || vs == nullptr) return;
-          fs[size_t(r)] = vs;
-          fe[size_t(r)] = ve;
-        });
+      example_entries(payload, payload + length, [&](std::string_view key, const uint8_t* vs, const uint8_t* ve) {
+        const int r = names.find(key);
+        if (r < 0 || vs == nullptr) return;
+        fs[size_t(r)] = vs;
+        fe[size_t(r)] = ve;
       });
       const auto c1 = prof ? Clock::now() : Clock::time_point();
       for (size_t i = 0; i < ids.size(); ++i) ids[i].resize(ids[i].size() + size_t(widths[i]), -1);
@@ -238,40 +204,9 @@ std::vector<at::Tensor> tfrecord_encode_cpu(const at::Tensor& buf, const std::ve
             }
             if (ro.field >= 0) throw ProtoError{"a feature field holds numbers, not a BytesList"};
             double* fp = ro.label >= 0 ? &nums[size_t(ro.label)][size_t(rec)] : nullptr;
-            if (num == 2) {  // FloatList
-              fields(a, b, [&](uint32_t n, uint32_t w, const uint8_t* x, const uint8_t* y, uint64_t) {
-                if (n != 1) return;
-                if (w == 2) {
-                  if ((y - x) % 4) throw ProtoError{"packed float list length not a multiple of 4"};
-                  for (const uint8_t* q = x; q < y; q += 4) {
-                    float v;
-                    std::memcpy(&v, q, 4);
-                    if (count++ == 0 && fp) *fp = v;
-                  }
-                } else if (w == 5) {
-                  float v;
-                  std::memcpy(&v, x, 4);
-                  if (count++ == 0 && fp) *fp = v;
-                } else {
-                  throw ProtoError{"float value with a wrong wire type"};
-                }
-              });
-            } else {  // Int64List
-              fields(a, b, [&](uint32_t n, uint32_t w, const uint8_t* x, const uint8_t* y, uint64_t v) {
-                if (n != 1) return;
-                if (w == 2) {
-                  const uint8_t* q = x;
-                  while (q < y) {
-                    const int64_t iv = int64_t(varint(q, y));
-                    if (count++ == 0 && fp) *fp = double(iv);
-                  }
-                } else if (w == 0) {
-                  if (count++ == 0 && fp) *fp = double(int64_t(v));
-                } else {
-                  throw ProtoError{"int64 value with a wrong wire type"};
-                }
-              });
-            }
+            numeric_values(num, a, b, [&](double v) {
+              if (count++ == 0 && fp) *fp = v;
+            });
           });
         }
         if (out != nullptr && count == 0) out[0] = 0;  // no value: id 0 (missing)
