@@ -137,16 +137,9 @@ std::vector<at::Tensor> tfrecord_parse_cpu(const at::Tensor& buf, const std::vec
   const double nan = std::numeric_limits<double>::quiet_NaN();
   size_t pos = 0;
   int64_t rec = 0;
-  auto fail = [&](const std::string& msg) {
-    throw std::invalid_argument("record " + std::to_string(rec) + ": " + msg);
-  };
-  while (true) {
-    const uint8_t* payload = nullptr;
-    uint64_t length = 0;
-    const RecordState st = record_at(base, pos, size, check_crc, payload, length);
-    if (st == kPartial) break;  // needs more bytes
-    if (st == kBadHeader) fail("length header CRC mismatch");
-    if (st == kBadPayload) fail("payload CRC mismatch");
+  const uint8_t* payload = nullptr;
+  uint64_t length = 0;
+  while (next_record(base, pos, size, check_crc, rec, payload, length)) {
     for (auto& c : cols) {
       c.counts.push_back(0);
       c.num.push_back(nan);
@@ -166,7 +159,7 @@ std::vector<at::Tensor> tfrecord_parse_cpu(const at::Tensor& buf, const std::vec
         parse_feature(vs, ve, c, rec);
       });
     } catch (const ProtoError& e) {
-      fail(std::string("malformed tf.train.Example: ") + e.what);
+      record_error(rec, std::string("malformed tf.train.Example: ") + e.what);
     }
     pos += 12 + size_t(length) + 4;
     ++rec;

@@ -151,17 +151,10 @@ std::vector<at::Tensor> tfrecord_encode_cpu(const at::Tensor& buf, const std::ve
 
   size_t pos = 0;
   int64_t rec = 0;
-  auto fail = [&](const std::string& msg) {
-    throw std::invalid_argument("record " + std::to_string(rec) + ": " + msg);
-  };
-  while (true) {
-    const uint8_t* payload = nullptr;
-    uint64_t length = 0;
-    const auto c0 = prof ? Clock::now() : Clock::time_point();
-    const RecordState st = record_at(base, pos, size, check_crc, payload, length);
-    if (st == kPartial) break;  // needs more bytes
-    if (st == kBadHeader) fail("length header CRC mismatch");
-    if (st == kBadPayload) fail("payload CRC mismatch");
+  const uint8_t* payload = nullptr;
+  uint64_t length = 0;
+  auto now = [prof] { return prof ? Clock::now() : Clock::time_point(); };  // no clock reads unless profiling
+  for (auto c0 = now(); next_record(base, pos, size, check_crc, rec, payload, length); c0 = now()) {
     if (prof) t_crc += secs(c0, Clock::now());
     std::fill(fs.begin(), fs.end(), nullptr);
     try {
@@ -221,7 +214,7 @@ std::vector<at::Tensor> tfrecord_encode_cpu(const at::Tensor& buf, const std::ve
       }
       if (prof) t_ids += secs(c1, Clock::now());
     } catch (const ProtoError& e) {
-      fail(std::string("malformed tf.train.Example: ") + e.what);
+      record_error(rec, std::string("malformed tf.train.Example: ") + e.what);
     }
     pos += 12 + size_t(length) + 4;
     ++rec;

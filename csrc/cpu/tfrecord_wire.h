@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <string_view>
 
 #include "cpu/bytes_hash.h"
@@ -84,6 +86,20 @@ static inline RecordState record_at(const uint8_t* base, size_t pos, size_t size
   payload = h + 12;
   if (check_crc && masked(crc32c(payload, size_t(length))) != le32(payload + length)) return kBadPayload;
   return kWhole;
+}
+
+// A bad record: std::invalid_argument("record K: msg"), K counted from the start of the buffer.
+[[noreturn]] static inline void record_error(int64_t rec, const std::string& msg) {
+  throw std::invalid_argument("record " + std::to_string(rec) + ": " + msg);
+}
+
+// record_at with a CRC mismatch thrown (record_error); false: a partial record (needs more bytes).
+static inline bool next_record(const uint8_t* base, size_t pos, size_t size, bool check_crc, int64_t rec,
+                               const uint8_t*& payload, uint64_t& length) {
+  const RecordState st = record_at(base, pos, size, check_crc, payload, length);
+  if (st == kBadHeader) record_error(rec, "length header CRC mismatch");
+  if (st == kBadPayload) record_error(rec, "payload CRC mismatch");
+  return st == kWhole;
 }
 
 // Calls f(key, value start, value end) for each Features.feature map entry of the Example
