@@ -5,8 +5,7 @@
 #include <torch/extension.h>
 
 #include "ncs_native.h"
-#include "cpu/tfrecord.h"
-#include "cpu/vocab.h"
+#include "cpu/data_bind.h"
 
 #include <string>
 
@@ -110,22 +109,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         py::arg("exp_avg_sq"), py::arg("rows"), py::arg("grad"), py::arg("step"), py::arg("lr"), py::arg("beta1"),
         py::arg("beta2"), py::arg("eps"), py::arg("mean"), py::arg("padding_idx"));
 
-  // ncs data convert: native TFRecord + tf.train.Example parser (csrc/cpu/tfrecord.cpp)
-  // (both release the GIL, so a reader thread can inflate the next chunk meanwhile)
-  m.def("tfrecord_parse_cpu", &ncs::tfrecord_parse_cpu, "parse the whole TFRecord records of a uint8 buffer",
-        py::arg("buf"), py::arg("features"), py::arg("check_crc") = true, py::call_guard<py::gil_scoped_release>());
-  m.def("crc32c_cpu", &ncs::crc32c_cpu, "CRC-32C of a uint8 tensor", py::arg("buf"), py::arg("software") = false);
-  // ncs data convert: the vocabulary of a field (csrc/cpu/vocab.cpp)
-  py::class_<ncs::NativeVocab>(m, "NativeVocab", "value -> id table: ids from 1 in first appearance order")
-      .def(py::init<bool>(), py::arg("frozen"))
-      .def("add_missing", &ncs::NativeVocab::add_missing, py::arg("key"))
-      .def("add_fixed", &ncs::NativeVocab::add_fixed, py::arg("key"), py::arg("id"))
-      .def("lookup_bytes", &ncs::NativeVocab::lookup_bytes, py::arg("offsets"), py::arg("data"),
-           py::arg("valid") = py::none(), py::call_guard<py::gil_scoped_release>())
-      .def("lookup_int64", &ncs::NativeVocab::lookup_int64, py::arg("values"), py::arg("valid") = py::none(),
-           py::call_guard<py::gil_scoped_release>())
-      .def("values", &ncs::NativeVocab::values)
-      .def("__len__", &ncs::NativeVocab::size);
+  // ncs data convert: the TFRecord parser, CRC-32C and the vocabulary (csrc/cpu/data_bind.cpp)
+  ncs::bind_data(m);
 
 #ifdef NCS_WITH_CUDA
   bind_device_ops(m, "_cuda", {&ncs::apply_mask_cuda, &ncs::mask_inplace_cuda, &ncs::masked_linear_forward_cuda,

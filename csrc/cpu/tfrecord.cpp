@@ -4,6 +4,7 @@
 //   Feature { oneof { BytesList bytes_list = 1; FloatList float_list = 2; Int64List int64_list = 3; } }
 // Only the requested features are collected; unknown fields are skipped as protobuf does.
 #include "cpu/tfrecord.h"
+#include "cpu/tfrecord_wire.h"
 
 #include <array>
 #include <cmath>
@@ -14,6 +15,8 @@
 #include <unordered_map>
 
 namespace ncs {
+
+using namespace wire;
 
 namespace {
 
@@ -76,69 +79,10 @@ bool have_sse42() {
   return yes;
 }
 
-uint32_t crc32c(const uint8_t* p, size_t n) { return have_sse42() ? crc32c_hw(p, n) : crc32c_sw(p, n); }
+uint32_t crc32c_best(const uint8_t* p, size_t n) { return have_sse42() ? crc32c_hw(p, n) : crc32c_sw(p, n); }
 #else
-uint32_t crc32c(const uint8_t* p, size_t n) { return crc32c_sw(p, n); }
+uint32_t crc32c_best(const uint8_t* p, size_t n) { return crc32c_sw(p, n); }
 #endif
-
-uint32_t masked(uint32_t crc) { return ((crc >> 15) | (crc << 17)) + 0xA282EAD8u; }
-
-uint32_t le32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return v;
-}
-
-uint64_t le64(const uint8_t* p) {
-  uint64_t v;
-  std::memcpy(&v, p, 8);
-  return v;
-}
-
-// ---------------------------------------------------------------- protobuf wire format
-struct ProtoError {
-  const char* what;
-};
-
-inline uint64_t varint(const uint8_t*& p, const uint8_t* end) {
-  uint64_t r = 0;
-  for (int shift = 0; shift < 70; shift += 7) {
-    if (p >= end) throw ProtoError{"truncated varint"};
-    uint8_t b = *p++;
-    r |= uint64_t(b & 0x7F) << shift;
-    if (!(b & 0x80)) return r;
-  }
-  throw ProtoError{"varint too long"};
-}
-
-// Calls f(field number, wire type, start, end, varint value) for each field of [p, end).
-template <typename F>
-void fields(const uint8_t* p, const uint8_t* end, F&& f) {
-  while (p < end) {
-    uint64_t key = varint(p, end);
-    uint32_t num = uint32_t(key >> 3), wire = uint32_t(key & 7);
-    if (num == 0) throw ProtoError{"field number 0"};
-    if (wire == 0) {
-      uint64_t v = varint(p, end);
-      f(num, wire, p, p, v);
-    } else if (wire == 1) {
-      if (end - p < 8) throw ProtoError{"truncated fixed64"};
-      f(num, wire, p, p + 8, 0);
-      p += 8;
-    } else if (wire == 2) {
-      uint64_t n = varint(p, end);
-      if (n > uint64_t(end - p)) throw ProtoError{"length-delimited field runs past its message"};
-      f(num, wire, p, p + n, 0);
-      p += n;
-    } else if (wire == 5) {
-      if (end - p < 4) throw ProtoError{"truncated fixed32"};
-      f(num, wire, p, p + 4, 0);
-      p += 4;
-    } else {
-      throw ProtoError{"unsupported wire type"};
-    }
-  }
-}
 
 struct Column {
   std::vector<int32_t> counts;
@@ -159,44 +103,19 @@ void parse_feature(const uint8_t* s, const uint8_t* e, Column& col, int64_t rec)
         col.offsets.push_back(int64_t(col.data.size()));
         ++count;
       });
-    } else if (num == 2) {  // FloatList
-      fields(a, b, [&](uint32_t n, uint32_t w, const uint8_t* x, const uint8_t* y, uint64_t) {
-        if (n != 1) return;
-        if (w == 2) {
-          if ((y - x) % 4) throw ProtoError{"packed float list length not a multiple of 4"};
-          for (const uint8_t* q = x; q < y; q += 4) {
-            float v;
-            std::memcpy(&v, q, 4);
-            if (count++ == 0) first = v;
-          }
-        } else if (w == 5) {
-          float v;
-          std::memcpy(&v, x, 4);
-          if (count++ == 0) first = v;
-        } else {
-          throw ProtoError{"float value with a wrong wire type"};
-        }
-      });
-    } else {  // Int64List
-      fields(a, b, [&](uint32_t n, uint32_t w, const uint8_t* x, const uint8_t* y, uint64_t v) {
-        if (n != 1) return;
-        if (w == 2) {
-          const uint8_t* q = x;
-          while (q < y) {
-            int64_t iv = int64_t(varint(q, y));
-            if (count++ == 0) first = double(iv);
-          }
-        } else if (w == 0) {
-          if (count++ == 0) first = double(int64_t(v));
-        } else {
-          throw ProtoError{"int64 value with a wrong wire type"};
-        }
+    } else {  // FloatList, Int64List
+      numeric_values(num, a, b, [&](double v) {
+        if (count++ == 0) first = v;
       });
     }
   });
 }
 
 }  // namespace
+
+namespace wire {
+uint32_t crc32c(const uint8_t* p, size_t n) { return crc32c_best(p, n); }
+}  // namespace wire
 
 int64_t crc32c_cpu(const at::Tensor& buf, bool software) {
   TORCH_CHECK(buf.dtype() == at::kByte && buf.dim() == 1 && buf.is_contiguous() && !buf.is_cuda(),
@@ -218,55 +137,29 @@ std::vector<at::Tensor> tfrecord_parse_cpu(const at::Tensor& buf, const std::vec
   const double nan = std::numeric_limits<double>::quiet_NaN();
   size_t pos = 0;
   int64_t rec = 0;
-  auto fail = [&](const std::string& msg) {
-    throw std::invalid_argument("record " + std::to_string(rec) + ": " + msg);
-  };
-  while (size - pos >= 12) {
-    const uint8_t* h = base + pos;
-    const uint64_t length = le64(h);
-    if (check_crc && masked(crc32c(h, 8)) != le32(h + 8)) fail("length header CRC mismatch");
-    if (length > size - pos - 12 || size - pos - 12 - length < 4) break;  // partial record: needs more bytes
-    const uint8_t* payload = h + 12;
-    if (check_crc && masked(crc32c(payload, size_t(length))) != le32(payload + length)) fail("payload CRC mismatch");
+  const uint8_t* payload = nullptr;
+  uint64_t length = 0;
+  while (next_record(base, pos, size, check_crc, rec, payload, length)) {
     for (auto& c : cols) {
       c.counts.push_back(0);
       c.num.push_back(nan);
     }
     try {
-      fields(payload, payload + length, [&](uint32_t num, uint32_t wire, const uint8_t* fs, const uint8_t* fe, uint64_t) {
-        if (num != 1 || wire != 2) return;
-        fields(fs, fe, [&](uint32_t n, uint32_t w, const uint8_t* es, const uint8_t* ee, uint64_t) {
-          if (n != 1 || w != 2) return;  // Features.feature map entries
-          std::string_view key;
-          bool has_key = false;
-          const uint8_t* vs = nullptr;
-          const uint8_t* ve = nullptr;
-          fields(es, ee, [&](uint32_t kn, uint32_t kw, const uint8_t* a, const uint8_t* b, uint64_t) {
-            if (kn == 1 && kw == 2) {
-              key = std::string_view(reinterpret_cast<const char*>(a), size_t(b - a));
-              has_key = true;
-            } else if (kn == 2 && kw == 2) {
-              vs = a;
-              ve = b;
-            }
-          });
-          if (!has_key) throw ProtoError{"feature map entry without a key"};
-          // (map entries come in no fixed order: writers serialise the map in hash order)
-          auto it = index.find(key);
-          if (it == index.end() || vs == nullptr) return;
-          const int col_idx = it->second;
-          Column& c = cols[size_t(col_idx)];
-          if (c.counts[size_t(rec)] != 0) {  // a repeated key: the last entry wins, as in protobuf
-            c.data.resize(size_t(c.offsets[c.offsets.size() - 1 - size_t(c.counts[size_t(rec)])]));
-            c.offsets.resize(c.offsets.size() - size_t(c.counts[size_t(rec)]));
-            c.counts[size_t(rec)] = 0;
-            c.num[size_t(rec)] = nan;
-          }
-          parse_feature(vs, ve, c, rec);
-        });
+      example_entries(payload, payload + length, [&](std::string_view key, const uint8_t* vs, const uint8_t* ve) {
+        auto it = index.find(key);
+        if (it == index.end() || vs == nullptr) return;
+        const int col_idx = it->second;
+        Column& c = cols[size_t(col_idx)];
+        if (c.counts[size_t(rec)] != 0) {  // a repeated key: the last entry wins, as in protobuf
+          c.data.resize(size_t(c.offsets[c.offsets.size() - 1 - size_t(c.counts[size_t(rec)])]));
+          c.offsets.resize(c.offsets.size() - size_t(c.counts[size_t(rec)]));
+          c.counts[size_t(rec)] = 0;
+          c.num[size_t(rec)] = nan;
+        }
+        parse_feature(vs, ve, c, rec);
       });
     } catch (const ProtoError& e) {
-      fail(std::string("malformed tf.train.Example: ") + e.what);
+      record_error(rec, std::string("malformed tf.train.Example: ") + e.what);
     }
     pos += 12 + size_t(length) + 4;
     ++rec;

@@ -277,7 +277,7 @@ def _table(tmp_path, fmt, n=3000):
     return p, schema
 
 
-@pytest.mark.parametrize("fmt,workers", [("csv", 1), ("parquet", 2)])
+@pytest.mark.parametrize("fmt,workers", [("csv", 1), ("csv", 3), ("parquet", 2)])
 def test_convert_tables_match_reader(tmp_path, fmt, workers):
     p, schema = _table(tmp_path, fmt)
     ref, vocab = D.encode_table(p, schema)

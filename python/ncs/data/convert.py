@@ -1,11 +1,12 @@
 """`ncs data convert` / `ncs data synth`: sources -> the encoded directory format (shards.py).
 
-Streamed with bounded memory and parallel over input files (Parquet: over row groups):
+Streamed with bounded memory and parallel over input files (CSV / Parquet: also over a file's
+fields, on threads, when there are more workers than files):
 
-  pass 1 (parallel, one task per file / row-group range): read record batches, dictionary-encode
-      each field vectorised (pyarrow.compute.dictionary_encode, then index_in against the task's
-      vocabulary so far), validate labels, hash string group keys; write the task's rows with
-      task-local ids (int32) to a work folder. Memory: one batch + the task's vocabularies.
+  pass 1 (parallel, one task per file): read record batches (TFRecord: the native encoder,
+      records straight to ids; CSV / Parquet: each field's values looked up vectorised in the
+      task's vocabulary so far), validate labels, hash string group keys; write the task's rows
+      with task-local ids (int32) to a work folder. Memory: one batch + the task's vocabularies.
   merge: the tasks' vocabularies are merged in input order (value -> first id), which gives
       exactly the ids a sequential reader assigns (ids in order of first appearance).
   pass 2 (sequential, over the compact encoded rows only): remap local -> global ids with one
@@ -104,22 +105,13 @@ def convert(inputs: Sequence[str], out: str, schema=None, workers: int = 1, fmt:
     writer = ShardWriter(out, shard_rows, overwrite=overwrite)
     work = os.path.join(writer.tmp, "work")
     try:
-        tasks: List[Task] = []
-        for p in paths:
-            if fmt == "parquet" and workers > 1:
-                import pyarrow.parquet as pq
-
-                try:
-                    ngroups = pq.ParquetFile(p).num_row_groups
-                except Exception as e:
-                    raise DataError(f"{p}: not a readable Parquet file ({e})") from e
-                per = max(1, -(-ngroups // workers))
-                for a in range(0, ngroups, per):
-                    tasks.append(Task(len(tasks), p, fmt, sch, list(range(a, min(ngroups, a + per)))))
-            else:
-                tasks.append(Task(len(tasks), p, fmt, sch))
+        tasks: List[Task] = [Task(i, p, fmt, sch) for i, p in enumerate(paths)]
+        # CSV / Parquet: workers beyond the files encode a file's fields on threads (no vocabulary
+        # built twice and merged, as splitting a file into row-group tasks would)
+        threads = 1 if fmt == "tfrecord" else max(1, workers // len(tasks))
         for t in tasks:
             t.max_len, t.skip_corrupt, t.fixed_vocab, t.batch_rows = max_len, skip_corrupt, fixed, batch_rows
+            t.threads = threads
             t.work = os.path.join(work, f"task-{t.index:05d}")
             os.makedirs(t.work)
         if workers > 1 and len(tasks) > 1:
@@ -156,7 +148,7 @@ def convert(inputs: Sequence[str], out: str, schema=None, workers: int = 1, fmt:
                 for g in group_names:
                     outc[f"g.{g}"] = cols[f"g.{g}"].astype(gdt[g])
                 writer.write(outc)
-                shutil.rmtree(d)
+                os.remove(d)
         shutil.rmtree(work)
         stats: Dict[str, int] = {}
         for r in results:
@@ -165,7 +157,7 @@ def convert(inputs: Sequence[str], out: str, schema=None, workers: int = 1, fmt:
         src = {"inputs": paths, "format": fmt, "workers": workers, "max_len": max_len, "stats": stats,
                "vocab_from": None if base is None else base.path}
         d = writer.close(fields, label_types(["click", "conversion"], ["click"]), group_names,
-                         vocab if fixed is None else fixed, src)
+                         _vocab_json(vocab) if fixed is None else fixed, src)
     except BaseException:
         writer.abort()
         raise
@@ -212,20 +204,66 @@ def _merge(fmt, sch, results: List[TaskResult], max_len: int, fixed, base: Optio
         import pyarrow.compute as pc
 
         arrs = [r.vocab[name] for r in results if name in r.vocab]
-        allv = pa.concat_arrays(arrs) if arrs else pa.array([], pa.string())
-        glob = pc.unique(allv)  # first appearance order, inputs in order
-        for r in results:
-            vals = r.vocab.get(name)
-            lut = np.zeros((0 if vals is None else len(vals)) + 1, dtype=np.int64)
-            if vals is not None and len(vals):
-                lut[1:] = pc.index_in(vals, value_set=glob).to_numpy(zero_copy_only=False) + 1
-            luts[r.index][name] = lut
-        keys = glob.to_pylist()
-        if pa.types.is_binary(glob.type) or pa.types.is_large_binary(glob.type):
-            keys = [k.decode("utf-8", errors="replace") for k in keys]
-        vocab[name] = dict(zip(keys, range(1, len(keys) + 1)))
-        fields.append(FieldSpec(name, len(keys) + 1, ml))
+        if len(results) == 1 and arrs:  # one task: its values are the vocabulary, its ids the global ones
+            glob = arrs[0]  # (a task's values are distinct, in id order)
+        else:
+            allv = pa.concat_arrays(arrs) if arrs else pa.array([], pa.string())
+            glob = pc.unique(allv)  # first appearance order, inputs in order
+            for r in results:
+                vals = r.vocab.get(name)
+                lut = np.zeros((0 if vals is None else len(vals)) + 1, dtype=np.int64)
+                if vals is not None and len(vals):
+                    lut[1:] = pc.index_in(vals, value_set=glob).to_numpy(zero_copy_only=False) + 1
+                if not np.array_equal(lut, np.arange(lut.size)):  # the first task's are the identity
+                    luts[r.index][name] = lut
+        table = _json_table(glob)
+        if table is None:  # keys that JSON escapes: through Python objects
+            keys = glob.to_pylist()
+            if pa.types.is_binary(glob.type) or pa.types.is_large_binary(glob.type):
+                keys = [k.decode("utf-8", errors="replace") for k in keys]
+            table = dict(zip(keys, range(1, len(keys) + 1)))
+        vocab[name] = table
+        fields.append(FieldSpec(name, len(glob) + 1, ml))
     return fields, vocab, luts
+
+
+class _JsonTable(str):
+    """One field's {value: id} table already as JSON text (json.dumps' bytes exactly)."""
+
+
+def _json_table(values) -> Optional[_JsonTable]:
+    """json.dumps({v: i + 1 for i, v in enumerate(values)}) made by pyarrow kernels, without a
+    Python object per value, when no value needs an escape (printable ASCII without " or \\, the
+    usual ids and codes); None otherwise."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if values.null_count:
+        return None
+    try:
+        s = values.cast(pa.large_string())
+    except pa.ArrowException:  # bytes that are not UTF-8
+        return None
+    n = len(s)
+    if n == 0:
+        return _JsonTable("{}")
+    if pc.any(pc.match_substring_regex(s, r'[^ -~]|["\\]')).as_py():
+        return None
+    ids = pa.array(np.arange(1, n + 1, dtype=np.int64)).cast(pa.large_string())
+    items = pc.binary_join_element_wise(pa.scalar('"', pa.large_string()), s, pa.scalar('": ', pa.large_string()),
+                                        ids, pa.scalar("", pa.large_string()))
+    one = pa.LargeListArray.from_arrays(pa.array([0, n], pa.int64()), items)
+    return _JsonTable("{" + pc.binary_join(one, pa.scalar(", ", pa.large_string()))[0].as_py() + "}")
+
+
+def _vocab_json(vocab: Dict[str, Any]) -> str:
+    """json.dumps(vocab) where some tables are already _JsonTable text."""
+    import json
+
+    if not any(isinstance(t, _JsonTable) for t in vocab.values()):
+        return json.dumps(vocab)
+    return "{" + ", ".join(f"{json.dumps(k)}: {t if isinstance(t, _JsonTable) else json.dumps(t)}"
+                           for k, t in vocab.items()) + "}"
 
 
 # --------------------------------------------------------------------------- synthetic

@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import zlib
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -150,13 +150,14 @@ class ShardWriter:
         self.pending_rows -= rows
 
     def close(self, fields: Sequence[FieldSpec], labels: Mapping[str, str], groups: Sequence[str],
-              vocab: Optional[Mapping[str, Mapping[str, int]]] = None,
+              vocab: Optional[Union[str, Mapping[str, Mapping[str, int]]]] = None,
               source: Optional[Dict[str, Any]] = None) -> "EncodedDir":
         if self.pending_rows:
             self._flush(self.pending_rows)
         text = None
         if vocab is not None:  # json.dumps: the C encoder (json.dump to a file is pure Python)
-            text = _dumps_untracked(vocab)  # tables are in id order (built so, or read from a vocab.json)
+            # tables are in id order (built so, or read from a vocab.json); a str: the JSON already
+            text = vocab if isinstance(vocab, str) else _dumps_untracked(vocab)
             atomic_write_text(os.path.join(self.tmp, VOCAB), text)
         manifest = {
             "format": FORMAT, "version": VERSION, "rows": self.rows, "shard_rows": self.shard_rows,

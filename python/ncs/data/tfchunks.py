@@ -1,11 +1,14 @@
 """TFRecord (LT4REC) files read in large chunks of records for `ncs data convert`.
 
-_tf_chunks_native   the native parser of ncs_kernels._C (tfrecord_parse_cpu; both CRCs checked):
+_tf_encoded_native  the native encoder of ncs_kernels._C (tfrecord_encode_cpu; both CRCs checked):
+                    records straight to id columns through the fields' NativeVocab tables;
                     32 MiB of decompressed records per call, read and inflated (python-isal when
                     installed, else zlib) on a reader thread while the previous block is parsed
+_tf_chunks_native   the native parser (tfrecord_parse_cpu): the same blocks into value columns
 _tf_chunks_python   the same chunks from the pure-Python reader (ncs.data.tfrecord), used when _C
                     lacks the parser or with skip_corrupt (it resynchronises after a bad record)
-Each chunk: (first record, records, {feature: (counts, offsets, bytes, first numeric value)}).
+Each chunk of the last two: (first record, records, {feature: (counts, offsets, bytes, first
+numeric value)}).
 """
 from __future__ import annotations
 
@@ -67,16 +70,16 @@ def _inflater():
 
 
 def _inflated_blocks(path: str, out: "queue.Queue", stop: "threading.Event") -> None:
-    """Read `path` (gzip or not) and put its decompressed bytes on `out` in blocks of about
-    _TF_CHUNK, then None. An error is put as ("error", DataError). Runs on a reader thread: zlib
-    and file reads release the GIL, so inflating overlaps the parse of the previous block."""
+    """Read `path` (gzip or not) and put its decompressed bytes on `out` as they come (one bytes
+    object per read of _TF_CHUNK // 8 compressed bytes, a few times that inflated), then None.
+    An error is put as ("error", DataError). Runs on a reader thread: zlib and file reads release
+    the GIL, so inflating overlaps the parse of the previous block."""
     zlib = _inflater()
     try:
         with open(path, "rb") as raw:
             gz = raw.read(2) == b"\x1f\x8b"
             raw.seek(0)
             inflate = zlib.decompressobj(wbits=31) if gz else None
-            parts, have = [], 0
             while not stop.is_set():
                 data = raw.read(_TF_CHUNK // 8)
                 if not data:
@@ -88,41 +91,56 @@ def _inflated_blocks(path: str, out: "queue.Queue", stop: "threading.Event") -> 
                         while data:
                             if inflate.eof:
                                 inflate = zlib.decompressobj(wbits=31)
-                            chunk = inflate.decompress(data)
-                            parts.append(chunk)
-                            have += len(chunk)
+                            out.put(inflate.decompress(data))
                             data = inflate.unused_data if inflate.eof else b""
                     except zlib.error as e:
                         raise DataError(f"compressed stream is corrupt ({e})") from e
                 else:
-                    parts.append(data)
-                    have += len(data)
-                if have >= _TF_CHUNK:
-                    out.put(b"".join(parts))
-                    parts, have = [], 0
-            if parts:
-                out.put(b"".join(parts))
+                    out.put(data)
         out.put(None)
     except BaseException as e:  # noqa: BLE001  (handed to the consumer, which raises it)
         out.put(("error", e))
 
 
-def _tf_chunks_native(path: str, names: List[str]):
-    """(first record, {name: (counts, offsets, data, num)}) per chunk, from the native parser,
-    with the file read and inflated on a background thread."""
-    import queue
-    import threading
+def _tensor(buf, offset: int = 0):
+    """A uint8 tensor over `buf` from `offset`, without a copy (a bytes object is read-only: the
+    parsers only read it, so torch's warning about that is silenced)."""
+    import warnings
 
     import torch
 
-    C = _native()
-    blocks: "queue.Queue" = queue.Queue(maxsize=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.frombuffer(buf, dtype=torch.uint8, offset=offset)
+
+
+def _native_blocks(path: str, parse):
+    """(first record, records, parse(buffer)) per block of whole records: the file read and
+    inflated on a background thread; parse(uint8 tensor) -> the native output ([consumed],
+    [records], ...). Each inflated block is parsed where it lies; only a record that straddles
+    two blocks is copied (and parsed on its own). Errors of the native parser ("record K: ...")
+    are renamed to the file's record numbers."""
+    import queue
+    import threading
+
+    blocks: "queue.Queue" = queue.Queue(maxsize=3)
     stop = threading.Event()
     reader = threading.Thread(target=_inflated_blocks, args=(path, blocks, stop), daemon=True,
                               name="ncs-tfrecord-read")
     reader.start()
     left = b""
     rec0 = 0
+
+    def run(buf, offset=0):
+        try:
+            return parse(_tensor(buf, offset))
+        except ValueError as e:
+            msg = str(e)
+            if msg.startswith("record "):
+                k, _, rest = msg[7:].partition(":")
+                msg = f"record {rec0 + int(k)}:{rest}"
+            raise DataError(f"{path}: {msg}") from None
+
     try:
         while True:
             block = blocks.get()
@@ -131,32 +149,39 @@ def _tf_chunks_native(path: str, names: List[str]):
                 if isinstance(e, DataError):
                     raise DataError(f"{path}: record {rec0}: {e}") from None
                 raise e
-            eof = block is None
-            buf = left + block if not eof else left
-            if not buf:
-                return
-            t = torch.frombuffer(bytearray(buf), dtype=torch.uint8)
-            try:
-                out = C.tfrecord_parse_cpu(t, names, True)
-            except ValueError as e:
-                msg = str(e)
-                if msg.startswith("record "):
-                    k, _, rest = msg[7:].partition(":")
-                    msg = f"record {rec0 + int(k)}:{rest}"
-                raise DataError(f"{path}: {msg}") from None
-            consumed, n = int(out[0][0]), int(out[1][0])
-            cols = {}
-            for j, name in enumerate(names):
-                c, o, d, num = out[2 + 4 * j: 6 + 4 * j]
-                cols[name] = (c.numpy().astype(np.int64), o.numpy(), d.numpy(), num.numpy())
-            left = buf[consumed:]
-            if n:
-                yield rec0, n, cols
-            rec0 += n
-            if eof:
+            if block is None:
                 if left:
+                    if len(left) >= 12:
+                        run(bytearray(left))  # checks the length header's CRC, as for any record
                     raise DataError(f"{path}: record {rec0}: truncated (the file ends inside a record)")
                 return
+            at = 0
+            if left:  # complete the record that the previous block ended inside
+                if len(left) < 12:
+                    take = min(12 - len(left), len(block))
+                    left, at = left + block[:take], take
+                    if len(left) < 12:
+                        continue
+                    run(bytearray(left))  # the length header's CRC (nothing is consumed yet)
+                need = 16 + int.from_bytes(left[:8], "little") - len(left)
+                if need > len(block) - at:
+                    left += block[at:]
+                    continue
+                one = bytearray(left)
+                one += block[at:at + need]
+                out = run(one)
+                yield rec0, 1, out
+                rec0 += 1
+                at += need
+                left = b""
+            if at == len(block):
+                continue
+            out = run(block, at)
+            consumed, n = int(out[0][0]), int(out[1][0])
+            left = block[at + consumed:]
+            if n:
+                yield rec0, n, out
+            rec0 += n
     finally:
         stop.set()
         while reader.is_alive():  # a consumer that stops early: drain so the reader can finish
@@ -165,6 +190,44 @@ def _tf_chunks_native(path: str, names: List[str]):
             except queue.Empty:
                 pass
         reader.join()
+
+
+def _tf_chunks_native(path: str, names: List[str]):
+    """(first record, records, {name: (counts, offsets, data, num)}) per chunk, from the native
+    parser (tfrecord_parse_cpu)."""
+    C = _native()
+    for rec0, n, out in _native_blocks(path, lambda t: C.tfrecord_parse_cpu(t, names, True)):
+        cols = {}
+        for j, name in enumerate(names):
+            c, o, d, num = out[2 + 4 * j: 6 + 4 * j]
+            cols[name] = (c.numpy().astype(np.int64), o.numpy(), d.numpy(), num.numpy())
+        yield rec0, n, cols
+
+
+def _tf_encoded_native(path: str, fields: List[str], widths: List[int], vocabs: List[Any],
+                       labels: List[str], groups: Dict[str, bytes]):
+    """(first record, records, ids, labels, groups) per chunk, from the native encoder
+    (tfrecord_encode_cpu): ids {field: int32 [records] or [records, width]} looked up in the
+    NativeVocab tables `vocabs` (one per field); labels {name: float64 [records], NaN when
+    none}; groups {name: (index int32 [records], distinct first values: list of bytes)} of the
+    feature `name`'s first value (groups[name] when it has none)."""
+    C = _native()
+    gnames = list(groups)
+    gdef = [groups[g] for g in gnames]  # bytes -> std::string as they are
+    nf, nl = len(fields), len(labels)
+
+    def parse(t):
+        return C.tfrecord_encode_cpu(t, fields, widths, vocabs, labels, gnames, gdef, True)
+
+    for rec0, n, out in _native_blocks(path, parse):
+        ids = {f: out[2 + i].numpy() for i, f in enumerate(fields)}
+        labs = {name: out[2 + nf + i].numpy() for i, name in enumerate(labels)}
+        grp = {}
+        for i, g in enumerate(gnames):
+            idx, off, data = out[2 + nf + nl + 3 * i: 5 + nf + nl + 3 * i]
+            o, d = off.numpy(), data.numpy().tobytes()
+            grp[g] = (idx.numpy(), [d[o[k]:o[k + 1]] for k in range(len(o) - 1)])
+        yield rec0, n, ids, labs, grp
 
 
 def _tf_chunks_python(path: str, names: List[str], skip_corrupt: bool, stats: Dict[str, int]):
