@@ -286,3 +286,21 @@ def test_profile_step_parts_tiny(tmp_path):
     for part in ("bound + dL/dx", "+ embedding step (= step)", "cross fwd+bwd, Gu/Wf kept", "torch-ops model bf16",
                  "256->512 + ReLU in place"):
         assert part in text, part
+
+
+def test_three_stage_benchmark_runs_on_a_tiny_synthetic_set(tmp_path):
+    """bench/three_stage.py: synth -> the connection model's three stages on the streamed path ->
+    a complete JSON with the stage seconds, the attempt's peak RSS and the config it ran."""
+    out = tmp_path / "run"
+    res = tmp_path / "three.json"
+    p = subprocess.run([sys.executable, str(REPO / "bench" / "three_stage.py"), "--synth-rows", "20000",
+                        "--data", str(tmp_path / "enc"), "--out", str(out), "--json", str(res)],
+                       capture_output=True, text=True, env=dict(os.environ, OMP_NUM_THREADS="1"), timeout=600)
+    assert p.returncode == 0, p.stdout + p.stderr
+    doc = json.loads(res.read_text())
+    assert doc["complete"] and set(doc["stages_s"]) == {"warmup", "masks", "joint"}
+    assert all(v > 0 for v in doc["stages_s"].values())
+    (att,) = doc["attempts"]
+    assert att["rc"] == 0 and att["peak_rss_mb"] > 0 and doc["synth"]["rc"] == 0
+    assert "kind: encoded" in doc["config"] and (out / "metrics.json").exists()
+    assert "masks ctr round 4/4" in (out / "bench.log").read_text()
