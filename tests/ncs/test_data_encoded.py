@@ -411,3 +411,27 @@ def test_convert_corrupt_tfrecord_names_file_and_record(tmp_path):
         assert f"{name}.tfrecord" in str(e.value) and not (tmp_path / f"o-{name}").exists()
     s = convert([str(tmp_path / "crc.tfrecord")], str(tmp_path / "skip"), skip_corrupt=True)
     assert s["rows"] == 4321 and s["stats"]["corrupt_records"] == 1
+
+
+@pytest.mark.parametrize("how", ["first", "random"])
+def test_streamed_data_fraction_subset_gathers_only_its_rows(enc, how):
+    """stages.*.data_fraction on streamed data (protocol.subset_split): the subset equals the
+    one cut from the split's full-length columns (ids, targets, spaces, dtypes), and the streamed
+    split's full-length label columns are never materialised."""
+    from ncs.train.protocol import subset_split
+
+    ss = StreamSplit(StreamPart(EncodedDir(enc.path)), DEFAULT_TASKS, "click", CPU)
+    sub = subset_split(ss, 0.3, how, 7)
+    assert dict.__len__(ss.targets) == 0 and dict.__len__(ss.spaces) == 0  # nothing built lazily
+    ref_rows = (torch.arange(len(sub)) if how == "first" else
+                __import__("ncs.train.batches", fromlist=["permutation"]).permutation(len(ss), 7, "subset", 0, CPU)
+                [:len(sub)].sort().values)
+    assert torch.equal(sub.ids, ss.ids.index_select(0, ref_rows))
+    for t in ("ctr", "cvr"):
+        full_t = ss.targets[t]
+        assert sub.targets[t].dtype == full_t.dtype and torch.equal(sub.targets[t], full_t.index_select(0, ref_rows))
+        full_s = ss.spaces[t]
+        assert (sub.spaces[t] is None) == (full_s is None)
+        if full_s is not None:
+            assert torch.equal(sub.spaces[t], full_s.index_select(0, ref_rows))
+            assert torch.equal(sub.space_index[t], full_s.index_select(0, ref_rows).nonzero().squeeze(1))

@@ -293,11 +293,17 @@ def subset_split(split: B.SplitTensors, fraction: float, how: str, seed: int) ->
     else:
         rows = B.permutation(n, seed, "subset", 0, torch.device("cpu"))[:k].sort().values
     rows = rows.to(split.ids.device)
-    spaces = {t: (None if v is None else v.index_select(0, rows)) for t, v in split.spaces.items()}
+    if getattr(split, "streamed", False):
+        # the streamed split gathers only the subset's rows (its full-length label columns, 4
+        # bytes a row each, are never built: 0.75 GB at 100M rows); the same values and dtypes
+        ids, targets, spaces = split.batch(rows)
+    else:
+        ids = split.ids.index_select(0, rows)
+        targets = {t: v.index_select(0, rows) for t, v in split.targets.items()}
+        spaces = {t: (None if v is None else v.index_select(0, rows)) for t, v in split.spaces.items()}
     space_index = {t: (torch.arange(k, device=rows.device) if v is None else v.nonzero().squeeze(1))
                    for t, v in spaces.items()}
-    return B.SplitTensors(split.ids.index_select(0, rows), {t: v.index_select(0, rows) for t, v in split.targets.items()},
-                          spaces, space_index, split.device)
+    return B.SplitTensors(ids, targets, spaces, space_index, split.device)
 
 
 class PerTaskModel(nn.Module):
