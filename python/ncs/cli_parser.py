@@ -97,6 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--ctr-auc-margin", type=float,
                     help="Single_Task is tuned first; every other model's trials below its best validation "
                          "CTR AUC minus this margin are infeasible (issue 10's condition, e.g. 0.002)")
+    tu.add_argument("--trial-seeds", type=int, default=1,
+                    help="seeds per trial: a trial's value is the mean validation metric of this many seeds "
+                         "(less seed luck in the selection on small data; R times the cost per trial)")
+    tu.add_argument("--start-at-base", action="store_true",
+                    help="each model's first trial is the base config's own point (then sampled ones)")
     tu.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE samplers")
     tu.add_argument("--no-final", action="store_true", help="search only; no final training on the best configs")
     config_overrides(tu)

@@ -1,7 +1,7 @@
 """`ncs tune`: the same hyper-parameter search for every model, on the validation split only.
 
     ncs tune --config C --trials N --out DIR [--models all] [--seeds K] [--metric cvr_mse]
-             [--ctr-auc-floor A] [--sampler-seed S]
+             [--ctr-auc-floor A | --ctr-auc-margin M] [--trial-seeds R] [--sampler-seed S]
 
 For each model kind, an Optuna study (TPE sampler, seeded) runs N trials. A trial trains the
 model with the trial's config (the base config + the sampled values, seed = the config's seed)
@@ -35,6 +35,19 @@ constraints_func; the best trial is the best feasible one). tune(ctr_auc_margin=
 kind but single is the validation CTR AUC of Single_Task's best trial (tuned first, unconstrained)
 minus M (issue 10's condition). A trial whose metric is NaN fails and counts towards the budget.
 
+--start-at-base: each model's first trial is the base config's own point of the space
+(tune_space.base_params: the defaults, or the config's values), the others are sampled. With
+few trials (a large data set) this keeps the untuned config among the candidates, so tuning
+never selects a config worse on validation than the one a plain `ncs train` would run.
+
+--trial-seeds R (default 1): a trial trains its config R times (seeds seed .. seed + R - 1) and
+its value is the mean of the R validation values (the CTR AUC the floor reads too: the mean).
+On small data one seed's luck moves the validation metric as much as the config does (the real
+sample: a best trial 0.3-6 % better than the same config's 5-seed mean), and 40 one-seed trials
+then select seed luck; R seeds cut that noise by sqrt(R) at R times the cost per trial, so a
+study of the same compute has R times fewer trials. trials/<kind>/trial_<n>.json keeps every
+seed's metrics ("valid_per_seed").
+
 Files: DIR/study.journal (Optuna's JSON-lines journal storage: a killed `ncs tune` resumes
 where it stopped when run again with the same arguments; a trial cut short is run again with
 the same parameters), DIR/trials/<kind>/trial_<n>.json (params, config overrides, validation
@@ -48,6 +61,7 @@ uninterrupted study would have drawn).
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -60,7 +74,7 @@ if TYPE_CHECKING:
 
 from .config import ConfigError, dump_config, load_config, main_metric, metric_names
 from .models import PAPER_NAMES, RUN_ORDER
-from .tune_space import _suggest, overrides, space, trial_config  # noqa: F401  (the search space)
+from .tune_space import _suggest, base_params, overrides, space, trial_config  # noqa: F401  (the search space)
 
 STUDY_FILE = "study.journal"
 
@@ -116,10 +130,11 @@ def _sized(base: "Config", log):
 class _Study:
     """Data prepared once; one objective per model kind."""
 
-    def __init__(self, base, out, metric, direction, floor, log, loaded=None):
+    def __init__(self, base, out, metric, direction, floor, log, loaded=None, trial_seeds=1):
         from .train import batches as B
         from .train.runner import load_data, resolve_device, split_data
         self.base, self.out, self.metric, self.direction, self.floor, self.log = base, out, metric, direction, floor, log
+        self.trial_seeds = trial_seeds
         self.device = resolve_device(base.device)
         if loaded is None:
             data = load_data(base)
@@ -135,12 +150,34 @@ class _Study:
         self.fields = data.fields
         self.ctr = _ctr_name(base)
 
-    def evaluate(self, kind: str, params: Dict[str, Any], ckpt_dir: str) -> Dict[str, float]:
+    def evaluate_seeds(self, kind: str, params: Dict[str, Any], ckpt_dir: str) -> List[Dict[str, float]]:
+        """The validation metrics of the trial's config trained with each of the trial seeds."""
         from .train.stages import ModelTrainer
         cfg = trial_config(kind, self.base, params)
-        trainer = ModelTrainer(kind, cfg, self.fields, self.train, self.valid, self.device, ckpt_dir)
-        trainer.run()
-        return trainer.evaluate(self.valid)
+        per_seed = []
+        for i in range(self.trial_seeds):
+            cfg_i = cfg if i == 0 else cfg.override({"seed": cfg.seed + i})
+            d = ckpt_dir if i == 0 else f"{ckpt_dir}_s{i}"
+            shutil.rmtree(d, ignore_errors=True)
+            trainer = ModelTrainer(kind, cfg_i, self.fields, self.train, self.valid, self.device, d)
+            trainer.run()
+            per_seed.append(trainer.evaluate(self.valid))
+            shutil.rmtree(d, ignore_errors=True)
+        return per_seed
+
+    def evaluate(self, kind: str, params: Dict[str, Any], ckpt_dir: str) -> Dict[str, float]:
+        return mean_metrics(self.evaluate_seeds(kind, params, ckpt_dir))
+
+
+def mean_metrics(per_seed: Sequence[Dict[str, float]]) -> Dict[str, float]:
+    """Each metric's mean over the seeds. A seed's NaN (or missing value) makes the mean NaN, so a
+    trial with a diverged seed fails rather than being scored on its lucky seeds."""
+    out: Dict[str, float] = {}
+    for k in per_seed[0]:
+        vals = [m.get(k) for m in per_seed]
+        out[k] = (float("nan") if any(v is None for v in vals)
+                  else sum(float(v) for v in vals) / len(vals))
+    return out
 
 
 def _trial_path(out: str, kind: str, number: int) -> str:
@@ -160,7 +197,9 @@ def _recover_stale(study, storage, optuna, out: str, kind: str, log) -> None:
     for t in study.get_trials(deepcopy=False, states=(TS.RUNNING,)):
         storage.set_trial_user_attr(t._trial_id, "stale", True)
         storage.set_trial_state_values(t._trial_id, TS.FAIL)
-        shutil.rmtree(os.path.join(out, "trials", kind, f"t{t.number}"), ignore_errors=True)
+        for d in glob.glob(os.path.join(out, "trials", kind, f"t{t.number}")) + glob.glob(
+                os.path.join(out, "trials", kind, f"t{t.number}_s*")):
+            shutil.rmtree(d, ignore_errors=True)
         if t.params:
             study.enqueue_trial(dict(t.params), skip_if_exists=False)
         log(f"tune {kind}: trial {t.number} was cut short; it runs again with the same params")
@@ -184,19 +223,29 @@ def _mean_std(values: List[float]) -> Dict[str, Any]:
     return {"mean": m, "std": sd, "values": values}
 
 
-def _settings_doc(metric, direction, floor, sampler_seed, margin=None) -> Dict[str, Any]:
+def _settings_doc(metric, direction, floor, sampler_seed, margin=None, trial_seeds=1,
+                  start_at_base=False) -> Dict[str, Any]:
     doc = {"metric": metric, "direction": direction, "ctr_auc_floor": floor, "sampler_seed": sampler_seed}
-    return doc if margin is None else dict(doc, ctr_auc_margin=margin)  # absent when unused: old studies resume
+    if margin is not None:  # absent when unused: old studies resume
+        doc["ctr_auc_margin"] = margin
+    if trial_seeds != 1:
+        doc["trial_seeds"] = trial_seeds
+    if start_at_base:
+        doc["start_at_base"] = True
+    return doc
 
 
 def tune(base: "Config", out: str, trials: int, models: Optional[Sequence[str]] = None, seeds: int = 3,
          metric: Optional[str] = None, ctr_auc_floor: Optional[float] = None, sampler_seed: int = 0,
          final: bool = True, log: Optional[Callable[[str], None]] = None,
-         ctr_auc_margin: Optional[float] = None) -> Dict[str, Any]:
+         ctr_auc_margin: Optional[float] = None, trial_seeds: int = 1,
+         start_at_base: bool = False) -> Dict[str, Any]:
     """Tune every kind of `models` (default: base.models) with `trials` trials each, then train
     each best config with `seeds` seeds and report its test metrics. Returns summary.json's dict.
     ctr_auc_margin M: every kind but single is constrained to a validation CTR AUC >= Single_Task's
-    (its best trial's) - M; single is then tuned first and must be among the kinds."""
+    (its best trial's) - M; single is then tuned first and must be among the kinds. trial_seeds R:
+    each trial's value is the mean validation metric of R seeds. start_at_base: each model's
+    first trial is the base config's point of the space."""
     import torch
 
     from .metrics import json_safe
@@ -208,6 +257,8 @@ def tune(base: "Config", out: str, trials: int, models: Optional[Sequence[str]] 
         raise ConfigError(f"--trials: expected an integer >= 1, got {trials!r}")
     if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
         raise ConfigError(f"--seeds: expected an integer >= 1, got {seeds!r}")
+    if isinstance(trial_seeds, bool) or not isinstance(trial_seeds, int) or trial_seeds < 1:
+        raise ConfigError(f"--trial-seeds: expected an integer >= 1, got {trial_seeds!r}")
     kinds = list(models) if models else list(base.models)
     bad = [k for k in kinds if k not in RUN_ORDER]
     if bad:
@@ -231,7 +282,8 @@ def tune(base: "Config", out: str, trials: int, models: Optional[Sequence[str]] 
     os.makedirs(out, exist_ok=True)
 
     # one study directory = one base config and one objective; --trials may grow between runs
-    settings = _settings_doc(metric, direction, ctr_auc_floor, sampler_seed, ctr_auc_margin)
+    settings = _settings_doc(metric, direction, ctr_auc_floor, sampler_seed, ctr_auc_margin, trial_seeds,
+                             bool(start_at_base))
     base_doc = base.override({"models": list(RUN_ORDER)})  # the kinds tuned may differ between runs
     cfg_path = os.path.join(out, "config.yaml")
     tune_path = os.path.join(out, "tune.json")
@@ -251,14 +303,15 @@ def tune(base: "Config", out: str, trials: int, models: Optional[Sequence[str]] 
     if base.threads is not None:
         torch.set_num_threads(base.threads)
     try:
-        st = _Study(base, out, metric, direction, ctr_auc_floor, log, loaded=loaded)
+        st = _Study(base, out, metric, direction, ctr_auc_floor, log, loaded=loaded, trial_seeds=trial_seeds)
         storage = optuna.storages.JournalStorage(
             optuna.storages.journal.JournalFileBackend(os.path.join(out, STUDY_FILE)))
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         summary: Dict[str, Any] = {"metric": metric, "direction": direction, "ctr_auc_floor": ctr_auc_floor,
-                                   "trials": trials, "seeds": seeds, "models": {}}
+                                   "trials": trials, "trial_seeds": trial_seeds, "seeds": seeds, "models": {}}
         for kind in kinds:  # RUN_ORDER: single first
-            summary["models"][kind] = _tune_one(optuna, storage, st, kind, trials, sampler_seed, log)
+            summary["models"][kind] = _tune_one(optuna, storage, st, kind, trials, sampler_seed, log,
+                                                start_at_base=bool(start_at_base))
             if kind == "single" and ctr_auc_margin is not None:
                 ref = (summary["models"]["single"].get("best_valid_metrics") or {}).get(f"{ctr}_auc")
                 if ref is None or ref != ref:
@@ -279,7 +332,8 @@ def tune(base: "Config", out: str, trials: int, models: Optional[Sequence[str]] 
         torch.set_num_threads(threads)
 
 
-def _tune_one(optuna, storage, st: _Study, kind: str, trials: int, sampler_seed: int, log) -> Dict[str, Any]:
+def _tune_one(optuna, storage, st: _Study, kind: str, trials: int, sampler_seed: int, log,
+              start_at_base: bool = False) -> Dict[str, Any]:
     from .metrics import json_safe
     from .train.checkpoint import atomic_write_json
 
@@ -293,6 +347,8 @@ def _tune_one(optuna, storage, st: _Study, kind: str, trials: int, sampler_seed:
     study = optuna.create_study(storage=storage, study_name=kind, direction=st.direction, load_if_exists=True)
     _recover_stale(study, storage, optuna, st.out, kind, log)
     done = len(_finished(study, optuna))
+    if start_at_base and not study.get_trials(deepcopy=False):  # a fresh study: the base point first
+        study.enqueue_trial(base_params(kind, st.base))
     sampler = optuna.samplers.TPESampler(
         seed=_derived(sampler_seed, kind, done), n_startup_trials=max(1, min(10, trials // 3)),
         constraints_func=constraints if floor is not None else None)
@@ -303,9 +359,8 @@ def _tune_one(optuna, storage, st: _Study, kind: str, trials: int, sampler_seed:
         params = _suggest(trial, sp)
         t0 = time.perf_counter()
         ckpt = os.path.join(st.out, "trials", kind, f"t{trial.number}")
-        shutil.rmtree(ckpt, ignore_errors=True)
-        val = st.evaluate(kind, params, ckpt)
-        shutil.rmtree(ckpt, ignore_errors=True)
+        per_seed = st.evaluate_seeds(kind, params, ckpt)
+        val = mean_metrics(per_seed)
         value = val.get(st.metric)
         feasible = True
         if floor is not None:
@@ -316,6 +371,7 @@ def _tune_one(optuna, storage, st: _Study, kind: str, trials: int, sampler_seed:
         rec = {"kind": kind, "number": trial.number, "params": params,
                "overrides": overrides(kind, st.base, params), "valid": val, "metric": st.metric,
                "value": value, "feasible": feasible, "seconds": time.perf_counter() - t0,
+               "trial_seeds": st.trial_seeds, **({"valid_per_seed": per_seed} if st.trial_seeds > 1 else {}),
                "state": "complete" if value is not None and value == value else "fail"}
         atomic_write_json(_trial_path(st.out, kind, trial.number), json_safe(rec))
         st.log(f"tune {kind}: trial {trial.number} valid {st.metric} "
@@ -392,7 +448,9 @@ def main(args, over: Dict[str, Any], log: Callable[[str], None]) -> int:
     t0 = time.perf_counter()
     summary = tune(cfg, args.out, args.trials,
                    seeds=args.seeds, metric=args.metric, ctr_auc_floor=args.ctr_auc_floor,
-                   ctr_auc_margin=getattr(args, "ctr_auc_margin", None), sampler_seed=args.sampler_seed, final=not args.no_final, log=log)
+                   ctr_auc_margin=getattr(args, "ctr_auc_margin", None), sampler_seed=args.sampler_seed,
+                   final=not args.no_final, log=log, trial_seeds=getattr(args, "trial_seeds", 1),
+                   start_at_base=getattr(args, "start_at_base", False))
     print(summary_table(summary, cfg.tasks))
     print(f"tune directory: {args.out} ({time.perf_counter() - t0:.1f} s)")
     return 0

@@ -41,6 +41,36 @@ def space(kind: str, base: "Config") -> Dict[str, Dict[str, Any]]:
     return sp
 
 
+def base_params(kind: str, base: "Config") -> Dict[str, Any]:
+    """The base config's own point of the search space (each value clipped into its range; a
+    categorical that the base config's value is not among takes its first choice): the trial
+    `--start-at-base` enqueues first, so the tuned config is never worse on validation than
+    the untuned one (with one trial seed)."""
+    sp = space(kind, base)
+    st = base.stages
+    m = base.model
+    masks = st.masks
+    density = (masks.final_density if masks.prune_fraction is None
+               else (1.0 - masks.prune_fraction) ** masks.rounds)
+    raw: Dict[str, Any] = {"lr": base.optim.lr, "w0": base.tasks[0].weight, "embed_dim": m.embed_dim,
+                           "warmup_epochs": st.warmup.epochs, "joint_epochs": st.joint.epochs,
+                           "final_density": density, "task_embed_dim": m.task_embed_dim,
+                           "experts": m.experts if m.experts is not None else len(base.tasks) + 1,
+                           "shared_experts": m.shared_experts, "task_experts": m.task_experts}
+    if kind not in ("connection",):
+        raw["epochs"] = baseline_epochs(base)
+    out: Dict[str, Any] = {}
+    for name, s in sp.items():
+        v = raw[name]
+        if s["type"] == "categorical":
+            out[name] = v if v in s["choices"] else s["choices"][0]
+        elif s["type"] == "int":
+            out[name] = int(min(max(int(v), s["low"]), s["high"]))
+        else:
+            out[name] = float(min(max(float(v), s["low"]), s["high"]))
+    return out
+
+
 def _suggest(trial, sp: Dict[str, Dict[str, Any]]) -> Dict[str, Any]:
     out = {}
     for name, s in sp.items():

@@ -274,6 +274,20 @@ TUNE_STUDIES: Dict[str, Dict[str, Any]] = {
     # the same with issue 10's CTR condition as the constraint on validation (defined, not run yet)
     "tune_real_ctr": {"config": "lt4rec_sample.yaml", "trials": 40, "seeds": 5, "models": "all", "sampler_seed": 0,
                       "ctr_auc_margin": 0.002},
+    # the same compute (40 trainings per model, ~42) spent on 14 trials scored on 3 seeds each:
+    # less seed luck in the selection (ncs.tune --trial-seeds)
+    "tune_real_ctr_r3": {"config": "lt4rec_sample.yaml", "trials": 14, "trial_seeds": 3, "seeds": 5, "models": "all",
+                         "sampler_seed": 0, "ctr_auc_margin": 0.002},
+    # 1M synthetic rows, conflict 0.5, the minimal config of seed 0 (minimal_synth1m's data and split):
+    # every model 4 trials, the first the untuned defaults (start_at_base), then 3 sampled; CTR
+    # within 0.002 of the tuned Single_Task on validation. Two processes, one per core: part b
+    # takes its CTR floor from part a's tuned Single_Task (floor_from), so both parts are one
+    # study with one constraint. One 1M trial is 1-5 min here, so 4 trials is what 2 cores allow.
+    "tune_synth1m_a": {"config": minimal_synth(1_000_000, 0), "trials": 4, "seeds": 5, "start_at_base": True,
+                       "models": "single,layer,connection", "sampler_seed": 0, "ctr_auc_margin": 0.002},
+    "tune_synth1m_b": {"config": minimal_synth(1_000_000, 0), "trials": 4, "seeds": 5, "start_at_base": True,
+                       "models": ",".join(COMPETITORS), "sampler_seed": 0, "ctr_auc_margin": 0.002,
+                       "floor_from": "tune_synth1m_a"},
 }
 
 GRIDS = ("real", "real_splits", "real_ablation", "synth1m", "synth1m_ablation", "sweep", "ablation",

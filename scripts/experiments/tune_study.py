@@ -13,7 +13,8 @@ The study directory is RUNS/NAME (docs/TUNE.md: study.journal, trials/, best/, f
 summary.json); rerunning the same command resumes a killed study. RUNS/NAME.log is its log,
 RUNS/NAME.time.json the wall and CPU seconds of the process. A study with "ctr_auc_margin" M
 constrains every model but Single_Task to a validation CTR AUC >= the tuned Single_Task's - M
-(issue 10's CTR condition on validation; ncs.tune.tune's argument, no CLI flag). --tiny: the
+(issue 10's CTR condition on validation; `ncs tune --ctr-auc-margin M`); one with "trial_seeds" R
+scores each trial on the mean of R seeds (`--trial-seeds R`). --tiny: the
 base config shrunk to grids.TINY, 1 trial, 2 seeds, single and connection only (the plumbing,
 not the science).
 """
@@ -38,7 +39,14 @@ def study_args(name: str, runs: Path, tiny: bool = False) -> dict:
     if name not in G.TUNE_STUDIES:
         raise SystemExit(f"study: expected one of {', '.join(G.TUNE_STUDIES)}, got {name!r}")
     st = dict(G.TUNE_STUDIES[name])
-    st["config"] = str(G.CONFIGS / st["config"])
+    if isinstance(st["config"], dict):  # a grid-style config (overrides of the defaults): written out
+        from ncs.config import dump_config, resolve_config
+        runs.mkdir(parents=True, exist_ok=True)
+        path = runs / f"{name}.config.yaml"
+        dump_config(resolve_config(st["config"]), str(path))
+        st["config"] = str(path)
+    else:
+        st["config"] = str(G.CONFIGS / st["config"])
     if tiny:
         from ncs.config import dump_config, load_config
         runs.mkdir(parents=True, exist_ok=True)
@@ -50,12 +58,36 @@ def study_args(name: str, runs: Path, tiny: bool = False) -> dict:
 
 
 def command(name: str, runs: Path, tiny: bool = False) -> List[str]:
-    """The equivalent `ncs tune` command line (ctr_auc_margin has no flag: tune()'s argument)."""
+    """The equivalent `ncs tune` command line."""
     st = study_args(name, runs, tiny)
     cmd = [sys.executable, "-m", "ncs.cli", "tune", "--config", st["config"], "--trials", str(st["trials"]),
            "--seeds", str(st["seeds"]), "--models", st["models"], "--sampler-seed", str(st["sampler_seed"]),
-           "--out", st["out"]]
-    return cmd + ([f"# + ctr_auc_margin={st['ctr_auc_margin']}"] if st.get("ctr_auc_margin") is not None else [])
+           "--trial-seeds", str(st.get("trial_seeds", 1)), "--out", st["out"]]
+    cmd += ["--start-at-base"] if st.get("start_at_base") else []
+    if st.get("floor_from"):
+        return cmd + ["--ctr-auc-floor", f"<{st['floor_from']}'s tuned Single_Task's valid CTR AUC - {st['ctr_auc_margin']}>"]
+    return cmd + (["--ctr-auc-margin", str(st["ctr_auc_margin"])] if st.get("ctr_auc_margin") is not None else [])
+
+
+def floor_from(study_dir: Path, trials: int, margin: float, poll_s: float = 30.0, log=print) -> float:
+    """The CTR AUC floor of a study split over processes: the validation CTR AUC of Single_Task's
+    best trial in the other part's directory, minus the margin (waits until its Single_Task trials
+    are all done)."""
+    from ncs.tune import _select_best
+    tdir = study_dir / "trials" / "single"
+    said = False
+    while True:
+        recs = [json.loads(p.read_text()) for p in sorted(tdir.glob("trial_*.json"))] if tdir.is_dir() else []
+        if len(recs) >= trials:
+            best = _select_best(recs, "minimize")
+            if best is None:
+                raise SystemExit(f"{study_dir}: Single_Task has no successful trial to take the floor from")
+            ctr = next(k for k in best["valid"] if k.endswith("_auc"))
+            return best["valid"][ctr] - margin
+        if not said:
+            log(f"waiting for {tdir}: {len(recs)} of {trials} Single_Task trials done")
+            said = True
+        time.sleep(poll_s)
 
 
 def run_study(name: str, runs: Path, tiny: bool = False) -> dict:
@@ -69,8 +101,14 @@ def run_study(name: str, runs: Path, tiny: bool = False) -> dict:
         def say(msg):
             log.write(msg + "\n")
             log.flush()
+        margin, floor = st.get("ctr_auc_margin"), None
+        if st.get("floor_from"):
+            floor = floor_from(runs / st["floor_from"], st["trials"], margin, log=say)
+            say(f"tune: CTR AUC floor {floor:.5f} = {st['floor_from']}'s tuned Single_Task's validation - {margin:g}")
+            margin = None
         return tune(load_config(st["config"]), st["out"], st["trials"], models=models, seeds=st["seeds"],
-                    sampler_seed=st["sampler_seed"], ctr_auc_margin=st.get("ctr_auc_margin"), log=say)
+                    sampler_seed=st["sampler_seed"], ctr_auc_margin=margin, ctr_auc_floor=floor,
+                    trial_seeds=st.get("trial_seeds", 1), start_at_base=bool(st.get("start_at_base")), log=say)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

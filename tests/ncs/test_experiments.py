@@ -33,6 +33,7 @@ R = _load("make_report")
 D = _load("run_experiments")
 P = _load("protocol_report")
 T = _load("tune_study")
+B = _load("bootstrap_test")
 
 
 def test_every_grid_resolves_to_a_valid_config():
@@ -230,3 +231,79 @@ def test_tiny_tune_study_end_to_end(tmp_path):
     assert P.main(["--tune", str(runs / "tune_real"), "--doc", str(doc), "--json", str(tmp_path / "t.json")]) == 0
     text = doc.read_text()
     assert "| trials |" in text and "| Single_Task | 1 |" in text and "**Connection_Share**" in text
+    # the test split's resampling of the final runs (it recomputes and checks metrics.json's values)
+    js = tmp_path / "bs.json"
+    assert B.main(["--study", str(runs / "tune_real"), "--resamples", "50", "--json", str(js)]) == 0
+    bs = json.loads(js.read_text())
+    assert bs["observed"]["connection"]["seeds"] == 2
+    assert bs["observed"]["connection"]["cvr_mse"] == pytest.approx(vs["connection"]["test_cvr_mse"]["mean"], rel=1e-4)
+    lo, hi = bs["versus"]["single"]["cvr_gain_ci95"]
+    assert lo < hi and 0 <= bs["versus"]["single"]["p_ref_lower_cvr_mse"] <= 1
+
+
+def test_weighted_auc_is_the_weighted_pair_count():
+    import numpy as np
+    rng = np.random.default_rng(0)
+    n = 57
+    score = rng.integers(0, 9, n).astype(float)  # many ties
+    label = (rng.random(n) < 0.4).astype(float)
+    w = rng.integers(0, 4, n).astype(float)  # bootstrap counts, zeros included
+    num = den = 0.0
+    for i in range(n):
+        for j in range(n):
+            if label[i] > 0.5 and label[j] < 0.5:
+                den += w[i] * w[j]
+                num += w[i] * w[j] * (1.0 if score[i] > score[j] else 0.5 if score[i] == score[j] else 0.0)
+    assert B.weighted_auc(score, label, w) == pytest.approx(num / den, rel=1e-12)
+    assert B.weighted_auc(score, label, np.ones(n)) == pytest.approx(
+        B.weighted_auc(score, label, np.full(n, 3.0)), rel=1e-12)
+
+
+def test_bootstrap_of_a_model_against_itself_is_exactly_zero_and_a_better_one_wins():
+    import numpy as np
+    rng = np.random.default_rng(1)
+    n = 300
+    click = (rng.random(n) < 0.4).astype(float)
+    play = rng.random(n)
+    groups = np.repeat(np.arange(100), 3)
+    base = {"click": click, "play": play, "groups": groups}
+
+    def model(noise, seed):
+        r = np.random.default_rng(seed)
+        pred = np.clip(play + noise * r.standard_normal(n), 0, 1)
+        return {"se": (pred - play) ** 2, "pctr": click + noise * r.standard_normal(n)}
+
+    per = {"connection": [model(0.1, 0), model(0.1, 1)], "single": [model(0.1, 0), model(0.1, 1)],
+           "layer": [model(0.3, 2), model(0.3, 3)]}
+    rep = B.bootstrap(base, per, "connection", resamples=200)
+    same = rep["versus"]["single"]
+    assert same["cvr_gain_pct"] == 0 and same["cvr_gain_ci95"] == [0.0, 0.0] and same["ctr_auc_diff"] == 0
+    better = rep["versus"]["layer"]
+    assert better["cvr_gain_pct"] > 50 and better["p_ref_lower_cvr_mse"] == 1.0 and better["ctr_auc_diff"] > 0
+    assert rep["test_groups"] == 100 and rep["test_clicked"] == int(click.sum())
+
+
+def test_every_tune_study_resolves_and_a_split_study_takes_its_floor_from_part_a(tmp_path):
+    from ncs.config import load_config
+    for name in G.TUNE_STUDIES:
+        st = T.study_args(name, tmp_path)
+        cfg = load_config(st["config"])  # a YAML of configs/ or a written grid-style config
+        assert cfg.tasks and " ".join(T.command(name, tmp_path)).count("--out") == 1
+    assert "--start-at-base" in T.command("tune_synth1m_a", tmp_path)
+    # part b's floor: part a's best Single_Task trial (lowest value) CTR AUC minus the margin
+    tdir = tmp_path / "a" / "trials" / "single"
+    tdir.mkdir(parents=True)
+    for i, (v, auc) in enumerate([(0.03, 0.70), (0.02, 0.66), (0.04, 0.72)]):
+        (tdir / f"trial_{i:04d}.json").write_text(json.dumps({"number": i, "value": v, "valid": {"cvr_mse": v, "ctr_auc": auc}}))
+    assert T.floor_from(tmp_path / "a", 3, 0.002, poll_s=0) == pytest.approx(0.658)
+    logs = []
+    with pytest.raises(RuntimeError):  # fewer trials than the budget: it waits (here: the poll raises)
+        def boom(_):
+            raise RuntimeError("waited")
+        import time as _t
+        old, _t.sleep = _t.sleep, boom
+        try:
+            T.floor_from(tmp_path / "a", 4, 0.002, log=logs.append)
+        finally:
+            _t.sleep = old
+    assert logs and "3 of 4" in logs[0]

@@ -162,3 +162,74 @@ def test_ctr_auc_margin_is_relative_to_the_tuned_single_task(tmp_path):
                        ({"ctr_auc_margin": 0.002, "models": ["connection"]}, "tune 'single' too")):
         with pytest.raises(ConfigError, match=needle):
             tune(base, str(tmp_path / "x"), 1, final=False, **kw)
+
+
+def test_trial_seeds_score_the_mean_of_independent_seeds(tmp_path):
+    """--trial-seeds R: a trial's value is the mean of R validation values, each the one a
+    one-seed trial of the same params with that seed gets; the floor reads the mean CTR AUC."""
+    base = resolve_config(BASE)
+    out = tmp_path / "t"
+    s = tune(base, str(out), 1, models=["single"], final=False, trial_seeds=2)
+    rec = json.loads((out / "trials" / "single" / "trial_0000.json").read_text())
+    assert rec["trial_seeds"] == 2 and len(rec["valid_per_seed"]) == 2
+    per = [m["cvr_mse"] for m in rec["valid_per_seed"]]
+    assert per[0] != per[1]  # the seeds differ: a mean, not one seed counted twice
+    assert rec["value"] == pytest.approx(sum(per) / 2) and s["models"]["single"]["best_valid"] == rec["value"]
+    assert rec["valid"]["ctr_auc"] == pytest.approx(sum(m["ctr_auc"] for m in rec["valid_per_seed"]) / 2)
+    assert not [p for p in (out / "trials" / "single").iterdir() if p.is_dir()]  # checkpoints removed
+    # each seed's value is what a plain one-seed trial of the same params with that seed gives
+    for i, want in enumerate(per):
+        cfg_i = base.override({"seed": base.seed + i})
+        one = tune(cfg_i, str(tmp_path / f"one{i}"), 1, models=["single"], final=False)
+        rec1 = json.loads((tmp_path / f"one{i}" / "trials" / "single" / "trial_0000.json").read_text())
+        assert rec1["params"] == rec["params"]  # the same sampler seed draws the same first point
+        assert one["models"]["single"]["best_valid"] == pytest.approx(want, rel=1e-6)
+    assert json.loads((out / "tune.json").read_text())["settings"]["trial_seeds"] == 2
+    with pytest.raises(ConfigError, match="another config or objective"):  # R is part of the objective
+        tune(base, str(out), 1, models=["single"], final=False)
+    with pytest.raises(ConfigError, match="--trial-seeds: expected an integer >= 1"):
+        tune(base, str(tmp_path / "x"), 1, final=False, trial_seeds=0)
+
+
+def test_mean_metrics_propagates_a_diverged_seed():
+    from ncs.tune import mean_metrics
+    m = mean_metrics([{"cvr_mse": 0.1, "ctr_auc": 0.6}, {"cvr_mse": float("nan"), "ctr_auc": 0.7}])
+    assert m["cvr_mse"] != m["cvr_mse"] and m["ctr_auc"] == pytest.approx(0.65)
+
+
+def test_start_at_base_first_trial_is_the_untuned_config(tmp_path):
+    """--start-at-base: every model's trial 0 is the base config's own point, and its validation
+    value is the one the base config itself trains to."""
+    from ncs.tune import _Study, base_params
+    base = resolve_config(BASE)
+    for kind in MODEL_KINDS:
+        p = base_params(kind, base)
+        sp = space(kind, base)
+        assert set(p) == set(sp), kind
+        cfg = trial_config(kind, base, p)
+        assert cfg.optim.lr == base.optim.lr and cfg.model.embed_dim == base.model.embed_dim
+        assert [t.weight for t in cfg.tasks] == pytest.approx([t.weight for t in base.tasks])
+        if kind == "connection":
+            assert (cfg.stages.warmup.epochs, cfg.stages.joint.epochs) == (1, 1)
+            assert cfg.stages.masks.final_density == pytest.approx(base.stages.masks.final_density)
+        else:
+            assert cfg.baselines.epochs == 2  # warmup + joint of the base
+    # clipped into the space: a prune fraction's density, a weight outside [0.1, 0.9]
+    odd = resolve_config(dict(BASE, stages=dict(BASE["stages"], masks={"rounds": 2, "prune_fraction": 0.5}),
+                              tasks=[{"name": "ctr", "label": "click", "space": "all", "loss": "bce", "weight": 0.95},
+                                     {"name": "cvr", "label": "conversion", "space": "clicked", "loss": "mse",
+                                      "weight": 0.05}]))
+    p = base_params("connection", odd)
+    assert p["final_density"] == pytest.approx(0.25) and p["w0"] == 0.9
+    out = tmp_path / "t"
+    s = tune(base, str(out), 2, models=["single", "connection"], final=False, start_at_base=True)
+    st = _Study(base, str(tmp_path / "x"), "cvr_mse", "minimize", None, lambda m: None)
+    for kind in ("single", "connection"):
+        rec = json.loads((out / "trials" / kind / "trial_0000.json").read_text())
+        assert rec["params"] == pytest.approx(base_params(kind, base))
+        direct = st.evaluate(kind, base_params(kind, base), str(tmp_path / f"ck_{kind}"))
+        assert rec["value"] == pytest.approx(direct["cvr_mse"], rel=1e-6)
+        rec1 = json.loads((out / "trials" / kind / "trial_0001.json").read_text())
+        assert rec1["params"] != rec["params"]  # the rest are sampled
+        assert s["models"][kind]["best_valid"] <= rec["value"]
+    assert json.loads((out / "tune.json").read_text())["settings"]["start_at_base"] is True
