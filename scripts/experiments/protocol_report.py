@@ -113,18 +113,34 @@ def collect_tune(study: Path) -> Dict[str, Any]:
     return {"seeds": seeds, "summary": summary, "tune": json.loads((study / "tune.json").read_text())}
 
 
-def tune_report(study: Path) -> Dict[str, Any]:
-    got = collect_tune(study)
-    summ = got["summary"]
-    vs = versus(got["seeds"])
+def tune_report(study) -> Dict[str, Any]:
+    """The report of one study directory, or of a study split over processes (a list of
+    directories, e.g. tune_synth1m_a and _b: disjoint model kinds, one objective)."""
+    parts = [Path(study)] if isinstance(study, (str, Path)) else [Path(x) for x in study]
+    got = [collect_tune(p) for p in parts]
+    summ = dict(got[0]["summary"], models={})
+    seeds: Dict[int, Dict[str, Any]] = {}
+    space: Dict[str, Any] = {}
+    for p, g in zip(parts, got):
+        if g["summary"]["metric"] != summ["metric"] or g["summary"]["trials"] != summ["trials"]:
+            raise SystemExit(f"--tune: {p} has another objective or budget than {parts[0]}")
+        summ["models"].update(g["summary"]["models"])
+        space.update(g["tune"].get("space") or {})
+        for sd, rec in g["seeds"].items():
+            r = seeds.setdefault(sd, {"models": {}, "valid": {}})
+            r["models"].update(rec["models"])
+            r["valid"].update(rec["valid"])
+    vs = versus(seeds)
     per_kind = {k: {key: r.get(key) for key in ("trials_done", "best_trial", "best_valid", "params", "feasible")}
                 for k, r in summ["models"].items()}
-    trials = [json.loads(p.read_text()) for p in sorted((study / "trials").glob("*/trial_*.json"))]
+    trials = [json.loads(f.read_text()) for p in parts for f in sorted((p / "trials").glob("*/trial_*.json"))]
     secs = {k: sum(t["seconds"] for t in trials if t["kind"] == k) for k in summ["models"]}
-    timing = study.parent / f"{study.name}.time.json"  # tune_study.py's wall / CPU seconds
-    return {"study": study.name, "metric": summ["metric"], "trials_per_model": summ["trials"],
-            "seeds": summ["seeds"], "space": got["tune"].get("space"), "best": per_kind,
-            "search_seconds": secs, "process": json.loads(timing.read_text()) if timing.is_file() else None,
+    timing = [p.parent / f"{p.name}.time.json" for p in parts]  # tune_study.py's wall / CPU seconds
+    process = [json.loads(t.read_text()) for t in timing if t.is_file()]
+    return {"study": "+".join(p.name for p in parts), "metric": summ["metric"], "trials_per_model": summ["trials"],
+            "seeds": summ["seeds"], "ctr_auc_floor": [g["summary"].get("ctr_auc_floor") for g in got],
+            "trial_seeds": summ.get("trial_seeds", 1), "space": space, "best": per_kind,
+            "search_seconds": secs, "process": (process[0] if len(process) == 1 else process) or None,
             "versus_connection": vs}
 
 
@@ -274,15 +290,18 @@ def main(argv=None) -> int:
     p.add_argument("--pick-over", help="comma-separated grids: choose the defaults on validation over all of them")
     p.add_argument("--marker", help="the block name for --doc (default: the grid name)")
     p.add_argument("--variants", help="comma-separated variants (and their order) for --doc / --figure")
-    p.add_argument("--tune", help="a `ncs tune` study directory (tune_study.py): the tuned models' table")
+    p.add_argument("--tune", help="a `ncs tune` study directory (tune_study.py), or several (comma-separated: "
+                                  "one study split over processes): the tuned models' table")
     p.add_argument("--versus", action="store_true",
                    help="--grid: every model against Connection_Share, paired by seed (one variant per grid)")
     a = p.parse_args(argv)
     if a.tune:
-        if not (Path(a.tune) / "summary.json").is_file():
-            print(f"--tune: {a.tune} has no summary.json (is the study finished?)", file=sys.stderr)
-            return 2
-        rep = tune_report(Path(a.tune))
+        parts = [Path(x) for x in a.tune.split(",")]
+        for part in parts:
+            if not (part / "summary.json").is_file():
+                print(f"--tune: {part} has no summary.json (is the study finished?)", file=sys.stderr)
+                return 2
+        rep = tune_report(parts if len(parts) > 1 else parts[0])
         md = tune_md(rep)
         if a.json:
             Path(a.json).write_text(json.dumps(rep, indent=1, allow_nan=True))

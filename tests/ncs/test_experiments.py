@@ -231,6 +231,20 @@ def test_tiny_tune_study_end_to_end(tmp_path):
     assert P.main(["--tune", str(runs / "tune_real"), "--doc", str(doc), "--json", str(tmp_path / "t.json")]) == 0
     text = doc.read_text()
     assert "| trials |" in text and "| Single_Task | 1 |" in text and "**Connection_Share**" in text
+    # a study split over two processes (one kind each) reports as the whole study
+    import shutil
+    for part, kind in (("pa", "single"), ("pb", "connection")):
+        d = runs / part
+        shutil.copytree(runs / "tune_real", d)
+        summ = json.loads((d / "summary.json").read_text())
+        summ["models"] = {kind: summ["models"][kind]}
+        (d / "summary.json").write_text(json.dumps(summ))
+        other = "connection" if kind == "single" else "single"
+        shutil.rmtree(d / "final" / other)
+        shutil.rmtree(d / "trials" / other)
+    merged = P.tune_report([runs / "pa", runs / "pb"])
+    assert merged["versus_connection"] == rep["versus_connection"] and merged["study"] == "pa+pb"
+    assert set(merged["best"]) == {"single", "connection"}
     # the test split's resampling of the final runs (it recomputes and checks metrics.json's values)
     js = tmp_path / "bs.json"
     assert B.main(["--study", str(runs / "tune_real"), "--resamples", "50", "--json", str(js)]) == 0
