@@ -181,20 +181,24 @@ def main(argv=None) -> int:
     p.add_argument("--json")
     p.add_argument("--doc", help="a markdown file whose <!-- table:MARKER --> block gets the table")
     p.add_argument("--marker")
+    p.add_argument("--from-json", help="render the table of a report written earlier by --json (no scoring)")
     a = p.parse_args(argv)
     from ncs.models import RUN_ORDER
     models: Dict[str, List[str]] = _study_models(a.study, RUN_ORDER) if a.study else {}
     for spec in a.run:
         kind, _, dirs = spec.partition("=")
         models[kind] = [d for d in dirs.split(",") if d]
-    if len(models) < 2:
-        raise SystemExit("expected at least two models (--study or --run)")
-    base, per = collect(models)
-    rep = bootstrap(base, per, a.ref, a.resamples, a.seed)
-    rep["runs"] = models
+    if a.from_json:
+        rep = json.loads(Path(a.from_json).read_text())
+    else:
+        if len(models) < 2:
+            raise SystemExit("expected at least two models (--study or --run)")
+        base, per = collect(models)
+        rep = bootstrap(base, per, a.ref, a.resamples, a.seed)
+        rep["runs"] = models
     txt = table(rep)
     print(txt)
-    if a.json:
+    if a.json and not a.from_json:
         Path(a.json).write_text(json.dumps(rep, indent=1) + "\n")
     if a.doc:
         import re

@@ -251,6 +251,10 @@ def test_tiny_tune_study_end_to_end(tmp_path):
     bs = json.loads(js.read_text())
     assert bs["observed"]["connection"]["seeds"] == 2
     assert bs["observed"]["connection"]["cvr_mse"] == pytest.approx(vs["connection"]["test_cvr_mse"]["mean"], rel=1e-4)
+    doc2 = tmp_path / "doc2.md"
+    doc2.write_text("x\n<!-- table:bs -->\nold\n<!-- /table:bs -->\ny\n")
+    assert B.main(["--from-json", str(js), "--doc", str(doc2), "--marker", "bs"]) == 0
+    assert "old" not in doc2.read_text() and "| Single_Task |" in doc2.read_text()
     lo, hi = bs["versus"]["single"]["cvr_gain_ci95"]
     assert lo < hi and 0 <= bs["versus"]["single"]["p_ref_lower_cvr_mse"] <= 1
 
