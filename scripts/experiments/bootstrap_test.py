@@ -173,7 +173,8 @@ def _study_models(study: str, kinds: Sequence[str]) -> Dict[str, List[str]]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--study", help="an ncs tune directory: its final/<kind>/seed*/ runs")
+    p.add_argument("--study", help="an ncs tune directory: its final/<kind>/seed*/ runs (comma-separated: "
+                                   "the parts of one study)")
     p.add_argument("--run", action="append", default=[], help="KIND=DIR1,DIR2,... (one run directory per seed)")
     p.add_argument("--ref", default="connection")
     p.add_argument("--resamples", type=int, default=2000)
@@ -184,7 +185,9 @@ def main(argv=None) -> int:
     p.add_argument("--from-json", help="render the table of a report written earlier by --json (no scoring)")
     a = p.parse_args(argv)
     from ncs.models import RUN_ORDER
-    models: Dict[str, List[str]] = _study_models(a.study, RUN_ORDER) if a.study else {}
+    models: Dict[str, List[str]] = {}
+    for st in (a.study.split(",") if a.study else []):  # several: one study split over processes
+        models.update(_study_models(st, RUN_ORDER))
     for spec in a.run:
         kind, _, dirs = spec.partition("=")
         models[kind] = [d for d in dirs.split(",") if d]
