@@ -1,7 +1,8 @@
 """`ncs tune`: the same hyper-parameter search for every model, on the validation split only.
 
     ncs tune --config C --trials N --out DIR [--models all] [--seeds K] [--metric cvr_mse]
-             [--ctr-auc-floor A | --ctr-auc-margin M] [--trial-seeds R] [--sampler-seed S]
+             [--ctr-auc-floor A | --ctr-auc-margin M] [--trial-seeds R] [--start-at-base]
+             [--sampler-seed S]
 
 For each model kind, an Optuna study (TPE sampler, seeded) runs N trials. A trial trains the
 model with the trial's config (the base config + the sampled values, seed = the config's seed)

@@ -57,7 +57,7 @@ def base_params(kind: str, base: "Config") -> Dict[str, Any]:
                            "final_density": density, "task_embed_dim": m.task_embed_dim,
                            "experts": m.experts if m.experts is not None else len(base.tasks) + 1,
                            "shared_experts": m.shared_experts, "task_experts": m.task_experts}
-    if kind not in ("connection",):
+    if kind != "connection":
         raw["epochs"] = baseline_epochs(base)
     out: Dict[str, Any] = {}
     for name, s in sp.items():

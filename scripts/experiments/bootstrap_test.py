@@ -56,8 +56,9 @@ def weighted_auc(score: np.ndarray, label: np.ndarray, w: np.ndarray) -> float:
     return float((gp * (below_n + 0.5 * gn)).sum() / (tp * tn))
 
 
-def _scores(run_dir: str, kind: str):
-    """(the run, its test split, {task: probabilities} of model `kind`, metrics.json's test metrics)."""
+def _scores(run_dir: str, kind: str, splits: Dict[str, object]):
+    """(the run, its test split, {task: probabilities} of model `kind`, metrics.json's test metrics).
+    splits: the test splits built so far, by data config (runs of one data set load it once)."""
     import torch
 
     from ncs.serve.predict import score
@@ -65,7 +66,10 @@ def _scores(run_dir: str, kind: str):
     from ncs.serve.runs import open_run
     run = open_run(run_dir)
     kind = run.choose_kind(kind)
-    ds, _, _, _ = _test_split(run, None, None)
+    key = json.dumps(run.cfg.data.to_dict(), sort_keys=True, default=str)
+    if key not in splits:
+        splits[key] = _test_split(run, None, None)[0]
+    ds = splits[key]
     model, _ = run.model(kind, torch.device("cpu"))
     p = score(model, ds.ids, run.task_names, 8192, torch.device("cpu"))
     with open(os.path.join(run_dir, "metrics.json"), "r", encoding="utf-8") as f:
@@ -76,12 +80,13 @@ def _scores(run_dir: str, kind: str):
 def collect(models: Dict[str, List[str]], group: str = "request"):
     """Per model: per seed (squared CVR errors on the clicked rows, pCTR); and the shared labels."""
     base = None
+    splits: Dict[str, object] = {}
     out: Dict[str, List[Dict[str, np.ndarray]]] = {}
     for kind, dirs in models.items():
         if not dirs:
             raise SystemExit(f"--run {kind}: no run directories")
         for d in dirs:
-            run, ds, p, reported = _scores(d, kind)
+            run, ds, p, reported = _scores(d, kind, splits)
             ctr, cvr = run.ctr_task(), run.cvr_task()
             click = ds.labels[run.label_of(ctr)].double().numpy()
             play = ds.labels[run.label_of(cvr)].double().numpy()
@@ -149,16 +154,16 @@ def bootstrap(base, per: Dict[str, List[Dict[str, np.ndarray]]], ref: str, resam
 def table(rep) -> str:
     from ncs.models import PAPER_NAMES
     ref = PAPER_NAMES.get(rep["ref"], rep["ref"])
-    lines = [f"| model | test CVR MSE (seed mean) | {ref}'s CVR gain | 95 % interval (test resampled) | "
-             f"share of resamples {ref} lower | CTR AUC diff | 95 % interval |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"| model | test CVR MSE (seed mean) | test CTR AUC (seed mean) | {ref}'s CVR gain | "
+             f"95 % interval (test resampled) | share of resamples {ref} lower | CTR AUC diff | 95 % interval |",
+             "|---|---|---|---|---|---|---|---|"]
     for k, v in rep["versus"].items():
         o = rep["observed"][k]
-        lines.append(f"| {PAPER_NAMES.get(k, k)} | {o['cvr_mse']:.5f} | {v['cvr_gain_pct']:+.2f} % | "
+        lines.append(f"| {PAPER_NAMES.get(k, k)} | {o['cvr_mse']:.5f} | {o['ctr_auc']:.4f} | {v['cvr_gain_pct']:+.2f} % | "
                      f"[{v['cvr_gain_ci95'][0]:+.2f}, {v['cvr_gain_ci95'][1]:+.2f}] % | {v['p_ref_lower_cvr_mse']:.2f} | "
                      f"{v['ctr_auc_diff']:+.4f} | [{v['ctr_auc_diff_ci95'][0]:+.4f}, {v['ctr_auc_diff_ci95'][1]:+.4f}] |")
     o = rep["observed"][rep["ref"]]
-    lines.append(f"| **{ref}** | {o['cvr_mse']:.5f} | | | | | |")
+    lines.append(f"| **{ref}** | {o['cvr_mse']:.5f} | {o['ctr_auc']:.4f} | | | | | |")
     return "\n".join(lines)
 
 
@@ -204,12 +209,9 @@ def main(argv=None) -> int:
     if a.json and not a.from_json:
         Path(a.json).write_text(json.dumps(rep, indent=1) + "\n")
     if a.doc:
-        import re
-        doc = Path(a.doc).read_text()
-        pat = re.compile(rf"(<!-- table:{a.marker} -->\n).*?(<!-- /table:{a.marker} -->)", re.S)
-        if not pat.search(doc):
-            raise SystemExit(f"--doc: {a.doc} has no <!-- table:{a.marker} --> block")
-        Path(a.doc).write_text(pat.sub(lambda m: m.group(1) + txt + "\n" + m.group(2), doc))
+        sys.path.insert(0, str(HERE))
+        from protocol_report import replace_block
+        replace_block(Path(a.doc), a.marker, txt)
     return 0
 
 

@@ -70,20 +70,23 @@ def command(name: str, runs: Path, tiny: bool = False) -> List[str]:
 
 
 def floor_from(study_dir: Path, trials: int, margin: float, poll_s: float = 30.0, log=print) -> float:
-    """The CTR AUC floor of a study split over processes: the validation CTR AUC of Single_Task's
-    best trial in the other part's directory, minus the margin (waits until its Single_Task trials
-    are all done)."""
-    from ncs.tune import _select_best
+    """The CTR AUC floor of a study split over processes: what ncs.tune.tune takes with
+    ctr_auc_margin (the validation AUC of the first bce/focal task in Single_Task's best trial,
+    by the study's direction), read from the other part's directory, minus the margin; waits
+    until that part's Single_Task trials are all done."""
+    from ncs.config import load_config
+    from ncs.tune import _ctr_name, _select_best
     tdir = study_dir / "trials" / "single"
     said = False
     while True:
         recs = [json.loads(p.read_text()) for p in sorted(tdir.glob("trial_*.json"))] if tdir.is_dir() else []
         if len(recs) >= trials:
-            best = _select_best(recs, "minimize")
+            direction = json.loads((study_dir / "tune.json").read_text())["settings"]["direction"]
+            best = _select_best(recs, direction)
             if best is None:
                 raise SystemExit(f"{study_dir}: Single_Task has no successful trial to take the floor from")
-            ctr = next(k for k in best["valid"] if k.endswith("_auc"))
-            return best["valid"][ctr] - margin
+            ctr = _ctr_name(load_config(str(study_dir / "config.yaml")))
+            return best["valid"][f"{ctr}_auc"] - margin
         if not said:
             log(f"waiting for {tdir}: {len(recs)} of {trials} Single_Task trials done")
             said = True

@@ -301,27 +301,49 @@ def test_bootstrap_of_a_model_against_itself_is_exactly_zero_and_a_better_one_wi
     assert rep["test_groups"] == 100 and rep["test_clicked"] == int(click.sum())
 
 
-def test_every_tune_study_resolves_and_a_split_study_takes_its_floor_from_part_a(tmp_path):
-    from ncs.config import load_config
+def test_every_tune_study_resolves_and_a_split_study_takes_its_floor_from_part_a(tmp_path, monkeypatch):
+    from ncs.config import dump_config, load_config, resolve_config
     for name in G.TUNE_STUDIES:
         st = T.study_args(name, tmp_path)
         cfg = load_config(st["config"])  # a YAML of configs/ or a written grid-style config
         assert cfg.tasks and " ".join(T.command(name, tmp_path)).count("--out") == 1
     assert "--start-at-base" in T.command("tune_synth1m_a", tmp_path)
     # part b's floor: part a's best Single_Task trial (lowest value) CTR AUC minus the margin
-    tdir = tmp_path / "a" / "trials" / "single"
+    a = tmp_path / "a"
+    tdir = a / "trials" / "single"
     tdir.mkdir(parents=True)
+    dump_config(resolve_config({}), str(a / "config.yaml"))
+    (a / "tune.json").write_text(json.dumps({"settings": {"direction": "minimize"}}))
     for i, (v, auc) in enumerate([(0.03, 0.70), (0.02, 0.66), (0.04, 0.72)]):
-        (tdir / f"trial_{i:04d}.json").write_text(json.dumps({"number": i, "value": v, "valid": {"cvr_mse": v, "ctr_auc": auc}}))
-    assert T.floor_from(tmp_path / "a", 3, 0.002, poll_s=0) == pytest.approx(0.658)
+        (tdir / f"trial_{i:04d}.json").write_text(json.dumps(
+            {"number": i, "value": v, "valid": {"cvr_mse": v, "ctr_auc": auc, "other_auc": 0.5}}))
+    assert T.floor_from(a, 3, 0.002, poll_s=0) == pytest.approx(0.658)
     logs = []
-    with pytest.raises(RuntimeError):  # fewer trials than the budget: it waits (here: the poll raises)
-        def boom(_):
-            raise RuntimeError("waited")
-        import time as _t
-        old, _t.sleep = _t.sleep, boom
-        try:
-            T.floor_from(tmp_path / "a", 4, 0.002, log=logs.append)
-        finally:
-            _t.sleep = old
+
+    def boom(_):
+        raise RuntimeError("waited")
+    monkeypatch.setattr(T.time, "sleep", boom)
+    with pytest.raises(RuntimeError, match="waited"):  # fewer trials than the budget: it waits
+        T.floor_from(a, 4, 0.002, log=logs.append)
     assert logs and "3 of 4" in logs[0]
+
+
+def test_seed_spread_trains_each_seed_on_validation(tmp_path):
+    S = _load("seed_spread")
+    assert S.parse_seeds("0-2") == [0, 1, 2] and S.parse_seeds("3,5") == [3, 5]
+    cfg = tmp_path / "c.yaml"
+    import yaml
+    cfg.write_text(yaml.safe_dump({
+        "seed": 0, "device": "cpu", "backend": "torch", "threads": 1,
+        "data": {"kind": "synthetic", "rows": 300, "seed": 0, "split": {"fractions": [0.6, 0.2, 0.2]}},
+        "model": {"embed_dim": 4, "hidden": [8, 4]}, "optim": {"lr": 0.01},
+        "train": {"batch_size": 64, "eval_batch_size": 512},
+        "stages": {"warmup": {"epochs": 1}, "masks": {"rounds": 2}, "joint": {"epochs": 1}}}))
+    res = S.spread(str(cfg), ["single"], [0, 1], str(tmp_path / "w"))
+    assert set(res["single"]) == {0, 1} and res["single"][0]["ctr_auc"] != res["single"][1]["ctr_auc"]
+    doc = tmp_path / "d.md"
+    doc.write_text("<!-- table:s -->\n<!-- /table:s -->\n")
+    assert S.main(["--config", str(cfg), "--models", "single", "--seeds", "0-1", "--work", str(tmp_path / "w2"),
+                   "--doc", str(doc), "--marker", "s"]) == 0
+    text = doc.read_text()
+    assert "| Single_Task |" in text and f"{res['single'][0]['ctr_auc']:.4f}" in text  # deterministic per seed
