@@ -26,10 +26,12 @@ smoke test):
   protocol_synth  the same at 20,000 synthetic rows (conflict 0.5), the variants
             SYNTH_PROTOCOL_VARIANTS, seeds 0-4
   minimal_real  a config of ONLY data and model size (no base YAML: every other key its default,
-            batch / lr / epochs "auto") on the real sample, seeds 0-4, the paper's three models
+            batch / lr / epochs "auto") on the real sample, seeds 0-4; two runs per seed (the paper's
+            three models; the four competitors), which protocol_report.py pairs by seed
   minimal_synth1m  the same at 1,000,000 synthetic rows, conflict 0.5, data, split and model
-            seed s = 0..4; two runs per seed (the paper's three models; the four competitors),
-            which protocol_report.py pairs by seed
+            seed s = 0..4
+  synth1m_probe  minimal_synth1m's seed 0, Connection_Share alone, the defaults and each of
+            SYNTH1M_PROBES (one mechanism changed), compared on validation
 The fair tuning study (`ncs tune`, every model the same Optuna budget on the validation split) is
 not a grid of `ncs train` runs: see TUNE_STUDIES and tune_study.py.
 """
@@ -200,6 +202,8 @@ def grid(name: str, tiny: bool = False) -> List[RunSpec]:
                                     _deep(base, PROTOCOL_VARIANTS[v]), {"seed": s, "variant": v}))
     elif name in ("minimal_real", "minimal_synth1m"):
         return _minimal(name, tiny)  # tiny: the minimal config shrunk (rows), not TINY's schedule
+    elif name == "synth1m_probe":
+        return _probes(tiny)
     elif name == "real_ablation":
         seeds = REAL_SEEDS[:1] if tiny else REAL_SEEDS
         variants = REAL_ABLATIONS[:1] if tiny else REAL_ABLATIONS
@@ -239,6 +243,9 @@ MODEL_SIZE = {"model": {"embed_dim": 8, "hidden": [256, 128, 64]}}
 SAMPLE_PATH = "../../shared/data/lt4rec/part-r-00002.gz"
 MINIMAL_REAL = {"data": {"kind": "tfrecord", "path": SAMPLE_PATH, "options": {"max_len": 8}}, **MODEL_SIZE}
 COMPETITORS = ["shared_bottom", "mmoe", "ple", "esmm"]
+# what `auto` gave optim.lr at 1M rows until 2026-12-02 (ncs.config.sizing's old rule,
+# 1e-4 * sqrt(4096 / batch)): the studies run under it pin it, so that they reproduce
+LR_BEFORE_2026_12_02 = {"optim": {"lr": 1e-4}}
 
 
 def minimal_synth(rows: int, seed: int) -> Dict[str, Any]:
@@ -250,14 +257,38 @@ def minimal_synth(rows: int, seed: int) -> Dict[str, Any]:
             **MODEL_SIZE, "train": {"eval_batch_size": 16384, "log_every": 100}}
 
 
+# At 1M rows, seed 0, Connection_Share alone: the defaults and one mechanism changed at a time
+# (validation is what they are compared on; issue 10's "which mechanism moved what" at 1M rows).
+SYNTH1M_PROBES: Dict[str, Dict[str, Any]] = {
+    "defaults": {},
+    "fraction0.5": {"stages": {"warmup": {"data_fraction": 0.5}, "masks": {"data_fraction": 0.5}}},
+    "freeze_emb": {"stages": {"joint": {"embeddings": "freeze"}}},
+    "density0.5": {"stages": {"masks": {"final_density": 0.5}}},
+    "density0.1": {"stages": {"masks": {"final_density": 0.1}}},
+    "temb4": {"model": {"task_embed_dim": 4}},
+    "balance_fixed": {"loss": {"balance": "fixed"}},
+    "moments_shared": {"optim": {"moments": "shared"}},
+    "alternate_cover": {"stages": {"joint": {"alternate": "cover"}}},
+    "rewind_mlp": {"stages": {"rewind": "mlp"}},
+    "lr5e-4": {"optim": {"lr": 5e-4}},
+}
+
+
+def _probes(tiny: bool) -> List[RunSpec]:
+    base = merge(minimal_synth(TINY_SYNTH_ROWS if tiny else 1_000_000, 0), {"models": ["connection"]})
+    names = list(SYNTH1M_PROBES)[:2] if tiny else list(SYNTH1M_PROBES)
+    return [RunSpec("synth1m_probe", k, "", merge(base, SYNTH1M_PROBES[k]), {"seed": 0, "variant": k})
+            for k in names]
+
+
 def _minimal(name: str, tiny: bool) -> List[RunSpec]:
     seeds = REAL_SEEDS[:1] if tiny else REAL_SEEDS
-    if name == "minimal_real":
-        return [RunSpec(name, f"seed{s}", "", merge(MINIMAL_REAL, {"seed": s}), {"seed": s, "variant": "minimal"})
-                for s in seeds]
     runs = []
     for s in seeds:
-        over = minimal_synth(TINY_SYNTH_ROWS if tiny else 1_000_000, s)
+        if name == "minimal_real":
+            over = merge(MINIMAL_REAL, {"seed": s})
+        else:
+            over = minimal_synth(TINY_SYNTH_ROWS if tiny else 1_000_000, s)
         runs.append(RunSpec(name, f"seed{s}", "", over, {"seed": s, "variant": "minimal"}))
         runs.append(RunSpec(name, f"comp_seed{s}", "", merge(over, {"models": COMPETITORS}),
                             {"seed": s, "variant": "minimal"}))
@@ -283,12 +314,21 @@ TUNE_STUDIES: Dict[str, Dict[str, Any]] = {
     # within 0.002 of the tuned Single_Task on validation. Two processes, one per core: part b
     # takes its CTR floor from part a's tuned Single_Task (floor_from), so both parts are one
     # study with one constraint. One 1M trial is 1-5 min here, so 4 trials is what 2 cores allow.
-    "tune_synth1m_a": {"config": minimal_synth(1_000_000, 0), "trials": 4, "seeds": 5, "start_at_base": True,
-                       "models": "single,layer,connection", "sampler_seed": 0, "ctr_auc_margin": 0.002},
-    "tune_synth1m_b": {"config": minimal_synth(1_000_000, 0), "trials": 4, "seeds": 5, "start_at_base": True,
-                       "models": ",".join(COMPETITORS), "sampler_seed": 0, "ctr_auc_margin": 0.002,
-                       "floor_from": "tune_synth1m_a"},
+    # Run (2026-12-01) under the `auto` lr rule of then, 1e-4 at 1M rows: pinned here, so that the
+    # study reproduces (its search space is centred on it: lr in [1e-5, 1e-3]).
+    "tune_synth1m_a": {"config": merge(minimal_synth(1_000_000, 0), LR_BEFORE_2026_12_02), "trials": 4, "seeds": 5,
+                       "start_at_base": True, "models": "single,layer,connection", "sampler_seed": 0,
+                       "ctr_auc_margin": 0.002},
+    "tune_synth1m_b": {"config": merge(minimal_synth(1_000_000, 0), LR_BEFORE_2026_12_02), "trials": 4, "seeds": 5,
+                       "start_at_base": True, "models": ",".join(COMPETITORS), "sampler_seed": 0,
+                       "ctr_auc_margin": 0.002, "floor_from": "tune_synth1m_a"},
+    # the same study under today's `auto` lr (1e-3 at 1M rows, the space lr in [1e-4, 1e-2]); defined, not run yet
+    "tune_synth1m2_a": {"config": minimal_synth(1_000_000, 0), "trials": 4, "seeds": 5, "start_at_base": True,
+                        "models": "single,layer,connection", "sampler_seed": 0, "ctr_auc_margin": 0.002},
+    "tune_synth1m2_b": {"config": minimal_synth(1_000_000, 0), "trials": 4, "seeds": 5, "start_at_base": True,
+                        "models": ",".join(COMPETITORS), "sampler_seed": 0, "ctr_auc_margin": 0.002,
+                        "floor_from": "tune_synth1m2_a"},
 }
 
 GRIDS = ("real", "real_splits", "real_ablation", "synth1m", "synth1m_ablation", "sweep", "ablation",
-         "protocol_real", "protocol_synth", "minimal_real", "minimal_synth1m")
+         "protocol_real", "protocol_synth", "minimal_real", "minimal_synth1m", "synth1m_probe")

@@ -98,6 +98,40 @@ def versus_md(vs: Dict[str, Any], ref: str = "connection", extra: Dict[str, Dict
     return "\n".join(lines)
 
 
+def probes(data: Dict[str, Dict[int, Dict[str, Any]]], kind: str, ref: str = "defaults") -> Dict[str, Any]:
+    """One model's variants (a grid like synth1m_probe): per variant its validation and test CVR
+    MSE and CTR AUC (mean over the variant's seeds) and the validation differences against the
+    variant `ref`: CVR gain (ref - v) / ref in % (positive: the variant is better) and CTR AUC v - ref."""
+    rows: Dict[str, Any] = {}
+    for v, seeds in data.items():
+        row: Dict[str, Any] = {"seeds": sorted(seeds)}
+        for name, key, metric in (("valid_cvr_mse", "valid", "cvr_mse"), ("valid_ctr_auc", "valid", "ctr_auc"),
+                                  ("test_cvr_mse", "models", "cvr_mse"), ("test_ctr_auc", "models", "ctr_auc")):
+            row[name] = _ms([seeds[s].get(key, {}).get(kind, {}).get(metric) for s in sorted(seeds)])["mean"]
+        rows[v] = row
+    if ref in rows:
+        r = rows[ref]
+        for row in rows.values():
+            row["valid_cvr_gain_pct"] = 100.0 * (r["valid_cvr_mse"] - row["valid_cvr_mse"]) / r["valid_cvr_mse"]
+            row["valid_ctr_auc_diff"] = row["valid_ctr_auc"] - r["valid_ctr_auc"]
+    return {"model": kind, "ref": ref, "variants": rows}
+
+
+def probes_md(rep: Dict[str, Any]) -> str:
+    head = ("| variant | valid CVR MSE | valid CVR gain vs " + rep["ref"] + " | valid CTR AUC | CTR AUC diff | "
+            "test CVR MSE | test CTR AUC |")
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    order = sorted(rep["variants"], key=lambda v: (v != rep["ref"], -rep["variants"][v].get("valid_cvr_gain_pct", 0.0)))
+    for v in order:
+        r = rep["variants"][v]
+        gain = "" if v == rep["ref"] or "valid_cvr_gain_pct" not in r else f"{r['valid_cvr_gain_pct']:+.2f} %"
+        diff = "" if v == rep["ref"] or "valid_ctr_auc_diff" not in r else f"{r['valid_ctr_auc_diff']:+.4f}"
+        name = f"**{v}**" if v == rep["ref"] else v
+        lines.append(f"| {name} | {r['valid_cvr_mse']:.5f} | {gain} | {r['valid_ctr_auc']:.4f} | {diff} | "
+                     f"{r['test_cvr_mse']:.5f} | {r['test_ctr_auc']:.4f} |")
+    return "\n".join(lines)
+
+
 def collect_tune(study: Path) -> Dict[str, Any]:
     """A `ncs tune` study directory (tune_study.py): {"seeds": {seed: {"models", "valid"}} of the
     final runs of every best config, "summary": summary.json, "tune": tune.json}."""
@@ -292,6 +326,8 @@ def main(argv=None) -> int:
     p.add_argument("--variants", help="comma-separated variants (and their order) for --doc / --figure")
     p.add_argument("--tune", help="a `ncs tune` study directory (tune_study.py), or several (comma-separated: "
                                   "one study split over processes): the tuned models' table")
+    p.add_argument("--probes", metavar="KIND",
+                   help="--grid: one model's variants against the variant 'defaults', on validation (synth1m_probe)")
     p.add_argument("--versus", action="store_true",
                    help="--grid: every model against Connection_Share, paired by seed (one variant per grid)")
     a = p.parse_args(argv)
@@ -307,6 +343,19 @@ def main(argv=None) -> int:
             Path(a.json).write_text(json.dumps(rep, indent=1, allow_nan=True))
         if a.doc:
             replace_block(Path(a.doc), a.marker or rep["study"], md)
+        print(md)
+        return 0
+    if a.probes:
+        data = collect(Path(a.runs), a.grid)
+        if not data:
+            print(f"--runs: no finished runs of grid {a.grid} under {a.runs}", file=sys.stderr)
+            return 2
+        rep = dict(probes(data, a.probes), grid=a.grid)
+        md = probes_md(rep)
+        if a.json:
+            Path(a.json).write_text(json.dumps(rep, indent=1, allow_nan=True))
+        if a.doc:
+            replace_block(Path(a.doc), a.marker or a.grid, md)
         print(md)
         return 0
     if a.versus:

@@ -86,8 +86,9 @@ def run_one(spec: G.RunSpec, runs: Path, dry: bool = False) -> str:
 
 def adopt(spec: G.RunSpec, runs: Path, src: Path) -> str:
     """Take a run trained elsewhere (by hand, before its grid existed) into the grid: only if its
-    config.yaml is the grid's resolved config, key for key. Copies its metrics.json and
-    config.yaml (not the checkpoints) to RUNS/GRID/ID/ and notes where it came from."""
+    config.yaml is the grid's resolved config, key for key (data.cache_dir aside: where the
+    generated synthetic data is cached changes nothing that is learned). Copies its metrics.json
+    and config.yaml (not the checkpoints) to RUNS/GRID/ID/ and notes where it came from."""
     import shutil
     import tempfile
 
@@ -96,6 +97,9 @@ def adopt(spec: G.RunSpec, runs: Path, src: Path) -> str:
         dump_config(resolved_config(spec, None), os.path.join(tmp, "c.yaml"))
         want = Path(tmp, "c.yaml").read_text().splitlines()
     have = (src / "config.yaml").read_text().splitlines() if (src / "config.yaml").is_file() else []
+    cache = "  cache_dir:"  # the key under data: (dump_config writes one key per line, in schema order)
+    want = [line for line in want if not line.startswith(cache)]
+    have = [line for line in have if not line.startswith(cache)]
     if not (src / "metrics.json").is_file():
         return f"{spec.grid}/{spec.run_id}: FAILED to adopt {src}: no metrics.json"
     diff = [f"{a!r} != {b!r}" for a, b in zip(have, want) if a != b] + (["lengths differ"] if len(have) != len(want) else [])

@@ -179,24 +179,39 @@ def test_backend_names_are_the_registry_s():
 
 
 def test_auto_sizes_follow_the_training_split():
-    """A minimal config gets batch, lr and epochs sized to its data; large data gets the paper's."""
+    """A minimal config gets batch, lr and epochs sized to its data; the paper's data gets the paper's."""
     from ncs.config import resolve_config
-    from ncs.config.sizing import auto_batch_size, auto_lr, resolve_auto
+    from ncs.config.sizing import PAPER_STEPS, auto_batch_size, auto_lr, resolve_auto
 
     cfg = resolve_config({})
     assert (cfg.train.batch_size, cfg.optim.lr, cfg.stages.warmup.epochs, cfg.stages.joint.epochs) == ("auto",) * 4
-    small, chosen = resolve_auto(cfg, 3459)  # the real sample's training split
-    assert chosen == {"train.batch_size": 128, "optim.lr": pytest.approx(1e-4 * 32 ** 0.5),
+    small, chosen = resolve_auto(cfg, 3459)  # the real sample's training split: 28 steps an epoch, 2 + 6 epochs
+    assert PAPER_STEPS == 217_530
+    assert chosen == {"train.batch_size": 128, "optim.lr": pytest.approx(1e-4 * (128 / 4096) ** 0.5 * (217_530 / 224) ** 0.5),
                       "stages.warmup.epochs": 2, "stages.joint.epochs": 6}
+    assert list(chosen) == ["train.batch_size", "optim.lr", "stages.warmup.epochs", "stages.joint.epochs"]
     assert small.train.batch_size == 128 and small.stages.joint.epochs == 6
-    big, _ = resolve_auto(cfg, 297_000_000)
-    assert (big.train.batch_size, big.optim.lr, big.stages.warmup.epochs, big.stages.joint.epochs) == (4096, 1e-4, 1, 2)
+    assert small.optim.lr == pytest.approx(5.509e-4, rel=1e-3)
+    paper, _ = resolve_auto(cfg, 297_000_000)
+    assert (paper.train.batch_size, paper.stages.warmup.epochs, paper.stages.joint.epochs) == (4096, 1, 2)
+    assert paper.optim.lr == pytest.approx(1e-4)  # the paper's setting gives the paper's lr
+    mid, _ = resolve_auto(cfg, 800_002)  # 1M synthetic rows' training split: 196 steps an epoch, 1 + 2 epochs
+    assert 1e-4 * (217_530 / 588) ** 0.5 > 1e-3 and mid.optim.lr == 1e-3  # the step rule's 1.92e-3, capped at Adam's 1e-3
     assert [auto_batch_size(n) for n in (1, 600, 1024, 65_535, 65_536, 10 ** 9)] == [32, 32, 64, 2048, 4096, 4096]
-    assert auto_lr(4096) == 1e-4
-    # a number in the config is kept; only the keys left at auto are chosen
+    assert auto_lr(4096, PAPER_STEPS) == pytest.approx(1e-4)
+    # the two square-root rules: 4x the batch doubles the lr, 4x the steps halves it
+    assert auto_lr(512, 1000) == pytest.approx(2 * auto_lr(128, 1000))
+    assert auto_lr(512, 4000) == pytest.approx(auto_lr(512, 1000) / 2)
+    assert auto_lr(4096, 200) == 1e-3 and auto_lr(4096, 4 * 217_530) == pytest.approx(5e-5)  # capped; no floor
+    with pytest.raises(ValueError, match="steps >= 1"):
+        auto_lr(128, 0)
+    # a number in the config is kept; only the keys left at auto are chosen, from the numbers given
     mixed, chosen = resolve_auto(resolve_config({"train": {"batch_size": 256}}), 3459)
-    assert mixed.train.batch_size == 256 and chosen["optim.lr"] == pytest.approx(1e-4 * 16 ** 0.5)
-    assert chosen["stages.joint.epochs"] == 11  # 14 steps an epoch: ceil(150 / 14)
+    assert mixed.train.batch_size == 256 and chosen["stages.joint.epochs"] == 11  # 14 steps an epoch: ceil(150 / 14)
+    assert chosen["optim.lr"] == pytest.approx(auto_lr(256, (4 + 11) * 14))
+    given, chosen = resolve_auto(resolve_config({"stages": {"warmup": {"epochs": 1, "data_fraction": 0.5},
+                                                            "joint": {"epochs": 1}}}), 3459)
+    assert chosen["optim.lr"] == pytest.approx(auto_lr(128, 14 + 28))  # half the rows in warmup: 14 steps
     fixed = resolve_config({"train": {"batch_size": 64}, "optim": {"lr": 0.01},
                             "stages": {"warmup": {"epochs": 1}, "joint": {"epochs": 2}}})
     assert resolve_auto(fixed, 10) == (fixed, {})

@@ -144,11 +144,12 @@ def test_minimal_grids_hold_only_data_and_model_size():
     """Issue 10's minimal config: no base YAML; the keys given are data, model size and seed (plus,
     at 1M rows, threads / eval batch / log interval, which do not change what is learned)."""
     real = G.grid("minimal_real")
-    assert [s.run_id for s in real] == [f"seed{s}" for s in range(5)]
+    assert [s.run_id for s in real] == [f"{p}seed{s}" for s in range(5) for p in ("", "comp_")]
     for s in real:
-        assert s.base == "" and set(s.overrides) == {"seed", "data", "model"}
+        assert s.base == "" and set(s.overrides) - {"models"} == {"seed", "data", "model"}
         cfg = D.resolved_config(s, None)
-        assert cfg.models == ("single", "layer", "connection") and os.path.isfile(cfg.data.path)
+        want = ("single", "layer", "connection") if s.run_id.startswith("seed") else tuple(G.COMPETITORS)
+        assert cfg.models == want and os.path.isfile(cfg.data.path) and cfg.seed == s.tags["seed"]
         assert cfg.train.batch_size == "auto" and cfg.optim.lr == "auto"
     synth = G.grid("minimal_synth1m")
     assert len(synth) == 10 and {s.tags["seed"] for s in synth} == set(range(5))
@@ -204,9 +205,19 @@ def test_adopt_takes_only_a_run_of_the_grids_config(tmp_path):
     assert "adopted" in D.adopt(spec, runs, src)
     assert (runs / "minimal_real" / "seed0" / "metrics.json").is_file()
     assert json.loads((runs / "minimal_real" / "seed0.tags.json").read_text())["variant"] == "minimal"
-    other = G.grid("minimal_real")[1]  # seed 1: another config
+    other = G.grid("minimal_real")[2]  # seed 1: another config
     msg = D.adopt(other, runs, src)
     assert "FAILED" in msg and "differs" in msg and not (runs / "minimal_real" / "seed1").exists()
+    # where synthetic data was cached is not part of what is compared; everything else is
+    probe = G.grid("synth1m_probe")[1]
+    cached = tmp_path / "cached"
+    cached.mkdir()
+    cfg = D.resolved_config(probe, str(tmp_path / "somewhere"))
+    assert cfg.data.cache_dir
+    dump_config(cfg, str(cached / "config.yaml"))
+    (cached / "metrics.json").write_text(json.dumps(_metrics({"connection": {"cvr_mse": 0.1, "ctr_auc": 0.6}})))
+    assert "adopted" in D.adopt(probe, runs, cached)
+    assert "differs" in D.adopt(G.grid("synth1m_probe")[2], runs, cached)
 
 
 @pytest.mark.skipif(not SAMPLE.is_file(), reason=f"real sample {SAMPLE} not present")
@@ -308,6 +319,9 @@ def test_every_tune_study_resolves_and_a_split_study_takes_its_floor_from_part_a
         cfg = load_config(st["config"])  # a YAML of configs/ or a written grid-style config
         assert cfg.tasks and " ".join(T.command(name, tmp_path)).count("--out") == 1
     assert "--start-at-base" in T.command("tune_synth1m_a", tmp_path)
+    # the study run under the old auto lr pins it (so it reproduces); its successor keeps auto
+    assert load_config(T.study_args("tune_synth1m_a", tmp_path)["config"]).optim.lr == 1e-4
+    assert load_config(T.study_args("tune_synth1m2_b", tmp_path)["config"]).optim.lr == "auto"
     # part b's floor: part a's best Single_Task trial (lowest value) CTR AUC minus the margin
     a = tmp_path / "a"
     tdir = a / "trials" / "single"
@@ -347,3 +361,20 @@ def test_seed_spread_trains_each_seed_on_validation(tmp_path):
                    "--doc", str(doc), "--marker", "s"]) == 0
     text = doc.read_text()
     assert "| Single_Task |" in text and f"{res['single'][0]['ctr_auc']:.4f}" in text  # deterministic per seed
+
+
+def test_probe_report_compares_each_variant_with_the_defaults_on_validation():
+    def rec(v_mse, v_auc, t_mse=0.2, t_auc=0.6):
+        return {"models": {"connection": {"cvr_mse": t_mse, "ctr_auc": t_auc}},
+                "valid": {"connection": {"cvr_mse": v_mse, "ctr_auc": v_auc}}}
+    data = {"defaults": {0: rec(0.10, 0.70)}, "better": {0: rec(0.09, 0.71)}, "worse": {0: rec(0.12, 0.69)},
+            "two_seeds": {0: rec(0.10, 0.70), 1: rec(0.08, 0.72)}}
+    rep = P.probes(data, "connection")
+    v = rep["variants"]
+    assert v["better"]["valid_cvr_gain_pct"] == pytest.approx(10.0)
+    assert v["worse"]["valid_cvr_gain_pct"] == pytest.approx(-20.0)
+    assert v["better"]["valid_ctr_auc_diff"] == pytest.approx(0.01)
+    assert v["two_seeds"]["valid_cvr_mse"] == pytest.approx(0.09) and v["two_seeds"]["seeds"] == [0, 1]
+    md = P.probes_md(rep).splitlines()
+    assert md[2].startswith("| **defaults** |") and md[3].startswith("| better |") and md[-1].startswith("| worse |")
+    assert "+10.00 %" in md[3] and "-20.00 %" in md[-1]

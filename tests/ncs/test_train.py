@@ -193,14 +193,17 @@ def test_missing_label_is_a_config_error(tmp_path):
 def test_auto_sizes_are_resolved_logged_and_recorded(tmp_path):
     """batch and lr left at auto: the run sizes them on its training split, logs them, writes them
     to metrics.json and keeps "auto" in config.yaml (a resume re-derives the same values)."""
-    from ncs.config.sizing import auto_lr
+    from ncs.config.sizing import auto_lr, planned_steps
 
     cfg = _cfg(models=["single"], train={"batch_size": "auto"}, optim={"lr": "auto"})
     logs = []
     res = run(cfg, str(tmp_path / "r"), data=_tiny_data(), log=logs.append)
     auto = res["config"]["auto"]
-    assert auto == {"train.batch_size": 32, "optim.lr": pytest.approx(auto_lr(32))}
-    assert any(m.startswith("auto sizes for ") and "train.batch_size 32" in m for m in logs)
+    sized = [m for m in logs if m.startswith("auto sizes for ")]
+    n_train = int(sized[0].split()[3])
+    # the lr counts the run's own steps: its 1 warmup + 2 joint epochs at the chosen batch
+    assert auto == {"train.batch_size": 32, "optim.lr": pytest.approx(auto_lr(32, planned_steps(n_train, 32, 1, 2)))}
+    assert "train.batch_size 32" in sized[0]
     with open(tmp_path / "r" / "config.yaml", encoding="utf-8") as f:
         text = f.read()
     assert "batch_size: auto" in text and "lr: auto" in text

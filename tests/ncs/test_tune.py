@@ -123,15 +123,16 @@ def test_tune_user_errors_are_one_line(tmp_path, capsys):
 def test_auto_sizes_are_resolved_before_the_space_is_built():
     """A base config that leaves batch and lr at auto is sized on its training split first, so
     the lr range is centred on the lr a plain `ncs train` would use."""
-    from ncs.config.sizing import auto_lr
+    from ncs.config.sizing import resolve_auto
     from ncs.tune import _sized
 
     base = resolve_config({**BASE, "optim": {"lr": "auto"}, "train": {"batch_size": "auto", "eval_batch_size": 512}})
     logs = []
     sized, loaded = _sized(base, logs.append)
     assert len(loaded[1]) == 181  # the training split (by request: 181 of 300 rows), handed to the study
-    assert sized.train.batch_size == 32 and sized.optim.lr == pytest.approx(auto_lr(32))  # 181 training rows
-    assert space("connection", sized)["lr"]["low"] == pytest.approx(auto_lr(32) / 10)
+    want, _ = resolve_auto(base, 181)  # what `ncs train` chooses for 181 training rows
+    assert sized.train.batch_size == 32 and sized.optim.lr == pytest.approx(want.optim.lr)
+    assert space("connection", sized)["lr"]["low"] == pytest.approx(want.optim.lr / 10)
     assert logs and logs[0].startswith("auto sizes for ")
     assert _sized(resolve_config(BASE), logs.append) == (resolve_config(BASE), None)
 

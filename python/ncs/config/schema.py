@@ -280,8 +280,9 @@ SCHEMA: Dict[str, Any] = {
     },
     "optim": {
         "lr": _Leaf(_or_auto(_float(0.0, lo_open=True), "a number > 0"), "auto",
-                    "Adam learning rate of the MLPs and heads; auto: 1e-4 * sqrt(4096 / batch_size), the "
-                    "paper's 1e-4 at batch 4096 scaled by the square-root rule (ncs.config.sizing)"),
+                    "Adam learning rate of the MLPs and heads; auto: 1e-4 * sqrt(batch_size / 4096) * "
+                    "sqrt(217530 / T), T the planned warmup + joint steps: the paper's 1e-4 at its batch "
+                    "and step count, scaled by the square-root rules in batch and steps (ncs.config.sizing)"),
         "betas": _Leaf(_betas, [0.9, 0.999], "Adam betas"),
         "eps": _Leaf(_float(0.0), 1e-8, "Adam eps"),
         "weight_decay": _Leaf(_float(0.0), 0.0, "L2 weight decay of the MLPs (never the embeddings)"),
