@@ -30,6 +30,8 @@ smoke test):
             three models; the four competitors), which protocol_report.py pairs by seed
   minimal_synth1m  the same at 1,000,000 synthetic rows, conflict 0.5, data, split and model
             seed s = 0..4
+  minimal_real_fixed, minimal_synth1m_fixed  the two with loss.balance: fixed (Eq. 2's weights,
+            no PCGrad), every model
   synth1m_probe  minimal_synth1m's seed 0, Connection_Share alone, the defaults and each of
             SYNTH1M_PROBES (one mechanism changed), compared on validation
 The fair tuning study (`ncs tune`, every model the same Optuna budget on the validation split) is
@@ -201,7 +203,13 @@ def grid(name: str, tiny: bool = False) -> List[RunSpec]:
                 runs.append(RunSpec(name, f"{v}_seed{s}", "lt4rec_sample.yaml" if real else "demo.yaml",
                                     _deep(base, PROTOCOL_VARIANTS[v]), {"seed": s, "variant": v}))
     elif name in ("minimal_real", "minimal_synth1m"):
-        return _minimal(name, tiny)  # tiny: the minimal config shrunk (rows), not TINY's schedule
+        return _minimal(name, tiny)
+    elif name in ("minimal_real_fixed", "minimal_synth1m_fixed"):
+        # the same with one key more: fixed loss weights instead of PCGrad (the 1M probe's best)
+        runs = _minimal(name[:-len("_fixed")], tiny)
+        for r in runs:
+            r.grid, r.overrides, r.tags = name, merge(r.overrides, BALANCE_FIXED), dict(r.tags, variant="balance_fixed")
+        return runs  # tiny: the minimal config shrunk (rows), not TINY's schedule
     elif name == "synth1m_probe":
         return _probes(tiny)
     elif name == "real_ablation":
@@ -274,6 +282,9 @@ SYNTH1M_PROBES: Dict[str, Dict[str, Any]] = {
 }
 
 
+BALANCE_FIXED = {"loss": {"balance": "fixed"}}
+
+
 def _probes(tiny: bool) -> List[RunSpec]:
     base = merge(minimal_synth(TINY_SYNTH_ROWS if tiny else 1_000_000, 0), {"models": ["connection"]})
     names = list(SYNTH1M_PROBES)[:2] if tiny else list(SYNTH1M_PROBES)
@@ -331,4 +342,5 @@ TUNE_STUDIES: Dict[str, Dict[str, Any]] = {
 }
 
 GRIDS = ("real", "real_splits", "real_ablation", "synth1m", "synth1m_ablation", "sweep", "ablation",
-         "protocol_real", "protocol_synth", "minimal_real", "minimal_synth1m", "synth1m_probe")
+         "protocol_real", "protocol_synth", "minimal_real", "minimal_synth1m", "synth1m_probe",
+         "minimal_real_fixed", "minimal_synth1m_fixed")

@@ -42,7 +42,7 @@ def test_every_grid_resolves_to_a_valid_config():
         assert specs and len({s.run_id for s in specs}) == len(specs), name
         for s in specs:
             cfg = D.resolved_config(s, None)  # raises ConfigError on a bad override
-            assert cfg.threads == (None if name == "minimal_real" else 1), name  # minimal: the default
+            assert cfg.threads == (None if name.startswith("minimal_real") else 1), name  # minimal: the default
     sizes = {s.run_id: D.resolved_config(s, None).data.rows for s in G.grid("synth1m")}
     assert set(sizes.values()) == {1_000_000}
     abl = {s.tags["variant"]: D.resolved_config(s, None) for s in G.grid("ablation")}
@@ -160,6 +160,14 @@ def test_minimal_grids_hold_only_data_and_model_size():
         assert cfg.data.seed == cfg.data.split.seed == cfg.seed == s.tags["seed"]
     kinds = {k for s in synth if s.tags["seed"] == 0 for k in D.resolved_config(s, None).models}
     assert kinds == {"single", "layer", "connection", "shared_bottom", "mmoe", "ple", "esmm"}
+    # the _fixed grids: the same runs with one key more
+    for name in ("minimal_real", "minimal_synth1m"):
+        plain, fixed = G.grid(name), G.grid(name + "_fixed")
+        assert [s.run_id for s in fixed] == [s.run_id for s in plain]
+        for a, b in zip(plain, fixed):
+            assert b.grid == name + "_fixed" and b.tags["variant"] == "balance_fixed" and a.tags["variant"] == "minimal"
+            assert b.overrides == G.merge(a.overrides, {"loss": {"balance": "fixed"}})
+            assert D.resolved_config(b, None).loss.balance == "fixed" != D.resolved_config(a, None).loss.balance
 
 
 def _metrics(models, valid=None):
