@@ -139,6 +139,9 @@ PROTOCOL_VARIANTS: Dict[str, Dict[str, Any]] = {
                                      "joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
     "cycle_pcgrad_moments": {"loss": {"balance": "pcgrad"}, "optim": {"moments": "per_task"},
                              "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
+    # the defaults with fixed loss weights instead of PCGrad (added after the 1M probes, 2026-12-02)
+    "cycle_moments": {"optim": {"moments": "per_task"},
+                      "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
     "cycle_pcgrad_temb": {"loss": {"balance": "pcgrad"}, "model": {"task_embed_dim": 4},
                           "stages": {"joint": {**PER_TASK["stages"]["joint"], "alternate": "cycle"}}},
     # the chosen protocol (the defaults since issue 10) with every model, competitors included
@@ -203,13 +206,13 @@ def grid(name: str, tiny: bool = False) -> List[RunSpec]:
                 runs.append(RunSpec(name, f"{v}_seed{s}", "lt4rec_sample.yaml" if real else "demo.yaml",
                                     _deep(base, PROTOCOL_VARIANTS[v]), {"seed": s, "variant": v}))
     elif name in ("minimal_real", "minimal_synth1m"):
-        return _minimal(name, tiny)
+        return _minimal(name, tiny)  # tiny: the minimal config shrunk (rows), not TINY's schedule
     elif name in ("minimal_real_fixed", "minimal_synth1m_fixed"):
         # the same with one key more: fixed loss weights instead of PCGrad (the 1M probe's best)
         runs = _minimal(name[:-len("_fixed")], tiny)
         for r in runs:
             r.grid, r.overrides, r.tags = name, merge(r.overrides, BALANCE_FIXED), dict(r.tags, variant="balance_fixed")
-        return runs  # tiny: the minimal config shrunk (rows), not TINY's schedule
+        return runs
     elif name == "synth1m_probe":
         return _probes(tiny)
     elif name == "real_ablation":
@@ -243,7 +246,8 @@ SYNTH_PROTOCOL = {
     "threads": 1,
     "data": {"rows": 20_000, "conflict": 0.5, "cache_dir": None},
 }
-SYNTH_PROTOCOL_VARIANTS = ["today", "per_task", "cycle_pcgrad", "cycle_pcgrad_moments", "cycle_fraction0.5"]
+SYNTH_PROTOCOL_VARIANTS = ["today", "per_task", "cycle_pcgrad", "cycle_pcgrad_moments", "cycle_fraction0.5",
+                           "cycle_moments"]
 
 # Configs of only data and model size (issue 10's "minimal config"): no base YAML.
 MODEL_SIZE = {"model": {"embed_dim": 8, "hidden": [256, 128, 64]}}
