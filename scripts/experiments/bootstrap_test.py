@@ -204,15 +204,9 @@ def main(argv=None) -> int:
         base, per = collect(models)
         rep = bootstrap(base, per, a.ref, a.resamples, a.seed)
         rep["runs"] = models
-    txt = table(rep)
-    print(txt)
-    if a.json and not a.from_json:
-        Path(a.json).write_text(json.dumps(rep, indent=1) + "\n")
-    if a.doc:
-        sys.path.insert(0, str(HERE))
-        from protocol_report import replace_block
-        replace_block(Path(a.doc), a.marker, txt)
-    return 0
+    sys.path.insert(0, str(HERE))
+    from protocol_report import emit
+    return emit(rep, table(rep), None if a.from_json else a.json, a.doc, a.marker)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ import math
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 PAPER = {"single": "Single_Task", "layer": "Layer_Share", "connection": "Connection_Share",
          "shared_bottom": "SharedBottom", "mmoe": "MMoE", "ple": "PLE", "esmm": "ESMM"}
@@ -311,6 +311,17 @@ def plot_gains(agg: Dict[str, Any], path: str, title: str) -> None:
     plt.close(fig)
 
 
+def emit(rep: Any, md: str, json_path: Optional[str], doc: Optional[str], marker: str) -> int:
+    """The end of every report: the JSON (if asked), the doc's marked block (if asked), the table
+    on stdout. Returns 0 (the exit status)."""
+    if json_path:
+        Path(json_path).write_text(json.dumps(rep, indent=1, allow_nan=True) + "\n")
+    if doc:
+        replace_block(Path(doc), marker, md)
+    print(md)
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--runs", default="runs/exp")
@@ -338,39 +349,19 @@ def main(argv=None) -> int:
                 print(f"--tune: {part} has no summary.json (is the study finished?)", file=sys.stderr)
                 return 2
         rep = tune_report(parts if len(parts) > 1 else parts[0])
-        md = tune_md(rep)
-        if a.json:
-            Path(a.json).write_text(json.dumps(rep, indent=1, allow_nan=True))
-        if a.doc:
-            replace_block(Path(a.doc), a.marker or rep["study"], md)
-        print(md)
-        return 0
-    if a.probes:
+        return emit(rep, tune_md(rep), a.json, a.doc, a.marker or rep["study"])
+    if a.probes or a.versus:
         data = collect(Path(a.runs), a.grid)
         if not data:
             print(f"--runs: no finished runs of grid {a.grid} under {a.runs}", file=sys.stderr)
             return 2
-        rep = dict(probes(data, a.probes), grid=a.grid)
-        md = probes_md(rep)
-        if a.json:
-            Path(a.json).write_text(json.dumps(rep, indent=1, allow_nan=True))
-        if a.doc:
-            replace_block(Path(a.doc), a.marker or a.grid, md)
-        print(md)
-        return 0
-    if a.versus:
-        data = collect(Path(a.runs), a.grid)
-        if not data:
-            print(f"--runs: no finished runs of grid {a.grid} under {a.runs}", file=sys.stderr)
-            return 2
-        rep = {"grid": a.grid, "variants": {v: versus(seeds) for v, seeds in data.items()}}
-        md = "\n\n".join(versus_md(vs) for vs in rep["variants"].values())
-        if a.json:
-            Path(a.json).write_text(json.dumps(rep, indent=1, allow_nan=True))
-        if a.doc:
-            replace_block(Path(a.doc), a.marker or a.grid, md)
-        print(md)
-        return 0
+        if a.probes:
+            rep = dict(probes(data, a.probes), grid=a.grid)
+            md = probes_md(rep)
+        else:
+            rep = {"grid": a.grid, "variants": {v: versus(seeds) for v, seeds in data.items()}}
+            md = "\n\n".join(versus_md(vs) for vs in rep["variants"].values())
+        return emit(rep, md, a.json, a.doc, a.marker or a.grid)
     if a.pick_over:
         aggs = {g: aggregate(collect(Path(a.runs), g)) for g in a.pick_over.split(",")}
         print(json.dumps(pick_over(aggs), indent=1))

@@ -10,7 +10,6 @@ the validation split (the test split is not prepared), as a markdown table.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -69,15 +68,9 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     res = spread(a.config, [k for k in a.models.split(",") if k], parse_seeds(a.seeds), a.work)
-    txt = table(res, a.metric)
-    print(txt)
-    if a.json:
-        Path(a.json).write_text(json.dumps({"config": a.config, "metric": a.metric, "valid": res}, indent=1) + "\n")
-    if a.doc:
-        sys.path.insert(0, str(HERE))
-        from protocol_report import replace_block
-        replace_block(Path(a.doc), a.marker, txt)
-    return 0
+    sys.path.insert(0, str(HERE))
+    from protocol_report import emit
+    return emit({"config": a.config, "metric": a.metric, "valid": res}, table(res, a.metric), a.json, a.doc, a.marker)
 
 
 if __name__ == "__main__":

@@ -83,16 +83,15 @@ def auto_values(cfg, n_train: int) -> Dict[str, Any]:
         bs = out["train.batch_size"] = auto_batch_size(n_train)
     steps = math.ceil(n_train / bs)
     warm, joint = cfg.stages.warmup.epochs, cfg.stages.joint.epochs
-    if warm == AUTO:
-        warm = out["stages.warmup.epochs"] = _epochs(MIN_WARMUP_STEPS, steps, PAPER_WARMUP_EPOCHS)
-    if joint == AUTO:
-        joint = out["stages.joint.epochs"] = _epochs(MIN_JOINT_STEPS, steps, PAPER_JOINT_EPOCHS)
-    if cfg.optim.lr == AUTO:
+    warm = _epochs(MIN_WARMUP_STEPS, steps, PAPER_WARMUP_EPOCHS) if warm == AUTO else warm
+    joint = _epochs(MIN_JOINT_STEPS, steps, PAPER_JOINT_EPOCHS) if joint == AUTO else joint
+    if cfg.optim.lr == AUTO:  # from the resolved epochs, so it is chosen after them (and logged before)
         out["optim.lr"] = auto_lr(bs, planned_steps(n_train, bs, warm, joint, cfg.stages.warmup.data_fraction))
-    return dict(sorted(out.items(), key=lambda kv: _ORDER.index(kv[0])))
-
-
-_ORDER = ["train.batch_size", "optim.lr", "stages.warmup.epochs", "stages.joint.epochs"]
+    if cfg.stages.warmup.epochs == AUTO:
+        out["stages.warmup.epochs"] = warm
+    if cfg.stages.joint.epochs == AUTO:
+        out["stages.joint.epochs"] = joint
+    return out
 
 
 def has_auto(cfg) -> bool:
