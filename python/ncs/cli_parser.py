@@ -102,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "(less seed luck in the selection on small data; R times the cost per trial)")
     tu.add_argument("--start-at-base", action="store_true",
                     help="each model's first trial is the base config's own point (then sampled ones)")
-    tu.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE samplers")
+    tu.add_argument("--common-draws", action="store_true",
+                    help="every sampled trial's lr, loss weight and embed_dim are the same for every model "
+                         "(a seeded Halton sequence): a paired comparison, for a few trials per model")
+    tu.add_argument("--sampler-seed", type=int, default=0, help="seed of the TPE samplers (and the common draws)")
     tu.add_argument("--no-final", action="store_true", help="search only; no final training on the best configs")
     config_overrides(tu)
     tu.set_defaults(func=C.cmd_tune)

@@ -2,7 +2,7 @@
 
     ncs tune --config C --trials N --out DIR [--models all] [--seeds K] [--metric cvr_mse]
              [--ctr-auc-floor A | --ctr-auc-margin M] [--trial-seeds R] [--start-at-base]
-             [--sampler-seed S]
+             [--common-draws] [--sampler-seed S]
 
 For each model kind, an Optuna study (TPE sampler, seeded) runs N trials. A trial trains the
 model with the trial's config (the base config + the sampled values, seed = the config's seed)
@@ -41,6 +41,14 @@ minus M (issue 10's condition). A trial whose metric is NaN fails and counts tow
 few trials (a large data set) this keeps the untuned config among the candidates, so tuning
 never selects a config worse on validation than the one a plain `ncs train` would run.
 
+--common-draws: every sampled trial's common axes (lr, w0, embed_dim) are the same for every
+model kind: trial j's are point j of a seeded, shifted Halton sequence over those axes
+(tune_space.common_draw), enqueued before the search; TPE samples only each model's own axes
+(epochs, density, experts, ...). With a few trials per model (a large data set) independent
+draws compare the models' luck with the lr (one model draws 2e-4, the next 2e-3) more than the
+models; common draws make the comparison paired, as in a common-random-numbers design, and the
+Halton points cover each axis evenly. Trial 0 is the base point under --start-at-base.
+
 --trial-seeds R (default 1): a trial trains its config R times (seeds seed .. seed + R - 1) and
 its value is the mean of the R validation values (the CTR AUC the floor reads too: the mean).
 On small data one seed's luck moves the validation metric as much as the config does (the real
@@ -75,7 +83,7 @@ if TYPE_CHECKING:
 
 from .config import ConfigError, dump_config, load_config, main_metric, metric_names
 from .models import PAPER_NAMES, RUN_ORDER
-from .tune_space import _suggest, base_params, overrides, space, trial_config  # noqa: F401  (the search space)
+from .tune_space import _suggest, base_params, common_draw, overrides, space, trial_config  # noqa: F401  (the search space)
 
 STUDY_FILE = "study.journal"
 
@@ -225,7 +233,7 @@ def _mean_std(values: List[float]) -> Dict[str, Any]:
 
 
 def _settings_doc(metric, direction, floor, sampler_seed, margin=None, trial_seeds=1,
-                  start_at_base=False) -> Dict[str, Any]:
+                  start_at_base=False, common_draws=False) -> Dict[str, Any]:
     doc = {"metric": metric, "direction": direction, "ctr_auc_floor": floor, "sampler_seed": sampler_seed}
     if margin is not None:  # absent when unused: old studies resume
         doc["ctr_auc_margin"] = margin
@@ -233,6 +241,8 @@ def _settings_doc(metric, direction, floor, sampler_seed, margin=None, trial_see
         doc["trial_seeds"] = trial_seeds
     if start_at_base:
         doc["start_at_base"] = True
+    if common_draws:
+        doc["common_draws"] = True
     return doc
 
 
@@ -240,13 +250,14 @@ def tune(base: "Config", out: str, trials: int, models: Optional[Sequence[str]] 
          metric: Optional[str] = None, ctr_auc_floor: Optional[float] = None, sampler_seed: int = 0,
          final: bool = True, log: Optional[Callable[[str], None]] = None,
          ctr_auc_margin: Optional[float] = None, trial_seeds: int = 1,
-         start_at_base: bool = False) -> Dict[str, Any]:
+         start_at_base: bool = False, common_draws: bool = False) -> Dict[str, Any]:
     """Tune every kind of `models` (default: base.models) with `trials` trials each, then train
     each best config with `seeds` seeds and report its test metrics. Returns summary.json's dict.
     ctr_auc_margin M: every kind but single is constrained to a validation CTR AUC >= Single_Task's
     (its best trial's) - M; single is then tuned first and must be among the kinds. trial_seeds R:
     each trial's value is the mean validation metric of R seeds. start_at_base: each model's
-    first trial is the base config's point of the space."""
+    first trial is the base config's point of the space. common_draws: every sampled trial's
+    lr, w0 and embed_dim are the same for every model (tune_space.common_draw)."""
     import torch
 
     from .metrics import json_safe
@@ -284,7 +295,7 @@ def tune(base: "Config", out: str, trials: int, models: Optional[Sequence[str]] 
 
     # one study directory = one base config and one objective; --trials may grow between runs
     settings = _settings_doc(metric, direction, ctr_auc_floor, sampler_seed, ctr_auc_margin, trial_seeds,
-                             bool(start_at_base))
+                             bool(start_at_base), bool(common_draws))
     base_doc = base.override({"models": list(RUN_ORDER)})  # the kinds tuned may differ between runs
     cfg_path = os.path.join(out, "config.yaml")
     tune_path = os.path.join(out, "tune.json")
@@ -312,7 +323,8 @@ def tune(base: "Config", out: str, trials: int, models: Optional[Sequence[str]] 
                                    "trials": trials, "trial_seeds": trial_seeds, "seeds": seeds, "models": {}}
         for kind in kinds:  # RUN_ORDER: single first
             summary["models"][kind] = _tune_one(optuna, storage, st, kind, trials, sampler_seed, log,
-                                                start_at_base=bool(start_at_base))
+                                                start_at_base=bool(start_at_base),
+                                                common_draws=bool(common_draws))
             if kind == "single" and ctr_auc_margin is not None:
                 ref = (summary["models"]["single"].get("best_valid_metrics") or {}).get(f"{ctr}_auc")
                 if ref is None or ref != ref:
@@ -334,7 +346,7 @@ def tune(base: "Config", out: str, trials: int, models: Optional[Sequence[str]] 
 
 
 def _tune_one(optuna, storage, st: _Study, kind: str, trials: int, sampler_seed: int, log,
-              start_at_base: bool = False) -> Dict[str, Any]:
+              start_at_base: bool = False, common_draws: bool = False) -> Dict[str, Any]:
     from .metrics import json_safe
     from .train.checkpoint import atomic_write_json
 
@@ -350,6 +362,13 @@ def _tune_one(optuna, storage, st: _Study, kind: str, trials: int, sampler_seed:
     done = len(_finished(study, optuna))
     if start_at_base and not study.get_trials(deepcopy=False):  # a fresh study: the base point first
         study.enqueue_trial(base_params(kind, st.base))
+    if common_draws:  # the common axes of every sampled trial, enqueued once each (resume-safe)
+        have = int(study.user_attrs.get("common_draws", 0))
+        want = trials - (1 if start_at_base else 0)
+        for j in range(have + 1, want + 1):
+            study.enqueue_trial(common_draw(j, st.base, sampler_seed), skip_if_exists=False)
+        if want > have:
+            study.set_user_attr("common_draws", want)
     sampler = optuna.samplers.TPESampler(
         seed=_derived(sampler_seed, kind, done), n_startup_trials=max(1, min(10, trials // 3)),
         constraints_func=constraints if floor is not None else None)
@@ -451,7 +470,8 @@ def main(args, over: Dict[str, Any], log: Callable[[str], None]) -> int:
                    seeds=args.seeds, metric=args.metric, ctr_auc_floor=args.ctr_auc_floor,
                    ctr_auc_margin=getattr(args, "ctr_auc_margin", None), sampler_seed=args.sampler_seed,
                    final=not args.no_final, log=log, trial_seeds=getattr(args, "trial_seeds", 1),
-                   start_at_base=getattr(args, "start_at_base", False))
+                   start_at_base=getattr(args, "start_at_base", False),
+                   common_draws=getattr(args, "common_draws", False))
     print(summary_table(summary, cfg.tasks))
     print(f"tune directory: {args.out} ({time.perf_counter() - t0:.1f} s)")
     return 0

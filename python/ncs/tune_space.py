@@ -2,6 +2,8 @@
 trial's config: the base config with the trial's values."""
 from __future__ import annotations
 
+import math
+import random
 from typing import TYPE_CHECKING, Any, Dict
 
 if TYPE_CHECKING:
@@ -68,6 +70,42 @@ def base_params(kind: str, base: "Config") -> Dict[str, Any]:
             out[name] = int(min(max(int(v), s["low"]), s["high"]))
         else:
             out[name] = float(min(max(float(v), s["low"]), s["high"]))
+    return out
+
+
+# The axes every model kind has (space() always holds them): what --common-draws pairs.
+COMMON = ("lr", "w0", "embed_dim")
+_PRIMES = (2, 3, 5, 7, 11, 13)
+
+
+def _radical_inverse(j: int, b: int) -> float:
+    """The van der Corput radical inverse of j >= 1 in base b (a Halton coordinate)."""
+    f, x = 1.0, 0.0
+    while j > 0:
+        f /= b
+        x += f * (j % b)
+        j //= b
+    return x
+
+
+def common_draw(j: int, base: "Config", seed: int) -> Dict[str, Any]:
+    """The j-th (j >= 1) common point of the axes COMMON, the same for every model kind: a Halton
+    point (bases 2, 3, 5) shifted modulo 1 by a seeded random vector (Cranley-Patterson rotation),
+    mapped into each axis's range as space() defines it (lr log-uniform, w0 uniform, embed_dim one
+    of its choices). Low-discrepancy and extensible: point j does not depend on how many follow,
+    so a study whose --trials grows keeps its earlier points."""
+    sp = space("single", base)  # COMMON's ranges are the same for every kind
+    rng = random.Random(f"ncs-common-draws/{seed}")
+    out: Dict[str, Any] = {}
+    for name, b in zip(COMMON, _PRIMES):
+        s = sp[name]
+        u = (_radical_inverse(j, b) + rng.random()) % 1.0
+        if s["type"] == "categorical":
+            out[name] = s["choices"][min(int(u * len(s["choices"])), len(s["choices"]) - 1)]
+        elif s.get("log"):
+            out[name] = math.exp(math.log(s["low"]) + u * (math.log(s["high"]) - math.log(s["low"])))
+        else:
+            out[name] = s["low"] + u * (s["high"] - s["low"])
     return out
 
 

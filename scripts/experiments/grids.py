@@ -34,6 +34,9 @@ smoke test):
             no PCGrad), every model
   synth1m_probe  minimal_synth1m's seed 0, Connection_Share alone, the defaults and each of
             SYNTH1M_PROBES (one mechanism changed), compared on validation
+  balance_sizes  loss.balance pcgrad (the default) against fixed as the data grows: the minimal
+            synthetic config (conflict 0.5) at BALANCE_SIZES rows, seeds 0-4, Single_Task and
+            Connection_Share (variant "<balance>_<rows/1000>k"; 1M rows: minimal_synth1m[_fixed])
 The fair tuning study (`ncs tune`, every model the same Optuna budget on the validation split) is
 not a grid of `ncs train` runs: see TUNE_STUDIES and tune_study.py.
 """
@@ -215,6 +218,8 @@ def grid(name: str, tiny: bool = False) -> List[RunSpec]:
         return runs
     elif name == "synth1m_probe":
         return _probes(tiny)
+    elif name == "balance_sizes":
+        return _balance_sizes(tiny)
     elif name == "real_ablation":
         seeds = REAL_SEEDS[:1] if tiny else REAL_SEEDS
         variants = REAL_ABLATIONS[:1] if tiny else REAL_ABLATIONS
@@ -296,6 +301,27 @@ def _probes(tiny: bool) -> List[RunSpec]:
             for k in names]
 
 
+BALANCE_SIZES = (20_000, 50_000, 100_000, 300_000)
+
+
+def _balance_sizes(tiny: bool) -> List[RunSpec]:
+    sizes = BALANCE_SIZES[:1] if tiny else BALANCE_SIZES
+    seeds = REAL_SEEDS[:1] if tiny else REAL_SEEDS
+    runs = []
+    for n in sizes:
+        rows = TINY_SYNTH_ROWS if tiny else n
+        for bal in ("pcgrad", "fixed"):
+            for s in seeds:
+                # select_warmup off: the grid was begun before that option (2026-12-03) and compares
+                # loss.balance alone; every run serves its tasks from joint epochs, as then
+                over = merge(minimal_synth(rows, s), {"models": ["single", "connection"], "loss": {"balance": bal},
+                                                      "stages": {"joint": {"select_warmup": False}}})
+                v = f"{bal}_{n // 1000}k"
+                runs.append(RunSpec("balance_sizes", f"{v}_seed{s}", "", over,
+                                    {"seed": s, "variant": v, "rows": n, "balance": bal}))
+    return runs
+
+
 def _minimal(name: str, tiny: bool) -> List[RunSpec]:
     seeds = REAL_SEEDS[:1] if tiny else REAL_SEEDS
     runs = []
@@ -343,8 +369,24 @@ TUNE_STUDIES: Dict[str, Dict[str, Any]] = {
     "tune_synth1m2_b": {"config": minimal_synth(1_000_000, 0), "trials": 4, "seeds": 5, "start_at_base": True,
                         "models": ",".join(COMPETITORS), "sampler_seed": 0, "ctr_auc_margin": 0.002,
                         "floor_from": "tune_synth1m2_a"},
+    # Connection_Share again, under stages.joint.select_warmup (default since 2026-12-03: its warmup
+    # epochs are selection candidates, as every epoch is for the other models, on which the option
+    # does nothing): the same budget, space, sampler seed and CTR floor (part a's tuned Single_Task);
+    # the study's result is parts a (Single_Task, Layer_Share) + b + c
+    "tune_synth1m2_c": {"config": minimal_synth(1_000_000, 0), "trials": 4, "seeds": 5, "start_at_base": True,
+                        "models": "connection", "sampler_seed": 0, "ctr_auc_margin": 0.002,
+                        "floor_from": "tune_synth1m2_a"},
+    # the same with common draws (ncs tune --common-draws): trials 1-3 of every model take the same
+    # lr, loss weight and embed_dim (a seeded Halton sequence), so that 4 trials compare the models,
+    # not their lr draws (tune_synth1m2: Connection_Share drew 2.1e-4, Layer_Share 1.9e-3)
+    "tune_synth1m3_a": {"config": minimal_synth(1_000_000, 0), "trials": 4, "seeds": 5, "start_at_base": True,
+                        "common_draws": True, "models": "single,layer,connection", "sampler_seed": 0,
+                        "ctr_auc_margin": 0.002},
+    "tune_synth1m3_b": {"config": minimal_synth(1_000_000, 0), "trials": 4, "seeds": 5, "start_at_base": True,
+                        "common_draws": True, "models": ",".join(COMPETITORS), "sampler_seed": 0,
+                        "ctr_auc_margin": 0.002, "floor_from": "tune_synth1m3_a"},
 }
 
 GRIDS = ("real", "real_splits", "real_ablation", "synth1m", "synth1m_ablation", "sweep", "ablation",
          "protocol_real", "protocol_synth", "minimal_real", "minimal_synth1m", "synth1m_probe",
-         "minimal_real_fixed", "minimal_synth1m_fixed")
+         "minimal_real_fixed", "minimal_synth1m_fixed", "balance_sizes")

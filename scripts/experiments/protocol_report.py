@@ -149,7 +149,9 @@ def collect_tune(study: Path) -> Dict[str, Any]:
 
 def tune_report(study) -> Dict[str, Any]:
     """The report of one study directory, or of a study split over processes (a list of
-    directories, e.g. tune_synth1m_a and _b: disjoint model kinds, one objective)."""
+    directories, e.g. tune_synth1m_a and _b: disjoint model kinds, one objective). A kind tuned
+    in several parts is taken from the last one (tune_synth1m2_c re-tunes Connection_Share of
+    part a): its results, its trials and its search seconds."""
     parts = [Path(study)] if isinstance(study, (str, Path)) else [Path(x) for x in study]
     got = [collect_tune(p) for p in parts]
     summ = dict(got[0]["summary"], models={})
@@ -167,7 +169,9 @@ def tune_report(study) -> Dict[str, Any]:
     vs = versus(seeds)
     per_kind = {k: {key: r.get(key) for key in ("trials_done", "best_trial", "best_valid", "params", "feasible")}
                 for k, r in summ["models"].items()}
-    trials = [json.loads(f.read_text()) for p in parts for f in sorted((p / "trials").glob("*/trial_*.json"))]
+    owner = {k: p for p, g in zip(parts, got) for k in g["summary"]["models"]}  # the last part wins
+    trials = [json.loads(f.read_text()) for p in parts for f in sorted((p / "trials").glob("*/trial_*.json"))
+              if owner.get(f.parent.name) == p]
     secs = {k: sum(t["seconds"] for t in trials if t["kind"] == k) for k in summ["models"]}
     timing = [p.parent / f"{p.name}.time.json" for p in parts]  # tune_study.py's wall / CPU seconds
     process = [json.loads(t.read_text()) for t in timing if t.is_file()]

@@ -14,7 +14,8 @@ summary.json); rerunning the same command resumes a killed study. RUNS/NAME.log 
 RUNS/NAME.time.json the wall and CPU seconds of the process. A study with "ctr_auc_margin" M
 constrains every model but Single_Task to a validation CTR AUC >= the tuned Single_Task's - M
 (issue 10's CTR condition on validation; `ncs tune --ctr-auc-margin M`); one with "trial_seeds" R
-scores each trial on the mean of R seeds (`--trial-seeds R`). --tiny: the
+scores each trial on the mean of R seeds (`--trial-seeds R`); one with "common_draws" gives
+every model the same lr / loss weight / embed_dim per trial (`--common-draws`). --tiny: the
 base config shrunk to grids.TINY, 1 trial, 2 seeds, single and connection only (the plumbing,
 not the science).
 """
@@ -64,6 +65,7 @@ def command(name: str, runs: Path, tiny: bool = False) -> List[str]:
            "--seeds", str(st["seeds"]), "--models", st["models"], "--sampler-seed", str(st["sampler_seed"]),
            "--trial-seeds", str(st.get("trial_seeds", 1)), "--out", st["out"]]
     cmd += ["--start-at-base"] if st.get("start_at_base") else []
+    cmd += ["--common-draws"] if st.get("common_draws") else []
     if st.get("floor_from"):
         return cmd + ["--ctr-auc-floor", f"<{st['floor_from']}'s tuned Single_Task's valid CTR AUC - {st['ctr_auc_margin']}>"]
     return cmd + (["--ctr-auc-margin", str(st["ctr_auc_margin"])] if st.get("ctr_auc_margin") is not None else [])
@@ -111,7 +113,8 @@ def run_study(name: str, runs: Path, tiny: bool = False) -> dict:
             margin = None
         return tune(load_config(st["config"]), st["out"], st["trials"], models=models, seeds=st["seeds"],
                     sampler_seed=st["sampler_seed"], ctr_auc_margin=margin, ctr_auc_floor=floor,
-                    trial_seeds=st.get("trial_seeds", 1), start_at_base=bool(st.get("start_at_base")), log=say)
+                    trial_seeds=st.get("trial_seeds", 1), start_at_base=bool(st.get("start_at_base")),
+                    common_draws=bool(st.get("common_draws")), log=say)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -168,6 +168,15 @@ def test_minimal_grids_hold_only_data_and_model_size():
             assert b.grid == name + "_fixed" and b.tags["variant"] == "balance_fixed" and a.tags["variant"] == "minimal"
             assert b.overrides == G.merge(a.overrides, {"loss": {"balance": "fixed"}})
             assert D.resolved_config(b, None).loss.balance == "fixed" != D.resolved_config(a, None).loss.balance
+    # balance_sizes: per size and seed a pcgrad and a fixed run that differ in loss.balance alone
+    bal = {(s.tags["rows"], s.tags["seed"], s.tags["balance"]): s for s in G.grid("balance_sizes")}
+    assert {k[0] for k in bal} == set(G.BALANCE_SIZES) and {k[1] for k in bal} == set(range(5))
+    for (rows, seed, b), s in bal.items():
+        cfg = D.resolved_config(s, None)
+        assert cfg.data.rows == rows and cfg.seed == cfg.data.seed == seed and cfg.loss.balance == b
+        assert cfg.models == ("single", "connection") and s.tags["variant"] == f"{b}_{rows // 1000}k"
+        if b == "fixed":
+            assert s.overrides == G.merge(bal[(rows, seed, "pcgrad")].overrides, {"loss": {"balance": "fixed"}})
 
 
 def _metrics(models, valid=None):
@@ -264,6 +273,19 @@ def test_tiny_tune_study_end_to_end(tmp_path):
     merged = P.tune_report([runs / "pa", runs / "pb"])
     assert merged["versus_connection"] == rep["versus_connection"] and merged["study"] == "pa+pb"
     assert set(merged["best"]) == {"single", "connection"}
+    # a kind in two parts (tune_synth1m2_c re-tunes connection): the last part's results and trials
+    redo = runs / "pc"
+    shutil.copytree(runs / "pb", redo)
+    summ = json.loads((redo / "summary.json").read_text())
+    summ["models"]["connection"]["best_valid"] = -1.0
+    (redo / "summary.json").write_text(json.dumps(summ))
+    for f in (redo / "trials" / "connection").glob("trial_*.json"):
+        t = json.loads(f.read_text())
+        f.write_text(json.dumps(dict(t, seconds=t["seconds"] + 1000.0)))
+    three = P.tune_report([runs / "tune_real", runs / "pc"])
+    assert three["best"]["connection"]["best_valid"] == -1.0 and three["best"]["single"] == rep["best"]["single"]
+    assert three["search_seconds"]["connection"] == pytest.approx(rep["search_seconds"]["connection"] + 1000.0)
+    assert three["search_seconds"]["single"] == pytest.approx(rep["search_seconds"]["single"])
     # the test split's resampling of the final runs (it recomputes and checks metrics.json's values)
     js = tmp_path / "bs.json"
     assert B.main(["--study", str(runs / "tune_real"), "--resamples", "50", "--json", str(js)]) == 0
@@ -327,6 +349,8 @@ def test_every_tune_study_resolves_and_a_split_study_takes_its_floor_from_part_a
         cfg = load_config(st["config"])  # a YAML of configs/ or a written grid-style config
         assert cfg.tasks and " ".join(T.command(name, tmp_path)).count("--out") == 1
     assert "--start-at-base" in T.command("tune_synth1m_a", tmp_path)
+    assert "--common-draws" in T.command("tune_synth1m3_b", tmp_path)
+    assert "--common-draws" not in T.command("tune_synth1m2_a", tmp_path)
     # the study run under the old auto lr pins it (so it reproduces); its successor keeps auto
     assert load_config(T.study_args("tune_synth1m_a", tmp_path)["config"]).optim.lr == 1e-4
     assert load_config(T.study_args("tune_synth1m2_b", tmp_path)["config"]).optim.lr == "auto"

@@ -142,6 +142,9 @@ def test_per_task_selection_serves_each_tasks_own_best_epoch(per_task_run):
     curves = json.load(open(os.path.join(out, "curves.json")))
     for kind, stage in (("layer", "train"), ("connection", "joint")):
         recs = [r for r in curves[kind] if r["stage"] == stage]
+        if kind == "connection":  # select_warmup (the default): warmup epoch e is candidate e - W
+            w = [dict(r, epoch=r["epoch"] - cfg.stages.warmup.epochs) for r in curves[kind] if r["stage"] == "warmup"]
+            recs = w + recs
         best_ctr = max(range(len(recs)), key=lambda i: (recs[i]["ctr_auc"], -i))
         best_cvr = min(range(len(recs)), key=lambda i: (recs[i]["cvr_mse"], i))
         es = results["stages"][kind][stage if stage == "joint" else "train"]["early_stopping"]
@@ -416,3 +419,67 @@ def test_pcgrad_on_fused_tables_equals_the_sparse_definition(mode):
     assert r.shape[1] == L and torch.allclose(w[0].grad, ref[0], atol=1e-6)
     assert torch.allclose(_dense(sparse_of(r, p)), _dense(ref[1]), atol=1e-6)
     assert not torch.allclose(_dense(ref[1]), _dense(sparse_of(rows2, pooled[1])))  # it was projected
+
+
+# ---------------------------------------------------------------- selection over the warmup epochs
+
+SELECT_WARMUP = {"warmup": {"epochs": 3}, "masks": {"rounds": 1, "epochs_per_round": 1},
+                 "joint": {"epochs": 3, "early_stopping": False, "select_warmup": True}}
+
+
+@pytest.fixture(scope="module")
+def select_warmup_run(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("sw"))
+    # seed 1, lr 0.05: CTR's best validation epoch is a warmup one, CVR's a joint one (checked below)
+    cfg = tiny_run_config(SELECT_WARMUP, models=["connection"], optim={"lr": 0.05})
+    return out, cfg, run(cfg, out, data=_data(160))
+
+
+def test_select_warmup_chooses_among_every_epoch_and_serves_the_dense_warmup_model(select_warmup_run):
+    import ncs_kernels as nk
+    out, cfg, res = select_warmup_run
+    curves = json.load(open(os.path.join(out, "curves.json")))["connection"]
+    cands = [dict(r, epoch=r["epoch"] - 3) for r in curves if r["stage"] == "warmup"]
+    cands += [r for r in curves if r["stage"] == "joint"]
+    assert [r["epoch"] for r in cands] == [-3, -2, -1, 0, 1, 2]
+    best_ctr = max(cands, key=lambda r: r["ctr_auc"])
+    best_cvr = min(cands, key=lambda r: r["cvr_mse"])
+    be = res["stages"]["connection"]["joint"]["early_stopping"]["best_epoch"]
+    assert be == {"ctr": best_ctr["epoch"], "cvr": best_cvr["epoch"]}
+    assert be["ctr"] < 0 <= be["cvr"]   # the case this test is about: one task from warmup, one from joint
+    assert res["valid"]["connection"]["ctr_auc"] == pytest.approx(best_ctr["ctr_auc"], abs=1e-12)
+    assert res["valid"]["connection"]["cvr_mse"] == pytest.approx(best_cvr["cvr_mse"], abs=1e-12)
+    # the model file reproduces the served test metrics; CTR's weights are dense, CVR's masked
+    from ncs.train.evaluate import evaluate
+    from ncs.train.runner import split_data
+    _, _, test = split_data(cfg, _data(160))
+    te = B.prepare_split(test, cfg.tasks, "click", torch.device("cpu"))
+    model, _ = load_model(out, "connection", cfg, torch.device("cpu"))
+    m = evaluate(model, te, cfg.tasks, cfg.train.eval_batch_size, te.device)
+    for k in ("ctr_auc", "cvr_mse"):
+        assert m[k] == pytest.approx(res["models"]["connection"][k], abs=1e-9), k
+    dens = {t: [lay.mask_density(t) for lay in nk.masked_modules(model.models[t]).values()] for t in ("ctr", "cvr")}
+    assert all(d == 1.0 for d in dens["ctr"]) and all(d < 1.0 for d in dens["cvr"])
+    # masks.json reports the kept masks (Algorithm 1's), not the served snapshot's
+    kept = json.load(open(os.path.join(out, "masks.json")))
+    assert res["stages"]["connection"]["masks"]["ctr"]["density"] < 1.0
+    assert kept["selected_round"] == {"ctr": 1, "cvr": 1}
+
+
+def test_select_warmup_off_serves_joint_epochs_only_and_resume_is_bit_exact(tmp_path):
+    from test_train import _all_tensors, _assert_same_tensors
+    off = tiny_run_config(dict(SELECT_WARMUP, joint=dict(SELECT_WARMUP["joint"], select_warmup=False)),
+                          models=["connection"], optim={"lr": 0.05})
+    r_off = run(off, str(tmp_path / "off"), data=_data(160))
+    assert min(r_off["stages"]["connection"]["joint"]["early_stopping"]["best_epoch"].values()) >= 0
+    cfg = tiny_run_config(SELECT_WARMUP, models=["connection"], optim={"lr": 0.05},
+                          stages=dict(SELECT_WARMUP, joint=dict(SELECT_WARMUP["joint"], early_stopping=True,
+                                                                patience=1)))
+    ref = str(tmp_path / "ref")
+    r_full = run(cfg, ref, data=_data(160))
+    out = str(tmp_path / "run")
+    with pytest.raises(StopTraining):   # killed after warmup epoch 2, a selection snapshot written
+        run(cfg, out, data=_data(160), stop_after_checkpoints=2)
+    r = run(cfg, out, resume=True, data=_data(160))
+    _assert_same_tensors(_all_tensors(ref), _all_tensors(out))
+    assert r["models"] == r_full["models"] and r["valid"] == r_full["valid"]

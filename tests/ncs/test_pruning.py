@@ -113,7 +113,8 @@ def test_select_round():
 
 # ---------------------------------------------------------------------------------------------
 def _trainer(tmp_path, mode="strict", **stages):
-    cfg = _cfg(**stages)
+    # the served model is the joint stage's (select_warmup off), so trainer.model holds the kept masks
+    cfg = _cfg(**stages).override({"stages": {"joint": {"select_warmup": False}}})
     # these tests are about the shared moments (per_task: test_train_moments)
     cfg = cfg.override({"optim": {"mode": mode, "moments": "shared"}})
     data = _tiny_data()
@@ -205,4 +206,5 @@ def test_mask_stage_rounds_table_and_densities(tmp_path):
         assert sel >= 1
         kept = trainer.model.get_task_masks(task)
         assert all(torch.equal(kept[n], hist[sel][n]) for n in kept)
+        assert all(torch.equal(trainer.selected_masks()[n][task], hist[sel][n]) for n in kept)
         assert mask_density(kept, trainer.in_features) == pytest.approx(rows[sel]["density"])

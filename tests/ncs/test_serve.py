@@ -68,7 +68,7 @@ def trained(tmp_path_factory):
         "optim": {"lr": 0.01},
         "train": {"batch_size": 24, "eval_batch_size": 50},
         "stages": {"warmup": {"epochs": 1}, "masks": {"rounds": 2, "epochs_per_round": 1, "final_density": 0.3},
-                   "joint": {"epochs": 1}},
+                   "joint": {"epochs": 1, "select_warmup": False}},  # one snapshot: the masked model itself
     })
     out = root / "run"
     train_run(cfg, str(out))
@@ -220,6 +220,40 @@ def test_masks_folded_exactly(trained, tmp_path):
                 assert torch.equal(w[~mask], torch.zeros(int((~mask).sum())))  # exactly 0.0 where masked
                 assert torch.equal(w[mask], layer.weight.detach()[mask])       # untouched elsewhere
                 assert not torch.signbit(w[~mask]).any()
+
+
+def test_a_task_served_from_a_warmup_epoch_exports_its_dense_snapshot(trained, tmp_path):
+    """stages.joint.select_warmup (the default): a task whose best validation epoch is a warmup one
+    is served by the dense warmup model; the export is that network, named as the run's kind."""
+    root, _, data, _ = trained
+    cfg = resolve_config({
+        "seed": 1, "device": "cpu", "backend": "torch", "models": ["connection"],
+        "data": {"kind": "csv", "path": str(data), "options": {"schema": SCHEMA},
+                 "split": {"by": "request", "fractions": [0.6, 0.2, 0.2]}},
+        "model": {"embed_dim": 4, "hidden": [16, 8, 4]}, "optim": {"lr": 0.05},
+        "train": {"batch_size": 24, "eval_batch_size": 50},
+        "stages": {"warmup": {"epochs": 3}, "masks": {"rounds": 2, "epochs_per_round": 1, "final_density": 0.3},
+                   "joint": {"epochs": 2, "early_stopping": False}}})
+    out = tmp_path / "run"
+    res = train_run(cfg, str(out))
+    best = res["stages"]["connection"]["joint"]["early_stopping"]["best_epoch"]
+    assert min(best.values()) < 0  # this run serves some task from a warmup epoch (the case under test)
+    model, _ = open_run(str(out)).model("connection", torch.device("cpu"))
+    d = tmp_path / "x"
+    sig = E.export_run(str(out), str(d), kind="connection", formats=["torchscript"])
+    assert sig["model"] == "connection"
+    g = torch.Generator().manual_seed(3)
+    ids = torch.stack([torch.randint(-1, v, (200, 3), generator=g) for v in model.models["cvr"].vocab_sizes], 1)
+    ids[:, :, 0] = ids[:, :, 0].clamp_min(0)
+    for task, e in best.items():
+        net = E.task_network(model, task)
+        dense = [lay.get_mask(task, packed=False).all().item() for lay in model.models[task].tower.layers]
+        assert all(dense) == (e < 0), (task, e)  # warmup snapshot: every weight; joint: the kept mask
+        with torch.no_grad():
+            ref = model.predict(ids)[task]
+            torch.testing.assert_close(net(ids), ref, rtol=0, atol=1e-5)
+            exported = torch.jit.load(str(d / task / "model.pt"))(ids)  # the exported file: probabilities
+            torch.testing.assert_close(exported, torch.sigmoid(ref), rtol=0, atol=1e-6)
 
 
 def _dead_model(trained):

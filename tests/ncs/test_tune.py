@@ -234,3 +234,48 @@ def test_start_at_base_first_trial_is_the_untuned_config(tmp_path):
         assert rec1["params"] != rec["params"]  # the rest are sampled
         assert s["models"][kind]["best_valid"] <= rec["value"]
     assert json.loads((out / "tune.json").read_text())["settings"]["start_at_base"] is True
+
+
+def test_common_draws_give_every_model_the_same_common_axes(tmp_path):
+    """--common-draws: trial j's lr, w0 and embed_dim are the same for every model (point j of the
+    shifted Halton sequence), each model's own axes are still sampled, trial 0 stays the base
+    point, and a study whose --trials grows keeps its points (resume-safe, extensible)."""
+    import math
+
+    from ncs.tune_space import COMMON, common_draw
+    base = resolve_config(BASE)
+    sp = space("single", base)
+    pts = [common_draw(j, base, 0) for j in range(1, 8)]
+    assert pts == [common_draw(j, base, 0) for j in range(1, 8)]  # deterministic
+    assert pts != [common_draw(j, base, 1) for j in range(1, 8)]  # seeded
+    for p in pts:
+        assert set(p) == set(COMMON) and sp["lr"]["low"] <= p["lr"] <= sp["lr"]["high"]
+        assert sp["w0"]["low"] <= p["w0"] <= sp["w0"]["high"] and p["embed_dim"] in sp["embed_dim"]["choices"]
+    # low discrepancy on the lr axis: 7 base-2 points are k/8 shifted, circular gaps 1/8 (one 1/4)
+    u = sorted(math.log(p["lr"] / sp["lr"]["low"]) / math.log(sp["lr"]["high"] / sp["lr"]["low"]) for p in pts)
+    gaps = [b - a for a, b in zip(u, u[1:])] + [1 + u[0] - u[-1]]
+    assert max(gaps) == pytest.approx(0.25) and sorted(gaps)[:-1] == pytest.approx([0.125] * 6)
+
+    out = tmp_path / "t"
+    tune(base, str(out), 2, models=["single", "connection"], final=False, start_at_base=True, common_draws=True)
+    tune(base, str(out), 3, models=["single", "connection"], final=False, start_at_base=True, common_draws=True)
+    recs = {k: [json.loads((out / "trials" / k / f"trial_{n:04d}.json").read_text()) for n in range(3)]
+            for k in ("single", "connection")}
+    assert len(list((out / "trials" / "single").glob("trial_*.json"))) == 3  # nothing enqueued twice
+    for k, rs in recs.items():
+        assert rs[0]["params"] == pytest.approx(base_params_of(k, base))
+        for j in (1, 2):
+            assert {c: rs[j]["params"][c] for c in COMMON} == pytest.approx(common_draw(j, base, 0)), (k, j)
+    assert recs["connection"][1]["params"]["final_density"] != recs["connection"][2]["params"]["final_density"]
+    assert json.loads((out / "tune.json").read_text())["settings"]["common_draws"] is True
+    # without the option the models' lr draws are their own samplers'
+    free = tmp_path / "f"
+    tune(base, str(free), 2, models=["single", "connection"], final=False, start_at_base=True)
+    lr1 = [json.loads((free / "trials" / k / "trial_0001.json").read_text())["params"]["lr"]
+           for k in ("single", "connection")]
+    assert lr1[0] != lr1[1]
+
+
+def base_params_of(kind, base):
+    from ncs.tune import base_params
+    return base_params(kind, base)

@@ -366,6 +366,12 @@ SCHEMA: Dict[str, Any] = {
                             "its own best validation epoch (early stopping ends when no task improved for "
                             "`patience` epochs); metric: one epoch for all tasks, the best by joint.metric; "
                             "last: the last epoch (no early stopping)"),
+            "select_warmup": _Leaf(_bool, True,
+                                   "connection, select per_task / metric: the warmup epochs are candidates "
+                                   "too (a task whose best validation epoch is a warmup one is served by the "
+                                   "dense warmup model of that epoch), so the connection model chooses among "
+                                   "every epoch its weights went through, as the baselines do; false: the "
+                                   "joint epochs only (before 2026-12-03)"),
             "alternate": _Leaf(_choice("cover", "cycle"), "cycle",
                                "task batches of the joint stage: cover: round-robin until every space is "
                                "covered once (a small space, e.g. CVR's clicked rows, runs out early); cycle: "

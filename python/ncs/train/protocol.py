@@ -315,6 +315,7 @@ class PerTaskModel(nn.Module):
         super().__init__()
         self.tasks = tuple(tasks)
         self.models = nn.ModuleDict({t: models[t] for t in self.tasks})
+        self.kind = getattr(models[self.tasks[0]], "kind", None)  # the snapshots' model kind (export names it)
 
     def forward(self, ids: torch.Tensor, task: Optional[str] = None):
         if task is None:

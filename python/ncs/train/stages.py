@@ -21,6 +21,8 @@ connection model follows Algorithm 1 of the paper:
           MaskedAdam in optim.mode (strict: only the task's weights and moments move; leaky:
           plain Adam, the authors' code), loss omega_k * L_k; joint.epochs epochs, early stopping
           and model selection on validation (early.py). Mask generation always steps strictly.
+          stages.joint.select_warmup: the warmup epochs are selection candidates too (epochs
+          -W..-1; a task served from one gets the dense warmup model of that epoch).
 single / layer / ...: baseline(): mixed batches, Eq. 2, baseline_epochs(cfg) epochs (default
   warmup + joint, the passes the connection model's final weights have seen), same selection.
 """
@@ -157,11 +159,13 @@ class ModelTrainer:
         self.pos.add_seconds(stage, time.perf_counter() - t0)
 
     def _epochs(self, stage: str, epochs: int, desc: str, early: bool,
-                batches_for: Callable[[int], Sequence]) -> bool:
+                batches_for: Callable[[int], Sequence], select_offset: Optional[int] = None) -> bool:
         """Train epochs pos.epoch .. epochs-1 of `stage` (batches_for(e) gives epoch e's batches,
         Eq. 2 weighted), evaluating on validation, recording the gradient diagnostics and
         checkpointing after each. With `early`, model selection tracks the epochs and early
-        stopping may end the stage: then pos.stage is "done" and True returns."""
+        stopping may end the stage: then pos.stage is "done" and True returns. With
+        select_offset k (and not early), model selection tracks epoch e as epoch e + k (warmup:
+        k = -W, so its epochs are -W..-1 beside the joint stage's 0..) and never stops."""
         pos = self.pos
         for e in range(pos.epoch, epochs):
             t0 = time.perf_counter()
@@ -177,11 +181,13 @@ class ModelTrainer:
             self.log(f"{self.kind}: {desc} {e + 1}/{epochs} loss {loss:.4f} valid {_fmt(val)}")
             pos.epoch = e + 1
             stop = early and self.early.update(pos, val, e, self.ckpt.model_tensors)
+            if select_offset is not None and not early:
+                self.early.update(pos, val, e + select_offset, self.ckpt.model_tensors)
             self._timed(stage, t0)
             if stop:
                 pos.stage = "done"
             self.checkpoint()
-            if early:
+            if early or select_offset is not None:
                 self.early.gc(pos)
             if stop:
                 return True
@@ -221,9 +227,11 @@ class ModelTrainer:
         st, bs = self.cfg.stages, self.cfg.train.batch_size
         sub = subset_split(self.train, st.warmup.data_fraction, st.subset, self.seed)
         self.epoch_split = sub
+        offset = -st.warmup.epochs if st.joint.select_warmup and st.joint.select != "last" else None
         try:
             self._epochs("warmup", st.warmup.epochs, "warmup epoch", early=False,
-                         batches_for=lambda e: B.mixed_batches(sub, bs, self.seed, "mixed", e))
+                         batches_for=lambda e: B.mixed_batches(sub, bs, self.seed, "mixed", e),
+                         select_offset=offset)
         finally:
             self.epoch_split = None
         self.save_init()
@@ -328,7 +336,11 @@ class ModelTrainer:
         return self.served if self.served is not None else self.model
 
     def selected_masks(self) -> Dict[str, Dict[str, torch.Tensor]]:
-        """{layer: {task: packed}} of the connection model's kept masks."""
+        """{layer: {task: packed}} of the connection model's kept masks (each task's selected round;
+        not the served snapshot's, which for a task served from a warmup epoch is all ones)."""
+        if all(t in self.pos.selected and self.mask_hist.get(t) for t in self.names):
+            return {name: {t: self.mask_hist[t][self.pos.selected[t]][name].clone() for t in self.names}
+                    for name in self.layers}
         return {name: {t: m.get_mask(t).clone() for t in self.names} for name, m in self.layers.items()}
 
     def stage_summary(self) -> Dict[str, Any]:
