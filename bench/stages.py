@@ -54,8 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--tiny", action="store_true", help="tiny model and batches")
     p.add_argument("--balance", choices=("fixed", "pcgrad", "uncertainty"), default="fixed",
-                   help="loss.balance of the timed steps (default fixed: Eq. 2, one backward per mixed batch; "
-                        "the trainer's default pcgrad takes one backward per task there)")
+                   help="loss.balance of the timed steps (default fixed, the trainer's default too: Eq. 2, "
+                        "one backward per mixed batch; pcgrad takes one backward per task there)")
     p.add_argument("--embedding-step", default="fused",
                    help="comma list of optim.embedding_step values to compare (sparse_adam, fused)")
     p.add_argument("--compile", choices=("none", "default", "reduce-overhead", "max-autotune"), default="none",

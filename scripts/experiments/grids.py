@@ -30,11 +30,12 @@ smoke test):
             three models; the four competitors), which protocol_report.py pairs by seed
   minimal_synth1m  the same at 1,000,000 synthetic rows, conflict 0.5, data, split and model
             seed s = 0..4
-  minimal_real_fixed, minimal_synth1m_fixed  the two with loss.balance: fixed (Eq. 2's weights,
-            no PCGrad), every model
+  minimal_real_fixed, minimal_synth1m_fixed  the two under today's defaults: loss.balance fixed
+            (the default since 2026-12-03), every model; the plain minimal grids pin the protocol
+            they ran under (PROTOCOL_2026_12_02: PCGrad, select_warmup off)
   synth1m_probe  minimal_synth1m's seed 0, Connection_Share alone, the defaults and each of
             SYNTH1M_PROBES (one mechanism changed), compared on validation
-  balance_sizes  loss.balance pcgrad (the default) against fixed as the data grows: the minimal
+  balance_sizes  loss.balance pcgrad (the default until 2026-12-03) against fixed as the data grows: the minimal
             synthetic config (conflict 0.5) at BALANCE_SIZES rows, seeds 0-4, Single_Task and
             Connection_Share (variant "<balance>_<rows/1000>k"; 1M rows: minimal_synth1m[_fixed])
 The fair tuning study (`ncs tune`, every model the same Optuna budget on the validation split) is
@@ -212,7 +213,7 @@ def grid(name: str, tiny: bool = False) -> List[RunSpec]:
         return _minimal(name, tiny)  # tiny: the minimal config shrunk (rows), not TINY's schedule
     elif name in ("minimal_real_fixed", "minimal_synth1m_fixed"):
         # the same with one key more: fixed loss weights instead of PCGrad (the 1M probe's best)
-        runs = _minimal(name[:-len("_fixed")], tiny)
+        runs = _minimal(name[:-len("_fixed")], tiny, pinned=False)
         for r in runs:
             r.grid, r.overrides, r.tags = name, merge(r.overrides, BALANCE_FIXED), dict(r.tags, variant="balance_fixed")
         return runs
@@ -263,6 +264,10 @@ COMPETITORS = ["shared_bottom", "mmoe", "ple", "esmm"]
 # what `auto` gave optim.lr at 1M rows until 2026-12-02 (ncs.config.sizing's old rule,
 # 1e-4 * sqrt(4096 / batch)): the studies run under it pin it, so that they reproduce
 LR_BEFORE_2026_12_02 = {"optim": {"lr": 1e-4}}
+# the protocol of 2026-12-02 (PCGrad, the joint epochs only for the connection model's selection),
+# which the runs of that day and the morning of 2026-12-03 trained under: their grids pin it, so
+# that they reproduce under today's defaults (loss.balance fixed, stages.joint.select_warmup on)
+PROTOCOL_2026_12_02 = {"loss": {"balance": "pcgrad"}, "stages": {"joint": {"select_warmup": False}}}
 
 
 def minimal_synth(rows: int, seed: int) -> Dict[str, Any]:
@@ -295,7 +300,8 @@ BALANCE_FIXED = {"loss": {"balance": "fixed"}}
 
 
 def _probes(tiny: bool) -> List[RunSpec]:
-    base = merge(minimal_synth(TINY_SYNTH_ROWS if tiny else 1_000_000, 0), {"models": ["connection"]})
+    base = merge(merge(minimal_synth(TINY_SYNTH_ROWS if tiny else 1_000_000, 0), PROTOCOL_2026_12_02),
+                 {"models": ["connection"]})
     names = list(SYNTH1M_PROBES)[:2] if tiny else list(SYNTH1M_PROBES)
     return [RunSpec("synth1m_probe", k, "", merge(base, SYNTH1M_PROBES[k]), {"seed": 0, "variant": k})
             for k in names]
@@ -322,7 +328,9 @@ def _balance_sizes(tiny: bool) -> List[RunSpec]:
     return runs
 
 
-def _minimal(name: str, tiny: bool) -> List[RunSpec]:
+def _minimal(name: str, tiny: bool, pinned: bool = True) -> List[RunSpec]:
+    """pinned: the protocol the grid ran under (PROTOCOL_2026_12_02); the _fixed grids are the
+    minimal configs under today's defaults (pinned=False, loss.balance fixed given)."""
     seeds = REAL_SEEDS[:1] if tiny else REAL_SEEDS
     runs = []
     for s in seeds:
@@ -330,6 +338,8 @@ def _minimal(name: str, tiny: bool) -> List[RunSpec]:
             over = merge(MINIMAL_REAL, {"seed": s})
         else:
             over = minimal_synth(TINY_SYNTH_ROWS if tiny else 1_000_000, s)
+        if pinned:
+            over = merge(over, PROTOCOL_2026_12_02)
         runs.append(RunSpec(name, f"seed{s}", "", over, {"seed": s, "variant": "minimal"}))
         runs.append(RunSpec(name, f"comp_seed{s}", "", merge(over, {"models": COMPETITORS}),
                             {"seed": s, "variant": "minimal"}))
@@ -357,23 +367,23 @@ TUNE_STUDIES: Dict[str, Dict[str, Any]] = {
     # study with one constraint. One 1M trial is 1-5 min here, so 4 trials is what 2 cores allow.
     # Run (2026-12-01) under the `auto` lr rule of then, 1e-4 at 1M rows: pinned here, so that the
     # study reproduces (its search space is centred on it: lr in [1e-5, 1e-3]).
-    "tune_synth1m_a": {"config": merge(minimal_synth(1_000_000, 0), LR_BEFORE_2026_12_02), "trials": 4, "seeds": 5,
+    "tune_synth1m_a": {"config": merge(merge(minimal_synth(1_000_000, 0), LR_BEFORE_2026_12_02), PROTOCOL_2026_12_02), "trials": 4, "seeds": 5,
                        "start_at_base": True, "models": "single,layer,connection", "sampler_seed": 0,
                        "ctr_auc_margin": 0.002},
-    "tune_synth1m_b": {"config": merge(minimal_synth(1_000_000, 0), LR_BEFORE_2026_12_02), "trials": 4, "seeds": 5,
+    "tune_synth1m_b": {"config": merge(merge(minimal_synth(1_000_000, 0), LR_BEFORE_2026_12_02), PROTOCOL_2026_12_02), "trials": 4, "seeds": 5,
                        "start_at_base": True, "models": ",".join(COMPETITORS), "sampler_seed": 0,
                        "ctr_auc_margin": 0.002, "floor_from": "tune_synth1m_a"},
     # the same study under today's `auto` lr (1e-3 at 1M rows, the space lr in [1e-4, 1e-2]); defined, not run yet
-    "tune_synth1m2_a": {"config": minimal_synth(1_000_000, 0), "trials": 4, "seeds": 5, "start_at_base": True,
+    "tune_synth1m2_a": {"config": merge(minimal_synth(1_000_000, 0), PROTOCOL_2026_12_02), "trials": 4, "seeds": 5, "start_at_base": True,
                         "models": "single,layer,connection", "sampler_seed": 0, "ctr_auc_margin": 0.002},
-    "tune_synth1m2_b": {"config": minimal_synth(1_000_000, 0), "trials": 4, "seeds": 5, "start_at_base": True,
+    "tune_synth1m2_b": {"config": merge(minimal_synth(1_000_000, 0), PROTOCOL_2026_12_02), "trials": 4, "seeds": 5, "start_at_base": True,
                         "models": ",".join(COMPETITORS), "sampler_seed": 0, "ctr_auc_margin": 0.002,
                         "floor_from": "tune_synth1m2_a"},
     # Connection_Share again, under stages.joint.select_warmup (default since 2026-12-03: its warmup
     # epochs are selection candidates, as every epoch is for the other models, on which the option
     # does nothing): the same budget, space, sampler seed and CTR floor (part a's tuned Single_Task);
     # the study's result is parts a (Single_Task, Layer_Share) + b + c
-    "tune_synth1m2_c": {"config": minimal_synth(1_000_000, 0), "trials": 4, "seeds": 5, "start_at_base": True,
+    "tune_synth1m2_c": {"config": merge(minimal_synth(1_000_000, 0), {"loss": {"balance": "pcgrad"}}), "trials": 4, "seeds": 5, "start_at_base": True,
                         "models": "connection", "sampler_seed": 0, "ctr_auc_margin": 0.002,
                         "floor_from": "tune_synth1m2_a"},
     # the same with common draws (ncs tune --common-draws): trials 1-3 of every model take the same

@@ -60,10 +60,10 @@ def _torchrun(n, *args, timeout=120):
     return subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=timeout, cwd=ROOT)
 
 
-@pytest.mark.parametrize("balance", [None, "uncertainty"])
+@pytest.mark.parametrize("balance", ["pcgrad", "uncertainty"])
 def test_two_gloo_ranks_match_one_process(tmp_path, balance):
-    """The default config (loss.balance pcgrad, optim.embedding_step fused) and uncertainty
-    weighting: a 2-rank torchrun run equals the 1-rank run with the same global batch."""
+    """PCGrad (the default until 2026-12-03) and uncertainty weighting, each with the default
+    optim.embedding_step fused: a 2-rank torchrun run equals the 1-rank run with the same global batch."""
     import yaml
 
     text = CFG + ("" if balance is None else f"loss: {{balance: {balance}}}\n")

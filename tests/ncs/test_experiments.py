@@ -142,11 +142,14 @@ def test_no_warmup_rewinds_to_the_model_as_initialised(tmp_path):
 
 def test_minimal_grids_hold_only_data_and_model_size():
     """Issue 10's minimal config: no base YAML; the keys given are data, model size and seed (plus,
-    at 1M rows, threads / eval batch / log interval, which do not change what is learned)."""
+    at 1M rows, threads / eval batch / log interval, which do not change what is learned). The
+    plain grids pin the protocol they ran under (PROTOCOL_2026_12_02); the _fixed grids are the
+    minimal configs under today's defaults."""
     real = G.grid("minimal_real")
     assert [s.run_id for s in real] == [f"{p}seed{s}" for s in range(5) for p in ("", "comp_")]
     for s in real:
-        assert s.base == "" and set(s.overrides) - {"models"} == {"seed", "data", "model"}
+        assert s.base == "" and set(s.overrides) - {"models"} == {"seed", "data", "model", "loss", "stages"}
+        assert s.overrides["loss"] == {"balance": "pcgrad"} and s.overrides["stages"] == {"joint": {"select_warmup": False}}
         cfg = D.resolved_config(s, None)
         want = ("single", "layer", "connection") if s.run_id.startswith("seed") else tuple(G.COMPETITORS)
         assert cfg.models == want and os.path.isfile(cfg.data.path) and cfg.seed == s.tags["seed"]
@@ -154,7 +157,7 @@ def test_minimal_grids_hold_only_data_and_model_size():
     synth = G.grid("minimal_synth1m")
     assert len(synth) == 10 and {s.tags["seed"] for s in synth} == set(range(5))
     for s in synth:
-        assert s.base == "" and set(s.overrides) - {"models"} == {"seed", "threads", "data", "model", "train"}
+        assert s.base == "" and set(s.overrides) - {"models"} == {"seed", "threads", "data", "model", "train", "loss", "stages"}
         cfg = D.resolved_config(s, None)
         assert cfg.data.rows == 1_000_000 and cfg.data.conflict == 0.5
         assert cfg.data.seed == cfg.data.split.seed == cfg.seed == s.tags["seed"]
@@ -166,8 +169,14 @@ def test_minimal_grids_hold_only_data_and_model_size():
         assert [s.run_id for s in fixed] == [s.run_id for s in plain]
         for a, b in zip(plain, fixed):
             assert b.grid == name + "_fixed" and b.tags["variant"] == "balance_fixed" and a.tags["variant"] == "minimal"
-            assert b.overrides == G.merge(a.overrides, {"loss": {"balance": "fixed"}})
-            assert D.resolved_config(b, None).loss.balance == "fixed" != D.resolved_config(a, None).loss.balance
+            # today's defaults: the plain grid without its pins, plus loss.balance fixed (the default)
+            unpinned = {k: v for k, v in a.overrides.items() if k not in ("loss", "stages")}
+            assert b.overrides == G.merge(unpinned, {"loss": {"balance": "fixed"}})
+            cb, ca = D.resolved_config(b, None), D.resolved_config(a, None)
+            assert cb.loss.balance == "fixed" != ca.loss.balance
+            assert cb.stages.joint.select_warmup and not ca.stages.joint.select_warmup
+            # ... which is what a config of only data and model size resolves to
+            assert cb == D.resolved_config(G.RunSpec(b.grid, b.run_id, "", unpinned), None)
     # balance_sizes: per size and seed a pcgrad and a fixed run that differ in loss.balance alone
     bal = {(s.tags["rows"], s.tags["seed"], s.tags["balance"]): s for s in G.grid("balance_sizes")}
     assert {k[0] for k in bal} == set(G.BALANCE_SIZES) and {k[1] for k in bal} == set(range(5))

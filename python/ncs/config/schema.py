@@ -270,7 +270,7 @@ SCHEMA: Dict[str, Any] = {
     "loss": {
         "focal_gamma": _Leaf(_float(0.0), 2.0, "focal loss gamma"),
         "focal_alpha": _Leaf(_float(0.0, 1.0, optional=True), 0.25, "focal loss alpha (null: no alpha)"),
-        "balance": _Leaf(_choice(*BALANCE_METHODS), "pcgrad",
+        "balance": _Leaf(_choice(*BALANCE_METHODS), "fixed",
                          "how task losses are combined on shared parameters (docs/TRAINER.md): fixed: "
                          "omega_k of Eq. 2; uncertainty: Kendall et al. 2018, learned log-variances "
                          "(MSE tasks: 0.5 exp(-s) L + 0.5 s, BCE/focal tasks: exp(-s) L + 0.5 s, each times "
