@@ -75,7 +75,7 @@ def base_params(kind: str, base: "Config") -> Dict[str, Any]:
 
 # The axes every model kind has (space() always holds them): what --common-draws pairs.
 COMMON = ("lr", "w0", "embed_dim")
-_PRIMES = (2, 3, 5, 7, 11, 13)
+_PRIMES = (2, 3, 5)  # one Halton base per axis of COMMON
 
 
 def _radical_inverse(j: int, b: int) -> float:

@@ -212,7 +212,8 @@ def grid(name: str, tiny: bool = False) -> List[RunSpec]:
     elif name in ("minimal_real", "minimal_synth1m"):
         return _minimal(name, tiny)  # tiny: the minimal config shrunk (rows), not TINY's schedule
     elif name in ("minimal_real_fixed", "minimal_synth1m_fixed"):
-        # the same with one key more: fixed loss weights instead of PCGrad (the 1M probe's best)
+        # today's defaults: the minimal config unpinned, loss.balance fixed given (the default since
+        # 2026-12-03, the key kept so that the grid does not move if the default does)
         runs = _minimal(name[:-len("_fixed")], tiny, pinned=False)
         for r in runs:
             r.grid, r.overrides, r.tags = name, merge(r.overrides, BALANCE_FIXED), dict(r.tags, variant="balance_fixed")
@@ -321,7 +322,7 @@ def _balance_sizes(tiny: bool) -> List[RunSpec]:
                 # select_warmup off: the grid was begun before that option (2026-12-03) and compares
                 # loss.balance alone; every run serves its tasks from joint epochs, as then
                 over = merge(minimal_synth(rows, s), {"models": ["single", "connection"], "loss": {"balance": bal},
-                                                      "stages": {"joint": {"select_warmup": False}}})
+                                                      "stages": PROTOCOL_2026_12_02["stages"]})
                 v = f"{bal}_{n // 1000}k"
                 runs.append(RunSpec("balance_sizes", f"{v}_seed{s}", "", over,
                                     {"seed": s, "variant": v, "rows": n, "balance": bal}))
@@ -373,7 +374,8 @@ TUNE_STUDIES: Dict[str, Dict[str, Any]] = {
     "tune_synth1m_b": {"config": merge(merge(minimal_synth(1_000_000, 0), LR_BEFORE_2026_12_02), PROTOCOL_2026_12_02), "trials": 4, "seeds": 5,
                        "start_at_base": True, "models": ",".join(COMPETITORS), "sampler_seed": 0,
                        "ctr_auc_margin": 0.002, "floor_from": "tune_synth1m_a"},
-    # the same study under today's `auto` lr (1e-3 at 1M rows, the space lr in [1e-4, 1e-2]); defined, not run yet
+    # the same study under the `auto` lr of 2026-12-02 (1e-3 at 1M rows, the space lr in [1e-4, 1e-2]),
+    # run 2026-12-03 under PROTOCOL_2026_12_02 (pinned)
     "tune_synth1m2_a": {"config": merge(minimal_synth(1_000_000, 0), PROTOCOL_2026_12_02), "trials": 4, "seeds": 5, "start_at_base": True,
                         "models": "single,layer,connection", "sampler_seed": 0, "ctr_auc_margin": 0.002},
     "tune_synth1m2_b": {"config": merge(minimal_synth(1_000_000, 0), PROTOCOL_2026_12_02), "trials": 4, "seeds": 5, "start_at_base": True,
@@ -383,7 +385,7 @@ TUNE_STUDIES: Dict[str, Dict[str, Any]] = {
     # epochs are selection candidates, as every epoch is for the other models, on which the option
     # does nothing): the same budget, space, sampler seed and CTR floor (part a's tuned Single_Task);
     # the study's result is parts a (Single_Task, Layer_Share) + b + c
-    "tune_synth1m2_c": {"config": merge(minimal_synth(1_000_000, 0), {"loss": {"balance": "pcgrad"}}), "trials": 4, "seeds": 5, "start_at_base": True,
+    "tune_synth1m2_c": {"config": merge(minimal_synth(1_000_000, 0), {"loss": PROTOCOL_2026_12_02["loss"]}), "trials": 4, "seeds": 5, "start_at_base": True,
                         "models": "connection", "sampler_seed": 0, "ctr_auc_margin": 0.002,
                         "floor_from": "tune_synth1m2_a"},
     # the same with common draws (ncs tune --common-draws): trials 1-3 of every model take the same

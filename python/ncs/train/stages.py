@@ -180,14 +180,13 @@ class ModelTrainer:
             pos.curves.append(rec)
             self.log(f"{self.kind}: {desc} {e + 1}/{epochs} loss {loss:.4f} valid {_fmt(val)}")
             pos.epoch = e + 1
-            stop = early and self.early.update(pos, val, e, self.ckpt.model_tensors)
-            if select_offset is not None and not early:
-                self.early.update(pos, val, e + select_offset, self.ckpt.model_tensors)
+            tracked = e if early else (None if select_offset is None else e + select_offset)
+            stop = tracked is not None and self.early.update(pos, val, tracked, self.ckpt.model_tensors) and early
             self._timed(stage, t0)
             if stop:
                 pos.stage = "done"
             self.checkpoint()
-            if early or select_offset is not None:
+            if tracked is not None:
                 self.early.gc(pos)
             if stop:
                 return True
