@@ -38,6 +38,11 @@ smoke test):
   balance_sizes  loss.balance pcgrad (the default until 2026-12-03) against fixed as the data grows: the minimal
             synthetic config (conflict 0.5) at BALANCE_SIZES rows, seeds 0-4, Single_Task and
             Connection_Share (variant "<balance>_<rows/1000>k"; 1M rows: minimal_synth1m[_fixed])
+  minimal_real_rewind_mlp, minimal_synth1m_rewind_mlp  Connection_Share of the _fixed grids (seeds 0-4)
+            with stages.rewind mlp: the one mechanism that moved its 1M validation CVR most;
+            ..._rewind_rounds: the same with stages.joint.select_rounds (REWIND_ROUNDS)
+  rewind_sizes  today's defaults against REWIND_ROUNDS (stages.rewind mlp + joint.select_rounds) at
+            BALANCE_SIZES rows, seeds 0-4 (variant "<today|rewind_rounds>_<rows/1000>k")
 The fair tuning study (`ncs tune`, every model the same Optuna budget on the validation split) is
 not a grid of `ncs train` runs: see TUNE_STUDIES and tune_study.py.
 """
@@ -218,6 +223,21 @@ def grid(name: str, tiny: bool = False) -> List[RunSpec]:
         for r in runs:
             r.grid, r.overrides, r.tags = name, merge(r.overrides, BALANCE_FIXED), dict(r.tags, variant="balance_fixed")
         return runs
+    elif name.startswith(("minimal_real_rewind_", "minimal_synth1m_rewind_")):
+        # Connection_Share alone under today's defaults plus the MLP-only rewind (stages.rewind mlp;
+        # _rounds: and the mask rounds as selection candidates): the _fixed grid's runs of the
+        # paper's models, reduced to the connection model; its tables take the other models from
+        # the _fixed grid's JSON (protocol_report.py --versus --others)
+        base, _, v = name.partition("_rewind_")
+        if v not in ("mlp", "rounds"):
+            raise ValueError(f"grid: expected one of {', '.join(GRIDS)}, got {name!r}")
+        runs = [r for r in grid(base + "_fixed", tiny) if r.run_id.startswith("seed")]
+        for r in runs:
+            r.grid, r.tags = name, dict(r.tags, variant=f"rewind_{v}")
+            r.overrides = merge(r.overrides, merge({"models": ["connection"]}, REWIND_MLP if v == "mlp" else REWIND_ROUNDS))
+        return runs
+    elif name == "rewind_sizes":
+        return _rewind_sizes(tiny)
     elif name == "synth1m_probe":
         return _probes(tiny)
     elif name == "balance_sizes":
@@ -298,6 +318,10 @@ SYNTH1M_PROBES: Dict[str, Dict[str, Any]] = {
 
 
 BALANCE_FIXED = {"loss": {"balance": "fixed"}}
+# the MLP-only rewind (mechanism 6 of issue 10): the embeddings keep what warmup and every mask
+# round taught them; with select_warmup pinned on (the default since 2026-12-03), so that the grid
+# does not move if that default does
+REWIND_MLP = {"stages": {"rewind": "mlp", "joint": {"select_warmup": True, "select_rounds": False}}}
 
 
 def _probes(tiny: bool) -> List[RunSpec]:
@@ -309,6 +333,28 @@ def _probes(tiny: bool) -> List[RunSpec]:
 
 
 BALANCE_SIZES = (20_000, 50_000, 100_000, 300_000)
+# the MLP-only rewind with the mask rounds as selection candidates (stages.joint.select_rounds), the
+# candidate default of 2026-12-03 (evening): the connection model's rewind and selection only
+REWIND_ROUNDS = {"stages": {"rewind": "mlp", "joint": {"select_warmup": True, "select_rounds": True}}}
+TODAY_STAGES = {"stages": {"rewind": "all", "joint": {"select_warmup": True, "select_rounds": False}}}
+
+
+def _rewind_sizes(tiny: bool) -> List[RunSpec]:
+    """The minimal synthetic config at BALANCE_SIZES rows, seeds 0-4: today's defaults (pinned)
+    against REWIND_ROUNDS, Single_Task and Connection_Share in each (Single_Task the same run both
+    ways: the options are the connection model's), compared on validation."""
+    sizes = BALANCE_SIZES[:1] if tiny else BALANCE_SIZES
+    seeds = REAL_SEEDS[:1] if tiny else REAL_SEEDS
+    runs = []
+    for n in sizes:
+        rows = TINY_SYNTH_ROWS if tiny else n
+        for v, over, models in (("today", TODAY_STAGES, ["single", "connection"]),
+                                ("rewind_rounds", REWIND_ROUNDS, ["single", "connection"])):
+            for s in seeds:
+                cfg = merge(merge(merge(minimal_synth(rows, s), BALANCE_FIXED), over), {"models": models})
+                runs.append(RunSpec("rewind_sizes", f"{v}_{n // 1000}k_seed{s}", "", cfg,
+                                    {"seed": s, "variant": f"{v}_{n // 1000}k", "rows": n}))
+    return runs
 
 
 def _balance_sizes(tiny: bool) -> List[RunSpec]:
@@ -401,4 +447,6 @@ TUNE_STUDIES: Dict[str, Dict[str, Any]] = {
 
 GRIDS = ("real", "real_splits", "real_ablation", "synth1m", "synth1m_ablation", "sweep", "ablation",
          "protocol_real", "protocol_synth", "minimal_real", "minimal_synth1m", "synth1m_probe",
-         "minimal_real_fixed", "minimal_synth1m_fixed", "balance_sizes")
+         "minimal_real_fixed", "minimal_synth1m_fixed", "balance_sizes", "minimal_real_rewind_mlp",
+         "minimal_synth1m_rewind_mlp", "minimal_real_rewind_rounds", "minimal_synth1m_rewind_rounds",
+         "rewind_sizes")

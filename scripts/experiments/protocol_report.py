@@ -48,6 +48,35 @@ def collect(runs: Path, grid: str) -> Dict[str, Dict[int, Dict[str, Any]]]:
     return out
 
 
+def seeds_of_versus_json(path: Path) -> Dict[int, Dict[str, Any]]:
+    """The per-seed values of a committed --versus JSON (one variant) as collect() gives them:
+    {seed: {"models": {kind: {cvr_mse, ctr_auc}}, "valid": {kind: {cvr_mse}}}} (test CVR MSE and
+    CTR AUC, validation CVR MSE: what versus() reads)."""
+    doc = json.loads(Path(path).read_text())
+    variants = doc.get("variants") or {}
+    if len(variants) != 1:
+        raise ValueError(f"--others: {path}: expected a --versus JSON of one variant, got {len(variants)}")
+    (kinds,) = variants.values()
+    out: Dict[int, Dict[str, Any]] = {}
+    for kind, row in kinds.items():
+        for i, s in enumerate(row["seeds"]):
+            rec = out.setdefault(int(s), {"models": {}, "valid": {}})
+            rec["models"][kind] = {"cvr_mse": row["test_cvr_mse"]["values"][i], "ctr_auc": row["test_ctr_auc"]["values"][i]}
+            rec["valid"][kind] = {"cvr_mse": row["valid_cvr_mse"]["values"][i]}
+    return out
+
+
+def with_others(seeds: Dict[int, Dict[str, Any]], others: Dict[int, Dict[str, Any]]) -> Dict[int, Dict[str, Any]]:
+    """Each seed's models of the grid, plus the models of `others` (the same seed) the grid has not
+    trained: a variant of one model set against the rest of another grid, paired by seed."""
+    out = {}
+    for s, rec in seeds.items():
+        o = others.get(s, {"models": {}, "valid": {}})
+        out[s] = {key: {**{k: v for k, v in o.get(key, {}).items() if k not in rec["models"]}, **rec.get(key, {})}
+                  for key in ("models", "valid")}
+    return out
+
+
 def versus(seeds: Dict[int, Dict[str, Any]], ref: str = "connection") -> Dict[str, Any]:
     """Every model against `ref` (Connection_Share), paired by seed, on test: per model its
     validation / test CVR MSE and test CTR AUC (mean ± std, values per seed), and for the others
@@ -345,6 +374,9 @@ def main(argv=None) -> int:
                    help="--grid: one model's variants against the variant 'defaults', on validation (synth1m_probe)")
     p.add_argument("--versus", action="store_true",
                    help="--grid: every model against Connection_Share, paired by seed (one variant per grid)")
+    p.add_argument("--others", metavar="JSON",
+                   help="--versus: the models the grid did not train, per seed, from a committed --versus JSON "
+                        "(e.g. docs/results/minimal_synth1m_fixed.json)")
     a = p.parse_args(argv)
     if a.tune:
         parts = [Path(x) for x in a.tune.split(",")]
@@ -363,7 +395,12 @@ def main(argv=None) -> int:
             rep = dict(probes(data, a.probes), grid=a.grid)
             md = probes_md(rep)
         else:
+            if a.others:
+                others = seeds_of_versus_json(Path(a.others))
+                data = {v: with_others(seeds, others) for v, seeds in data.items()}
             rep = {"grid": a.grid, "variants": {v: versus(seeds) for v, seeds in data.items()}}
+            if a.others:
+                rep["others"] = a.others
             md = "\n\n".join(versus_md(vs) for vs in rep["variants"].values())
         return emit(rep, md, a.json, a.doc, a.marker or a.grid)
     if a.pick_over:

@@ -220,6 +220,66 @@ def test_versus_pairs_every_model_with_connection_by_seed(tmp_path):
     assert "+0.00 % ± 14.14 | 1/2 |" in md  # single: +10 % and -10 %
 
 
+def test_versus_others_takes_the_models_a_grid_did_not_train_from_a_committed_json(tmp_path):
+    """--versus --others: a grid of Connection_Share alone (minimal_synth1m_rewind_mlp) against the
+    other models of a committed --versus JSON, paired by seed; the grid's own kinds win."""
+    full = {0: {"models": {"single": {"cvr_mse": 0.20, "ctr_auc": 0.70}, "connection": {"cvr_mse": 0.19, "ctr_auc": 0.71},
+                           "ple": {"cvr_mse": 0.16, "ctr_auc": 0.72}},
+                "valid": {"single": {"cvr_mse": 0.21}, "connection": {"cvr_mse": 0.2}, "ple": {"cvr_mse": 0.17}}},
+            1: {"models": {"single": {"cvr_mse": 0.30, "ctr_auc": 0.60}, "connection": {"cvr_mse": 0.29, "ctr_auc": 0.61},
+                           "ple": {"cvr_mse": 0.25, "ctr_auc": 0.62}},
+                "valid": {"single": {"cvr_mse": 0.31}, "connection": {"cvr_mse": 0.3}, "ple": {"cvr_mse": 0.26}}}}
+    path = tmp_path / "fixed.json"
+    path.write_text(json.dumps({"grid": "minimal_synth1m_fixed", "variants": {"balance_fixed": P.versus(full)}}))
+    others = P.seeds_of_versus_json(path)
+    assert others == full   # the JSON's per-seed values are what collect() would have given
+    g = tmp_path / "runs" / "minimal_synth1m_rewind_mlp"
+    g.mkdir(parents=True)
+    for s, mse in ((0, 0.15), (1, 0.24)):
+        (g / f"seed{s}").mkdir()
+        (g / f"seed{s}" / "metrics.json").write_text(json.dumps(_metrics({"connection": {"cvr_mse": mse, "ctr_auc": 0.7}})))
+        (g / f"seed{s}.tags.json").write_text(json.dumps({"run_id": f"seed{s}", "seed": s, "variant": "rewind_mlp"}))
+    data = P.collect(tmp_path / "runs", "minimal_synth1m_rewind_mlp")
+    merged = P.with_others(data["rewind_mlp"], others)
+    assert set(merged[0]["models"]) == {"single", "connection", "ple"}
+    assert merged[0]["models"]["connection"]["cvr_mse"] == 0.15 and merged[1]["models"]["ple"]["cvr_mse"] == 0.25
+    vs = P.versus(merged)
+    assert vs["ple"]["vs_ref"]["cvr_gain_pct"]["values"] == pytest.approx([6.25, 4.0])
+    assert vs["single"]["vs_ref"]["ref_cvr_better"] == 2
+    # the CLI: the same table, and the JSON names where the others came from
+    out = tmp_path / "rep.json"
+    assert P.main(["--runs", str(tmp_path / "runs"), "--grid", "minimal_synth1m_rewind_mlp", "--versus",
+                   "--others", str(path), "--json", str(out)]) == 0
+    rep = json.loads(out.read_text())
+    assert rep["others"] == str(path) and rep["variants"]["rewind_mlp"]["ple"]["test_cvr_mse"]["values"] == [0.16, 0.25]
+    bad = tmp_path / "two.json"
+    bad.write_text(json.dumps({"variants": {"a": {}, "b": {}}}))
+    with pytest.raises(ValueError, match="one variant"):
+        P.seeds_of_versus_json(bad)
+
+
+def test_rewind_grids_change_only_the_connection_models_rewind_and_selection():
+    for base in ("minimal_real", "minimal_synth1m"):
+        fixed = {s.run_id: s for s in G.grid(base + "_fixed") if s.run_id.startswith("seed")}
+        for v, want in (("mlp", False), ("rounds", True)):
+            runs = G.grid(f"{base}_rewind_{v}")
+            assert [s.run_id for s in runs] == list(fixed)
+            for s in runs:
+                cfg, ref = D.resolved_config(s, None), D.resolved_config(fixed[s.run_id], None)
+                assert cfg.models == ("connection",) and cfg.stages.rewind == "mlp" != ref.stages.rewind
+                assert cfg.stages.joint.select_rounds is want and cfg.stages.joint.select_warmup
+                assert cfg.override({"models": list(ref.models), "stages": {"rewind": "all", "joint": {"select_rounds": False}}}) == ref
+    with pytest.raises(ValueError, match="grid"):
+        G.grid("minimal_real_rewind_nope")
+    sizes = {(s.tags["rows"], s.tags["seed"], s.tags["variant"].split("_")[0]): D.resolved_config(s, None)
+             for s in G.grid("rewind_sizes")}
+    for (rows, seed, v), cfg in sizes.items():
+        assert cfg.data.rows == rows and cfg.models == ("single", "connection") and cfg.loss.balance == "fixed"
+        other = sizes[(rows, seed, "rewind" if v == "today" else "today")]
+        assert (cfg.stages.rewind == "mlp") is (v == "rewind") and cfg.stages.joint.select_rounds is (v == "rewind")
+        assert cfg.override({"stages": {"rewind": other.stages.rewind, "joint": {"select_rounds": other.stages.joint.select_rounds}}}) == other
+
+
 def test_adopt_takes_only_a_run_of_the_grids_config(tmp_path):
     from ncs.config import dump_config
     spec = G.grid("minimal_real")[0]

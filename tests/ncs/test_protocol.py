@@ -483,3 +483,70 @@ def test_select_warmup_off_serves_joint_epochs_only_and_resume_is_bit_exact(tmp_
     r = run(cfg, out, resume=True, data=_data(160))
     _assert_same_tensors(_all_tensors(ref), _all_tensors(out))
     assert r["models"] == r_full["models"] and r["valid"] == r_full["valid"]
+
+
+# ---------------------------------------------------------------- selection over the mask rounds
+
+def _select_rounds_cfg(**joint):
+    st = {"warmup": {"epochs": 1}, "masks": {"rounds": 2, "epochs_per_round": 1}, "rewind": "mlp",
+          "joint": dict({"epochs": 2, "early_stopping": False, "select_warmup": True, "select_rounds": True}, **joint)}
+    return tiny_run_config(st, models=["connection"], optim={"lr": 0.05})
+
+
+def _candidates(curves):
+    """(id, record) of every selection candidate in the order they were trained: the warmup epoch
+    (-1), each task's mask rounds ("<task>.r<k>", that task only) and the joint epochs."""
+    out = []
+    for r in curves:
+        if r["stage"] == "warmup":
+            out.append((r["epoch"] - 1, r))
+        elif r["stage"] == "masks":
+            out.append((f"{r['task']}.r{r['round']}", r))
+        elif r["stage"] == "joint":
+            out.append((r["epoch"], r))
+    return out
+
+
+def test_select_rounds_serves_each_task_its_best_model_of_every_stage_and_resumes_bit_exact(tmp_path):
+    """stages.joint.select_rounds: round k of task t is a candidate for t alone (evaluated on t
+    only, it neither improves nor counts against the other task); each task is served its best
+    validation model among the warmup epoch, its own rounds and the joint epochs, and the model
+    file reproduces the served metrics; a run killed mid-rounds resumes bit for bit."""
+    from test_train import _all_tensors, _assert_same_tensors
+    from ncs.train.evaluate import evaluate
+    from ncs.train.runner import split_data
+    cfg = _select_rounds_cfg()
+    out = str(tmp_path / "ref")
+    res = run(cfg, out, data=_data(160))
+    curves = json.load(open(os.path.join(out, "curves.json")))["connection"]
+    cands = _candidates(curves)
+    want = {}
+    for task, metric, hib in (("ctr", "ctr_auc", True), ("cvr", "cvr_mse", False)):
+        mine = [(i, r[metric]) for i, r in cands if metric in r
+                and (not isinstance(i, str) or i.startswith(task + "."))]
+        assert not any(isinstance(i, str) and not i.startswith(task + ".") for i, _ in mine)
+        best = (max if hib else min)(mine, key=lambda x: x[1])  # first best on ties, as the tracker
+        want[task] = best
+        assert res["valid"]["connection"][metric] == pytest.approx(best[1], abs=1e-12), task
+    be = res["stages"]["connection"]["joint"]["early_stopping"]["best_epoch"]
+    assert be == {t: w[0] for t, w in want.items()}
+    assert any(isinstance(e, str) for e in be.values()), be  # the case this test is about: a round served
+    _, _, test = split_data(cfg, _data(160))
+    te = B.prepare_split(test, cfg.tasks, "click", torch.device("cpu"))
+    model, _ = load_model(out, "connection", cfg, torch.device("cpu"))
+    m = evaluate(model, te, cfg.tasks, cfg.train.eval_batch_size, te.device)
+    for k in ("ctr_auc", "cvr_mse"):
+        assert m[k] == pytest.approx(res["models"]["connection"][k], abs=1e-9), k
+    # no snapshot is left that no task is served from
+    snaps = sorted(f for f in os.listdir(os.path.join(out, "checkpoints")) if "_best_e" in f)
+    assert snaps == sorted({f"connection_best_e{e}.safetensors" for e in be.values()})
+    # killed after the first mask round's checkpoint (the warmup wrote 2), resumed
+    part = str(tmp_path / "run")
+    with pytest.raises(StopTraining):
+        run(cfg, part, data=_data(160), stop_after_checkpoints=4)
+    r = run(cfg, part, resume=True, data=_data(160))
+    _assert_same_tensors(_all_tensors(out), _all_tensors(part))
+    assert r["models"] == res["models"] and r["valid"] == res["valid"]
+    # off: no round is a candidate (and the rounds count against no task)
+    off = run(_select_rounds_cfg(select_rounds=False), str(tmp_path / "off"), data=_data(160))
+    assert not any(isinstance(e, str) for e in off["stages"]["connection"]["joint"]["early_stopping"]["best_epoch"].values())

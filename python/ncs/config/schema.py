@@ -372,6 +372,12 @@ SCHEMA: Dict[str, Any] = {
                                    "dense warmup model of that epoch), so the connection model chooses among "
                                    "every epoch its weights went through, as the baselines do; false: the "
                                    "joint epochs only (before 2026-12-03)"),
+            "select_rounds": _Leaf(_bool, False,
+                                   "connection, select per_task: every mask round is a candidate for its own "
+                                   "task too (round k of task t: the sub-network M_k trained on t alone), so a "
+                                   "task whose best validation model came out of mask generation (CTR under "
+                                   "rewind: mlp, whose embeddings keep training through the rounds) is served "
+                                   "from it"),
             "alternate": _Leaf(_choice("cover", "cycle"), "cycle",
                                "task batches of the joint stage: cover: round-robin until every space is "
                                "covered once (a small space, e.g. CVR's clicked rows, runs out early); cycle: "

@@ -52,10 +52,13 @@ class EarlyStopper:
     def snapshot_path(self, epoch: int) -> str:
         return os.path.join(self.ckpt_dir, f"{self.kind}_best_e{epoch}.safetensors")
 
-    def update(self, pos: Position, metrics: Dict[str, float], epoch: int,
-               model_tensors: Callable[[], Dict[str, torch.Tensor]]) -> bool:
+    def update(self, pos: Position, metrics: Dict[str, float], epoch: Any,
+               model_tensors: Callable[[], Dict[str, torch.Tensor]], only: Optional[str] = None) -> bool:
         """Track the best validation epoch per tracker; a new best saves model_tensors(). True
-        when early stopping should end the stage: no tracker improved for `patience` epochs."""
+        when early stopping should end the stage: no tracker improved for `patience` epochs.
+        `epoch`: an int (warmup -W..-1, joint 0..) or a mask round's id "<task>.r<k>"; `only`: a
+        task, whose tracker alone is updated (a mask round, evaluated on its task only; the
+        other trackers neither improve nor count a bad epoch)."""
         js = self.joint
         if js.select == "last":
             return False
@@ -65,7 +68,9 @@ class EarlyStopper:
                   "trackers": {tid: {"metric": name, "tasks": tasks, "best": None, "best_epoch": None, "bad": 0}
                                for tid, name, _, tasks in self.trackers()}}
         improved = False
-        for tid, name, hib, _ in self.trackers():
+        for tid, name, hib, tasks in self.trackers():
+            if only is not None and only not in tasks:
+                continue
             tr = es["trackers"][tid]
             v = metrics.get(name, float("nan"))
             better = v is not None and not math.isnan(v) and (
@@ -110,7 +115,7 @@ class EarlyStopper:
             return None, None
         best = {t: tr["best_epoch"] for tr in es["trackers"].values() for t in tr["tasks"]}
         loaded: Dict[int, Dict[str, torch.Tensor]] = {}
-        for e in sorted({e for e in best.values() if e is not None}):
+        for e in sorted({e for e in best.values() if e is not None}, key=str):
             tensors, _ = load_tensors(self.snapshot_path(e), device)
             loaded[e] = {k[len("model/"):]: v for k, v in tensors.items()}
         current = {k: v.detach().clone() for k, v in model.state_dict().items()}

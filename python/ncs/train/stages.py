@@ -22,7 +22,8 @@ connection model follows Algorithm 1 of the paper:
           plain Adam, the authors' code), loss omega_k * L_k; joint.epochs epochs, early stopping
           and model selection on validation (early.py). Mask generation always steps strictly.
           stages.joint.select_warmup: the warmup epochs are selection candidates too (epochs
-          -W..-1; a task served from one gets the dense warmup model of that epoch).
+          -W..-1; a task served from one gets the dense warmup model of that epoch);
+          stages.joint.select_rounds: so is every mask round, for its own task ("<task>.r<k>").
 single / layer / ...: baseline(): mixed batches, Eq. 2, baseline_epochs(cfg) epochs (default
   warmup + joint, the passes the connection model's final weights have seen), same selection.
 """
@@ -295,6 +296,10 @@ class ModelTrainer:
                 self.checkpoint()
                 t0 = time.perf_counter()
         val = self.evaluate(self.valid, task)
+        js = self.cfg.stages.joint
+        candidate = js.select_rounds and js.select == "per_task"
+        if candidate:  # stages.joint.select_rounds: this round's model is a candidate for its task
+            self.early.update(pos, val, round_id(task, k), self.ckpt.model_tensors, only=task)
         dens = mask_density(mask_k, self.in_features)
         row = {"task": task, "round": k, "density": dens, "metric_name": f"{task}_{metric}",
                "metric": val[f"{task}_{metric}"], "train_loss": losses[-1] if losses else None}
@@ -310,6 +315,8 @@ class ModelTrainer:
         pos.next_round(k)
         self._timed("masks", t0)
         self.checkpoint()
+        if candidate:
+            self.early.gc(pos)
 
     def joint(self) -> None:
         """Step 3: from sNET_init under the kept masks, alternating task batches."""
@@ -359,6 +366,11 @@ class ModelTrainer:
             out["train"] = {"epochs_run": sum(1 for c in pos.curves if c.get("stage") == "train"),
                             "early_stopping": pos.early}
         return out
+
+
+def round_id(task: str, k: int) -> str:
+    """The selection id of mask round k of `task` (stages.joint.select_rounds): "<task>.r<k>"."""
+    return f"{task}.r{k}"
 
 
 def _num(v) -> str:
