@@ -42,7 +42,7 @@ smoke test):
             with stages.rewind mlp: the one mechanism that moved its 1M validation CVR most;
             ..._rewind_rounds: the same with stages.joint.select_rounds (REWIND_ROUNDS)
   rewind_sizes  today's defaults against REWIND_ROUNDS (stages.rewind mlp + joint.select_rounds) at
-            BALANCE_SIZES rows, seeds 0-4 (variant "<today|rewind_rounds>_<rows/1000>k")
+            REWIND_SIZES rows, seeds 0-4 (variant "<today|rewind_rounds>_<rows/1000>k")
 The fair tuning study (`ncs tune`, every model the same Optuna budget on the validation split) is
 not a grid of `ncs train` runs: see TUNE_STUDIES and tune_study.py.
 """
@@ -336,14 +336,16 @@ BALANCE_SIZES = (20_000, 50_000, 100_000, 300_000)
 # the MLP-only rewind with the mask rounds as selection candidates (stages.joint.select_rounds), the
 # candidate default of 2026-12-03 (evening): the connection model's rewind and selection only
 REWIND_ROUNDS = {"stages": {"rewind": "mlp", "joint": {"select_warmup": True, "select_rounds": True}}}
+# 20k-100k (300k left out for the session's time; 1M rows: the minimal_synth1m_rewind_* grids)
+REWIND_SIZES = BALANCE_SIZES[:3]
 TODAY_STAGES = {"stages": {"rewind": "all", "joint": {"select_warmup": True, "select_rounds": False}}}
 
 
 def _rewind_sizes(tiny: bool) -> List[RunSpec]:
-    """The minimal synthetic config at BALANCE_SIZES rows, seeds 0-4: today's defaults (pinned)
+    """The minimal synthetic config at REWIND_SIZES rows, seeds 0-4: today's defaults (pinned)
     against REWIND_ROUNDS, Single_Task and Connection_Share in each (Single_Task the same run both
     ways: the options are the connection model's), compared on validation."""
-    sizes = BALANCE_SIZES[:1] if tiny else BALANCE_SIZES
+    sizes = REWIND_SIZES[:1] if tiny else REWIND_SIZES
     seeds = REAL_SEEDS[:1] if tiny else REAL_SEEDS
     runs = []
     for n in sizes:
