@@ -336,8 +336,8 @@ BALANCE_SIZES = (20_000, 50_000, 100_000, 300_000)
 # the MLP-only rewind with the mask rounds as selection candidates (stages.joint.select_rounds), the
 # candidate default of 2026-12-03 (evening): the connection model's rewind and selection only
 REWIND_ROUNDS = {"stages": {"rewind": "mlp", "joint": {"select_warmup": True, "select_rounds": True}}}
-# 20k-100k (300k left out for the session's time; 1M rows: the minimal_synth1m_rewind_* grids)
-REWIND_SIZES = BALANCE_SIZES[:3]
+# 1M rows: the minimal_synth1m_rewind_* grids
+REWIND_SIZES = BALANCE_SIZES
 TODAY_STAGES = {"stages": {"rewind": "all", "joint": {"select_warmup": True, "select_rounds": False}}}
 
 
@@ -436,6 +436,13 @@ TUNE_STUDIES: Dict[str, Dict[str, Any]] = {
     "tune_synth1m2_c": {"config": merge(minimal_synth(1_000_000, 0), {"loss": PROTOCOL_2026_12_02["loss"]}), "trials": 4, "seeds": 5, "start_at_base": True,
                         "models": "connection", "sampler_seed": 0, "ctr_auc_margin": 0.002,
                         "floor_from": "tune_synth1m2_a"},
+    # Connection_Share a third time, with the two keys that make it win the 1M minimal comparison
+    # (REWIND_ROUNDS: stages.rewind mlp + joint.select_rounds; they are the connection model's
+    # alone): the same budget, space, sampler seed, PCGrad as parts a-c and part a's CTR floor; the
+    # study is then parts a + b + d
+    "tune_synth1m2_d": {"config": merge(merge(minimal_synth(1_000_000, 0), {"loss": PROTOCOL_2026_12_02["loss"]}), REWIND_ROUNDS),
+                        "trials": 4, "seeds": 5, "start_at_base": True, "models": "connection", "sampler_seed": 0,
+                        "ctr_auc_margin": 0.002, "floor_from": "tune_synth1m2_a"},
     # the same with common draws (ncs tune --common-draws): trials 1-3 of every model take the same
     # lr, loss weight and embed_dim (a seeded Halton sequence), so that 4 trials compare the models,
     # not their lr draws (tune_synth1m2: Connection_Share drew 2.1e-4, Layer_Share 1.9e-3)

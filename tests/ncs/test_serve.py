@@ -256,6 +256,41 @@ def test_a_task_served_from_a_warmup_epoch_exports_its_dense_snapshot(trained, t
             torch.testing.assert_close(exported, torch.sigmoid(ref), rtol=0, atol=1e-6)
 
 
+def test_a_task_served_from_a_mask_round_exports_that_rounds_network(trained, tmp_path):
+    """stages.joint.select_rounds: a task served from its mask round k is served (and exported) as
+    the round's network, its mask M_k; the export reproduces predict."""
+    root, _, data, _ = trained
+    cfg = resolve_config({
+        "seed": 1, "device": "cpu", "backend": "torch", "models": ["connection"],
+        "data": {"kind": "csv", "path": str(data), "options": {"schema": SCHEMA},
+                 "split": {"by": "request", "fractions": [0.6, 0.2, 0.2]}},
+        "model": {"embed_dim": 4, "hidden": [16, 8, 4]}, "optim": {"lr": 0.05},
+        "train": {"batch_size": 24, "eval_batch_size": 50},
+        "stages": {"warmup": {"epochs": 1}, "rewind": "mlp",
+                   "masks": {"rounds": 2, "epochs_per_round": 1, "final_density": 0.3},
+                   "joint": {"epochs": 2, "early_stopping": False, "select_rounds": True}}})
+    out = tmp_path / "run"
+    res = train_run(cfg, str(out))
+    best = res["stages"]["connection"]["joint"]["early_stopping"]["best_epoch"]
+    rounds = {t: e for t, e in best.items() if isinstance(e, str)}
+    assert rounds, best  # this run serves some task from a mask round (the case under test)
+    model, _ = open_run(str(out)).model("connection", torch.device("cpu"))
+    d = tmp_path / "x"
+    E.export_run(str(out), str(d), kind="connection", formats=["torchscript"])
+    g = torch.Generator().manual_seed(3)
+    ids = torch.stack([torch.randint(-1, v, (200, 3), generator=g) for v in model.models["cvr"].vocab_sizes], 1)
+    ids[:, :, 0] = ids[:, :, 0].clamp_min(0)
+    dens = {r["round"]: r["density"] for t in rounds for r in res["stages"]["connection"]["masks"][t]["rounds"]}
+    for task, e in rounds.items():
+        k = int(e.split(".r")[1])
+        layers = model.models[task].tower.layers
+        got = sum(lay.get_mask(task, packed=False).sum().item() for lay in layers) / sum(lay.weight.numel() for lay in layers)
+        assert got == pytest.approx(dens[k], abs=1e-6), (task, e)   # M_k, the round's own mask
+        with torch.no_grad():
+            exported = torch.jit.load(str(d / task / "model.pt"))(ids)
+            torch.testing.assert_close(exported, torch.sigmoid(model.predict(ids)[task]), rtol=0, atol=1e-6)
+
+
 def _dead_model(trained):
     """The connection model with masks edited so that every kind of dead unit exists."""
     _, run_dir, _, _ = trained
