@@ -443,6 +443,11 @@ TUNE_STUDIES: Dict[str, Dict[str, Any]] = {
     "tune_synth1m2_d": {"config": merge(merge(minimal_synth(1_000_000, 0), {"loss": PROTOCOL_2026_12_02["loss"]}), REWIND_ROUNDS),
                         "trials": 4, "seeds": 5, "start_at_base": True, "models": "connection", "sampler_seed": 0,
                         "ctr_auc_margin": 0.002, "floor_from": "tune_synth1m2_a"},
+    # ... and under today's loss (fixed weights, the default since 2026-12-03; the other models'
+    # parts ran under PCGrad, which moved none of them at 1M rows in minimal_synth1m_fixed): a+b+e
+    "tune_synth1m2_e": {"config": merge(merge(minimal_synth(1_000_000, 0), BALANCE_FIXED), REWIND_ROUNDS),
+                        "trials": 4, "seeds": 5, "start_at_base": True, "models": "connection", "sampler_seed": 0,
+                        "ctr_auc_margin": 0.002, "floor_from": "tune_synth1m2_a"},
     # the same with common draws (ncs tune --common-draws): trials 1-3 of every model take the same
     # lr, loss weight and embed_dim (a seeded Halton sequence), so that 4 trials compare the models,
     # not their lr draws (tune_synth1m2: Connection_Share drew 2.1e-4, Layer_Share 1.9e-3)
