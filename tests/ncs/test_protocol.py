@@ -435,6 +435,19 @@ def select_warmup_run(tmp_path_factory):
     return out, cfg, run(cfg, out, data=_data(160))
 
 
+def _served_model_reproduces_test(out, cfg, res):
+    """The connection model file of run `out` (data _data(160)) gives the served test metrics."""
+    from ncs.train.evaluate import evaluate
+    from ncs.train.runner import split_data
+    _, _, test = split_data(cfg, _data(160))
+    te = B.prepare_split(test, cfg.tasks, "click", torch.device("cpu"))
+    model, _ = load_model(out, "connection", cfg, torch.device("cpu"))
+    m = evaluate(model, te, cfg.tasks, cfg.train.eval_batch_size, te.device)
+    for k in ("ctr_auc", "cvr_mse"):
+        assert m[k] == pytest.approx(res["models"]["connection"][k], abs=1e-9), k
+    return model
+
+
 def test_select_warmup_chooses_among_every_epoch_and_serves_the_dense_warmup_model(select_warmup_run):
     import ncs_kernels as nk
     out, cfg, res = select_warmup_run
@@ -450,14 +463,7 @@ def test_select_warmup_chooses_among_every_epoch_and_serves_the_dense_warmup_mod
     assert res["valid"]["connection"]["ctr_auc"] == pytest.approx(best_ctr["ctr_auc"], abs=1e-12)
     assert res["valid"]["connection"]["cvr_mse"] == pytest.approx(best_cvr["cvr_mse"], abs=1e-12)
     # the model file reproduces the served test metrics; CTR's weights are dense, CVR's masked
-    from ncs.train.evaluate import evaluate
-    from ncs.train.runner import split_data
-    _, _, test = split_data(cfg, _data(160))
-    te = B.prepare_split(test, cfg.tasks, "click", torch.device("cpu"))
-    model, _ = load_model(out, "connection", cfg, torch.device("cpu"))
-    m = evaluate(model, te, cfg.tasks, cfg.train.eval_batch_size, te.device)
-    for k in ("ctr_auc", "cvr_mse"):
-        assert m[k] == pytest.approx(res["models"]["connection"][k], abs=1e-9), k
+    model = _served_model_reproduces_test(out, cfg, res)
     dens = {t: [lay.mask_density(t) for lay in nk.masked_modules(model.models[t]).values()] for t in ("ctr", "cvr")}
     assert all(d == 1.0 for d in dens["ctr"]) and all(d < 1.0 for d in dens["cvr"])
     # masks.json reports the kept masks (Algorithm 1's), not the served snapshot's
@@ -513,8 +519,6 @@ def test_select_rounds_serves_each_task_its_best_model_of_every_stage_and_resume
     validation model among the warmup epoch, its own rounds and the joint epochs, and the model
     file reproduces the served metrics; a run killed mid-rounds resumes bit for bit."""
     from test_train import _all_tensors, _assert_same_tensors
-    from ncs.train.evaluate import evaluate
-    from ncs.train.runner import split_data
     cfg = _select_rounds_cfg()
     out = str(tmp_path / "ref")
     res = run(cfg, out, data=_data(160))
@@ -531,12 +535,7 @@ def test_select_rounds_serves_each_task_its_best_model_of_every_stage_and_resume
     be = res["stages"]["connection"]["joint"]["early_stopping"]["best_epoch"]
     assert be == {t: w[0] for t, w in want.items()}
     assert any(isinstance(e, str) for e in be.values()), be  # the case this test is about: a round served
-    _, _, test = split_data(cfg, _data(160))
-    te = B.prepare_split(test, cfg.tasks, "click", torch.device("cpu"))
-    model, _ = load_model(out, "connection", cfg, torch.device("cpu"))
-    m = evaluate(model, te, cfg.tasks, cfg.train.eval_batch_size, te.device)
-    for k in ("ctr_auc", "cvr_mse"):
-        assert m[k] == pytest.approx(res["models"]["connection"][k], abs=1e-9), k
+    _served_model_reproduces_test(out, cfg, res)
     # no snapshot is left that no task is served from
     snaps = sorted(f for f in os.listdir(os.path.join(out, "checkpoints")) if "_best_e" in f)
     assert snaps == sorted({f"connection_best_e{e}.safetensors" for e in be.values()})

@@ -222,18 +222,23 @@ def test_masks_folded_exactly(trained, tmp_path):
                 assert not torch.signbit(w[~mask]).any()
 
 
-def test_a_task_served_from_a_warmup_epoch_exports_its_dense_snapshot(trained, tmp_path):
-    """stages.joint.select_warmup (the default): a task whose best validation epoch is a warmup one
-    is served by the dense warmup model; the export is that network, named as the run's kind."""
-    root, _, data, _ = trained
-    cfg = resolve_config({
+def _selection_cfg(data, stages):
+    """A small connection run on the trained fixture's data: 2 mask rounds, density 0.3, `stages` merged in."""
+    from ncs.config import merge
+    return resolve_config({
         "seed": 1, "device": "cpu", "backend": "torch", "models": ["connection"],
         "data": {"kind": "csv", "path": str(data), "options": {"schema": SCHEMA},
                  "split": {"by": "request", "fractions": [0.6, 0.2, 0.2]}},
         "model": {"embed_dim": 4, "hidden": [16, 8, 4]}, "optim": {"lr": 0.05},
         "train": {"batch_size": 24, "eval_batch_size": 50},
-        "stages": {"warmup": {"epochs": 3}, "masks": {"rounds": 2, "epochs_per_round": 1, "final_density": 0.3},
-                   "joint": {"epochs": 2, "early_stopping": False}}})
+        "stages": merge({"masks": {"rounds": 2, "epochs_per_round": 1, "final_density": 0.3}}, stages)})
+
+
+def test_a_task_served_from_a_warmup_epoch_exports_its_dense_snapshot(trained, tmp_path):
+    """stages.joint.select_warmup (the default): a task whose best validation epoch is a warmup one
+    is served by the dense warmup model; the export is that network, named as the run's kind."""
+    root, _, data, _ = trained
+    cfg = _selection_cfg(data, {"warmup": {"epochs": 3}, "joint": {"epochs": 2, "early_stopping": False}})
     out = tmp_path / "run"
     res = train_run(cfg, str(out))
     best = res["stages"]["connection"]["joint"]["early_stopping"]["best_epoch"]
@@ -260,15 +265,8 @@ def test_a_task_served_from_a_mask_round_exports_that_rounds_network(trained, tm
     """stages.joint.select_rounds: a task served from its mask round k is served (and exported) as
     the round's network, its mask M_k; the export reproduces predict."""
     root, _, data, _ = trained
-    cfg = resolve_config({
-        "seed": 1, "device": "cpu", "backend": "torch", "models": ["connection"],
-        "data": {"kind": "csv", "path": str(data), "options": {"schema": SCHEMA},
-                 "split": {"by": "request", "fractions": [0.6, 0.2, 0.2]}},
-        "model": {"embed_dim": 4, "hidden": [16, 8, 4]}, "optim": {"lr": 0.05},
-        "train": {"batch_size": 24, "eval_batch_size": 50},
-        "stages": {"warmup": {"epochs": 1}, "rewind": "mlp",
-                   "masks": {"rounds": 2, "epochs_per_round": 1, "final_density": 0.3},
-                   "joint": {"epochs": 2, "early_stopping": False, "select_rounds": True}}})
+    cfg = _selection_cfg(data, {"warmup": {"epochs": 1}, "rewind": "mlp",
+                                "joint": {"epochs": 2, "early_stopping": False, "select_rounds": True}})
     out = tmp_path / "run"
     res = train_run(cfg, str(out))
     best = res["stages"]["connection"]["joint"]["early_stopping"]["best_epoch"]
