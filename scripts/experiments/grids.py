@@ -42,7 +42,7 @@ smoke test):
             with stages.rewind mlp: the one mechanism that moved its 1M validation CVR most;
             ..._rewind_rounds: the same with stages.joint.select_rounds (REWIND_ROUNDS)
   rewind_sizes  today's defaults against REWIND_ROUNDS (stages.rewind mlp + joint.select_rounds) at
-            REWIND_SIZES rows, seeds 0-4 (variant "<today|rewind_rounds>_<rows/1000>k")
+            BALANCE_SIZES rows, seeds 0-4 (variant "<today|rewind_rounds>_<rows/1000>k")
 The fair tuning study (`ncs tune`, every model the same Optuna budget on the validation split) is
 not a grid of `ncs train` runs: see TUNE_STUDIES and tune_study.py.
 """
@@ -333,27 +333,27 @@ def _probes(tiny: bool) -> List[RunSpec]:
 
 
 BALANCE_SIZES = (20_000, 50_000, 100_000, 300_000)
-# the MLP-only rewind with the mask rounds as selection candidates (stages.joint.select_rounds), the
-# candidate default of 2026-12-03 (evening): the connection model's rewind and selection only
+# the MLP-only rewind with the mask rounds as selection candidates (stages.joint.select_rounds): the
+# connection model's rewind and selection only; measured on 2026-12-03, not the default (it loses on
+# validation at 20k-300k rows: docs/RESULTS.md)
 REWIND_ROUNDS = {"stages": {"rewind": "mlp", "joint": {"select_warmup": True, "select_rounds": True}}}
-# 1M rows: the minimal_synth1m_rewind_* grids
-REWIND_SIZES = BALANCE_SIZES
 TODAY_STAGES = {"stages": {"rewind": "all", "joint": {"select_warmup": True, "select_rounds": False}}}
 
 
 def _rewind_sizes(tiny: bool) -> List[RunSpec]:
-    """The minimal synthetic config at REWIND_SIZES rows, seeds 0-4: today's defaults (pinned)
-    against REWIND_ROUNDS, Single_Task and Connection_Share in each (Single_Task the same run both
-    ways: the options are the connection model's), compared on validation."""
-    sizes = REWIND_SIZES[:1] if tiny else REWIND_SIZES
+    """The minimal synthetic config at BALANCE_SIZES rows, seeds 0-4 (1M rows: the
+    minimal_synth1m_rewind_* grids): today's defaults (pinned) against REWIND_ROUNDS, Single_Task
+    and Connection_Share in each (Single_Task the same run both ways, the options being the
+    connection model's: trained twice so that each variant is paired by seed on its own),
+    compared on validation."""
+    sizes = BALANCE_SIZES[:1] if tiny else BALANCE_SIZES
     seeds = REAL_SEEDS[:1] if tiny else REAL_SEEDS
     runs = []
     for n in sizes:
         rows = TINY_SYNTH_ROWS if tiny else n
-        for v, over, models in (("today", TODAY_STAGES, ["single", "connection"]),
-                                ("rewind_rounds", REWIND_ROUNDS, ["single", "connection"])):
+        for v, over in (("today", TODAY_STAGES), ("rewind_rounds", REWIND_ROUNDS)):
             for s in seeds:
-                cfg = merge(merge(merge(minimal_synth(rows, s), BALANCE_FIXED), over), {"models": models})
+                cfg = merge(merge(merge(minimal_synth(rows, s), BALANCE_FIXED), over), {"models": ["single", "connection"]})
                 runs.append(RunSpec("rewind_sizes", f"{v}_{n // 1000}k_seed{s}", "", cfg,
                                     {"seed": s, "variant": f"{v}_{n // 1000}k", "rows": n}))
     return runs

@@ -386,6 +386,9 @@ def main(argv=None) -> int:
                 return 2
         rep = tune_report(parts if len(parts) > 1 else parts[0])
         return emit(rep, tune_md(rep), a.json, a.doc, a.marker or rep["study"])
+    if a.others and not a.versus:
+        print("--others: only with --versus", file=sys.stderr)
+        return 2
     if a.probes or a.versus:
         data = collect(Path(a.runs), a.grid)
         if not data:
@@ -396,7 +399,17 @@ def main(argv=None) -> int:
             md = probes_md(rep)
         else:
             if a.others:
-                others = seeds_of_versus_json(Path(a.others))
+                try:
+                    others = seeds_of_versus_json(Path(a.others))
+                except ValueError as e:  # the JSON itself, or not one variant: the message names the file
+                    print(e if str(e).startswith("--others") else f"--others: {a.others}: not JSON ({e})",
+                          file=sys.stderr)
+                    return 2
+                except (OSError, KeyError, IndexError, TypeError) as e:
+                    print(f"--others: {a.others}: expected a --versus JSON (per model: seeds and the "
+                          f"values of valid_cvr_mse, test_cvr_mse, test_ctr_auc): {type(e).__name__} {e}",
+                          file=sys.stderr)
+                    return 2
                 data = {v: with_others(seeds, others) for v, seeds in data.items()}
             rep = {"grid": a.grid, "variants": {v: versus(seeds) for v, seeds in data.items()}}
             if a.others:

@@ -258,6 +258,27 @@ def test_versus_others_takes_the_models_a_grid_did_not_train_from_a_committed_js
         P.seeds_of_versus_json(bad)
 
 
+def test_versus_others_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    g = runs / "g"
+    (g / "seed0").mkdir(parents=True)
+    (g / "seed0" / "metrics.json").write_text(json.dumps(_metrics({"connection": {"cvr_mse": 0.1, "ctr_auc": 0.7}})))
+    (g / "seed0.tags.json").write_text(json.dumps({"run_id": "seed0", "seed": 0, "variant": "v"}))
+    two = tmp_path / "two.json"
+    two.write_text(json.dumps({"variants": {"a": {}, "b": {}}}))
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"variants": {"a": {"single": {"seeds": [0]}}}}))
+    notjson = tmp_path / "x.json"
+    notjson.write_text("{")
+    for path, needle in ((two, "one variant"), (broken, "valid_cvr_mse"), (notjson, "not JSON"),
+                         (tmp_path / "none.json", "none.json")):
+        assert P.main(["--runs", str(runs), "--grid", "g", "--versus", "--others", str(path)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"--others: {path}") and needle in err and "\n" not in err, err
+    assert P.main(["--runs", str(runs), "--grid", "g", "--others", str(two)]) == 2
+    assert "only with --versus" in capsys.readouterr().err
+
+
 def test_rewind_grids_change_only_the_connection_models_rewind_and_selection():
     for base in ("minimal_real", "minimal_synth1m"):
         fixed = {s.run_id: s for s in G.grid(base + "_fixed") if s.run_id.startswith("seed")}

@@ -49,7 +49,7 @@ class EarlyStopper:
             hib = name.endswith("_auc")
         return [("all", name, hib, list(self.names))]
 
-    def snapshot_path(self, epoch: int) -> str:
+    def snapshot_path(self, epoch: Any) -> str:
         return os.path.join(self.ckpt_dir, f"{self.kind}_best_e{epoch}.safetensors")
 
     def update(self, pos: Position, metrics: Dict[str, float], epoch: Any,
@@ -114,7 +114,7 @@ class EarlyStopper:
         if not es or "trackers" not in es:
             return None, None
         best = {t: tr["best_epoch"] for tr in es["trackers"].values() for t in tr["tasks"]}
-        loaded: Dict[int, Dict[str, torch.Tensor]] = {}
+        loaded: Dict[Any, Dict[str, torch.Tensor]] = {}
         for e in sorted({e for e in best.values() if e is not None}, key=str):
             tensors, _ = load_tensors(self.snapshot_path(e), device)
             loaded[e] = {k[len("model/"):]: v for k, v in tensors.items()}
